@@ -1,0 +1,54 @@
+"""Atomic file output: write under a temporary name in the target folder, then rename.
+
+A file that exists under its final name is therefore always complete: an interrupted run, a full
+disk or an exception leaves at most a hidden ``.tmp_*`` file, which is removed when possible.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+from .errors import CryoError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` (same extension); on success rename it to ``path``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise CryoError(f"cannot create folder ({exc.strerror})", directory) from None
+    base = os.path.basename(path)
+    # keep the full suffix (".weights.h5", ".png") so libraries that look at it still work
+    suffix = base[base.index("."):] if "." in base else ""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=directory)
+    except OSError as exc:
+        raise CryoError(f"cannot write ({exc.strerror})", path) from None
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CryoError(f"cannot write ({exc.strerror or exc})", path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (fsync before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -1,0 +1,54 @@
+"""Shared command-line plumbing: error reporting and seeding."""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import CryoError
+
+EXIT_BAD_INPUT = 2
+
+
+def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
+            argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and call ``main``; bad input becomes one ``error:`` line and exit status 2.
+
+    ``--debug`` (added here to every command) keeps the traceback instead.
+    """
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = parser.parse_args(argv)
+    try:
+        result = main(args)
+    except CryoError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+def set_seed(seed: int) -> None:
+    """One seed for python, numpy and TensorFlow (and hash-based ordering in subprocesses)."""
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    import numpy as np
+    np.random.seed(seed)
+    import keras
+    keras.utils.set_random_seed(seed)
+
+
+def check_output_dir(path: str) -> str:
+    """Create ``path`` if needed and make sure it is a writable directory; return it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise CryoError(f"cannot create output directory ({exc.strerror})", path) from None
+    if not os.access(path, os.W_OK):
+        raise CryoError("output directory is not writable", path)
+    return path

@@ -1,0 +1,251 @@
+"""Config: every tunable of the method, with the value used by Li et al. (2019) where the paper gives one.
+
+Field names follow keras-frcnn's ``Config`` where it has the field, so a keras-frcnn
+``config.pickle`` is recognisable and its values carry over. A trained run writes the Config twice:
+``config.pickle`` (the design card's format) and ``config.json`` beside it (for people and scripts).
+
+Loading a pickle never runs code: :func:`load_config` uses a restricted unpickler that admits only
+this module's ``Config`` class (and keras-frcnn's, mapped onto it) and plain data; anything else is
+refused with a :class:`~keras_frcnn_cryo.errors.CryoError`.
+
+Conventions used by every module (see also README.md):
+
+* boxes are float pixels ``[x1, y1, x2, y2]``, 0-based, x right, y down, x2/y2 exclusive edges
+  (width = x2 - x1), in the original image unless a name says ``resized``;
+* class indices follow ``class_mapping`` (names from the annotations); ``"bg"`` is always last;
+* grey images become the 3-channel network input by repeating the channel, then subtracting
+  ``img_channel_mean`` and multiplying by ``img_scaling_factor`` (keras.applications' "caffe" means,
+  so ImageNet weights see the statistics they were trained with).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from .atomic import write_bytes_atomic
+from .errors import CryoError
+
+BG_CLASS = "bg"
+
+# Reference image of the paper (Li et al. 2019, Methods): 3708 x 3838 px at 2.6 A/px. The bilateral
+# filter's spatial sigma (100 px) was chosen there; we scale it to the working image (see
+# ``Config.effective_sigma_d``).
+PAPER_IMAGE_SHORT_SIDE = 3708
+PAPER_PIXEL_SIZE_A = 2.6
+
+
+@dataclass
+class Config:
+    """All tunables. Defaults are the paper's values; comments give the source of each."""
+
+    # --- run bookkeeping -------------------------------------------------------------------
+    verbose: bool = True
+    network: str = "resnet50"                 # paper: ResNet-50 backbone
+    seed: int = 42                            # one seed for numpy, python and TensorFlow
+    model_path: str = "model_frcnn.weights.h5"
+    base_net_weights: str | None = None       # --input_weight_path (keras.applications ResNet50 notop .h5)
+    class_mapping: dict[str, int] = field(default_factory=dict)  # name -> index, "bg" last
+    annotation_path: str | None = None
+    parser: str = "simple"
+    pixel_size_angstrom: float | None = None  # from the MRC header or --apix; recorded in outputs
+
+    # --- augmentation (keras-frcnn flags --hf --vf --rot) ----------------------------------
+    use_horizontal_flips: bool = False
+    use_vertical_flips: bool = False
+    rot_90: bool = False
+
+    # --- input image ---------------------------------------------------------------------
+    im_size: int = 600                        # shorter side after resizing (keras-frcnn / paper)
+    im_max_size: int = 1000                   # cap on the longer side after resizing; 0 = no cap
+    img_channel_mean: list[float] = field(default_factory=lambda: [103.939, 116.779, 123.68])
+    img_scaling_factor: float = 1.0
+    dark_objects: bool = True                 # contrast polarity: density (membranes) is dark, as in
+                                              # raw cryo-ET. Set False for inverted (white) density.
+
+    # --- preprocessing (paper: bilateral filter, then histogram equalisation) -------------
+    preprocess: bool = True                   # --no-preprocess switches both steps off (ablation)
+    norm_percentiles: tuple[float, float] = (0.5, 99.5)   # robust range mapped to 0..255
+    bilateral_sigma_r: float = 1.2            # paper sigma_r; unit: robust standard deviations of the
+                                              # normalised image (see preprocessing.py)
+    bilateral_sigma_d: float = 100.0          # paper sigma_d, in pixels of the paper's 3708-px image
+    bilateral_reference_size: int = PAPER_IMAGE_SHORT_SIDE
+    bilateral_method: str = "grid"            # "grid" (fast, O(N)) or "exact" (cv2.bilateralFilter)
+    histogram_equalization: bool = True
+
+    # --- anchors and RPN ---------------------------------------------------------------
+    anchor_box_scales: list[float] = field(default_factory=lambda: [128.0, 256.0, 512.0])
+    # w:h aspect ratios; anchors are area-preserving (w * h = scale**2 for every ratio).
+    anchor_box_ratios: list[list[float]] = field(default_factory=lambda: [[1.0, 1.0], [1.0, 2.0], [2.0, 1.0]])
+    rpn_stride: int = 16                      # ResNet-50 conv4 output stride
+    rpn_min_overlap: float = 0.3              # anchor IoU below this: negative
+    rpn_max_overlap: float = 0.7              # anchor IoU above this: positive
+    rpn_num_regions: int = 256                # anchors sampled per image for the RPN loss
+    rpn_max_positive_fraction: float = 0.5    # at most half of them positive
+    rpn_ignore_cross_boundary: bool = True    # anchors crossing the image edge are not trained on
+    std_scaling: float = 4.0                  # RPN regression target scaling (keras-frcnn)
+    rpn_pre_nms_top_n: int = 6000             # proposals kept by score before NMS
+    rpn_nms_overlap: float = 0.7              # paper: NMS at IoU 0.7
+    rpn_max_proposals: int = 300              # paper: at most 300 proposals
+    rpn_min_box_size: float = 4.0             # proposals smaller than this (px, resized image) dropped
+
+    # --- classifier head ---------------------------------------------------------------
+    pool_size: int = 7                        # paper: 7x7 RoI max pooling
+    num_rois: int = 32                        # RoIs per classifier step (keras-frcnn -n)
+    classifier_min_overlap: float = 0.1       # RoIs with IoU in [0.1, 0.5) are background
+    classifier_max_overlap: float = 0.5       # RoIs with IoU >= 0.5 are positive
+    classifier_positive_fraction: float = 0.5 # at most half of the sampled RoIs positive
+    classifier_regr_std: list[float] = field(default_factory=lambda: [8.0, 8.0, 4.0, 4.0])
+    # Ground-truth boxes join the RPN proposals when sampling classifier RoIs (as torchvision does;
+    # keras-frcnn does not): the head sees positives even while the RPN is still untrained.
+    classifier_add_gt_rois: bool = True
+
+    # --- backbone ------------------------------------------------------------------------
+    # "auto": "frozen_bn" when base_net_weights is given (ImageNet statistics kept), else "group"
+    # (GroupNorm, trains from scratch with one image per step).
+    backbone_norm: str = "auto"
+    group_norm_groups: int = 32
+
+    # --- loss and optimiser (paper) ------------------------------------------------------
+    learning_rate: float = 1e-5
+    adam_beta_1: float = 0.9
+    adam_beta_2: float = 0.999
+    lambda_rpn_class: float = 1.0
+    lambda_rpn_regr: float = 1.0              # paper: lambda = 1
+    lambda_cls_class: float = 1.0
+    lambda_cls_regr: float = 1.0              # paper: lambda = 1
+    loss_epsilon: float = 1e-4                # normaliser guard in the losses (keras-frcnn)
+
+    # --- training schedule ---------------------------------------------------------------
+    num_epochs: int = 2000
+    epoch_length: int = 1000
+    test_fraction: float = 1.0 / 6.0          # paper: 5:1 train:test (we split by tomogram)
+    val_fraction: float = 0.0                 # --val-split: part of the training groups held out
+
+    # --- detection / evaluation ------------------------------------------------------------
+    detection_threshold: float = 0.8          # keras-frcnn's test threshold; --threshold overrides
+    detection_nms_overlap: float = 0.5        # per-class NMS on final boxes
+    max_detections: int = 100                 # per image
+    eval_min_score: float = 0.05              # measure_map keeps detections above this for AP
+    eval_iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def num_anchors(self) -> int:
+        """k: anchors per feature-map cell (paper: 9)."""
+        return len(self.anchor_box_scales) * len(self.anchor_box_ratios)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names ordered by index (``"bg"`` last)."""
+        return [n for n, _ in sorted(self.class_mapping.items(), key=lambda kv: kv[1])]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.class_mapping)
+
+    def effective_sigma_d(self, image_short_side: int) -> float:
+        """Bilateral spatial sigma (px) for an image whose shorter side is ``image_short_side`` px."""
+        return self.bilateral_sigma_d * image_short_side / float(self.bilateral_reference_size)
+
+    def resolved_backbone_norm(self) -> str:
+        """"frozen_bn" or "group" after resolving "auto"."""
+        if self.backbone_norm == "auto":
+            return "frozen_bn" if self.base_net_weights else "group"
+        if self.backbone_norm not in ("frozen_bn", "group", "batch"):
+            raise CryoError(f"unknown backbone_norm {self.backbone_norm!r} (use auto, frozen_bn, group, batch)")
+        return self.backbone_norm
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data dict of every field (JSON-serialisable)."""
+        out = dataclasses.asdict(self)
+        out["norm_percentiles"] = list(self.norm_percentiles)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Config":
+        """Build a Config from a dict; unknown keys are ignored with a warning, missing ones default."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"{source}: ignoring fields this version does not know: {', '.join(unknown)}")
+        cfg = cls(**{k: v for k, v in data.items() if k in known})
+        cfg.norm_percentiles = tuple(cfg.norm_percentiles)  # type: ignore[assignment]
+        return cfg
+
+
+# ------------------------------------------------------------------------------------------
+# save / load
+# ------------------------------------------------------------------------------------------
+def json_path_for(pickle_path: str) -> str:
+    """``run/config.pickle`` -> ``run/config.json``."""
+    root, _ = os.path.splitext(pickle_path)
+    return root + ".json"
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Write ``path`` (pickle, protocol 4) and the JSON twin beside it, each atomically."""
+    write_bytes_atomic(path, pickle.dumps(cfg, protocol=4))
+    write_bytes_atomic(json_path_for(path), json.dumps(cfg.to_dict(), indent=2, sort_keys=True).encode())
+
+
+class _LegacyConfig:
+    """Stand-in for keras-frcnn's ``keras_frcnn.config.Config`` while unpickling (plain attributes)."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Admits only Config classes; every other global (os.system, eval, ...) is refused."""
+
+    ALLOWED = {
+        ("keras_frcnn_cryo.config", "Config"): Config,
+        ("keras_frcnn.config", "Config"): _LegacyConfig,
+        ("config", "Config"): _LegacyConfig,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
+
+
+def load_config(path: str) -> Config:
+    """Load a Config from ``config.pickle`` (restricted) or a ``.json`` file.
+
+    Older layouts (fields missing, keras-frcnn's own Config) load with defaults for what is missing.
+    Raises CryoError naming the file on anything else.
+    """
+    if not os.path.isfile(path):
+        raise CryoError("config file not found", path)
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if not raw:
+        raise CryoError("config file is empty", path)
+    if path.endswith(".json"):
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CryoError(f"not a valid JSON config ({exc.__class__.__name__})", path) from None
+        if not isinstance(data, dict):
+            raise CryoError("JSON config is not an object", path)
+        return Config.from_dict(data, source=path)
+    try:
+        obj = RestrictedUnpickler(io.BytesIO(raw)).load()
+    except pickle.UnpicklingError as exc:
+        raise CryoError(f"invalid or unsafe config pickle ({exc})", path) from None
+    except Exception as exc:  # truncated / garbage pickles raise many types (EOFError, ValueError, ...)
+        raise CryoError(f"cannot read config pickle ({exc.__class__.__name__}: {exc})", path) from None
+    if isinstance(obj, Config):
+        # a pickle from an older layout lacks newer fields: rebuild through from_dict
+        return Config.from_dict(dict(obj.__dict__), source=path)
+    if isinstance(obj, _LegacyConfig):
+        return Config.from_dict(dict(obj.__dict__), source=path)
+    if isinstance(obj, dict):
+        return Config.from_dict(obj, source=path)
+    raise CryoError(f"config pickle holds a {type(obj).__name__}, not a Config", path)

@@ -1,0 +1,246 @@
+"""Anchors, RPN training targets (calc_rpn), augmentation and the training sample stream.
+
+numpy only. Boxes are float ``[x1, y1, x2, y2]`` pixels, 0-based, x right, y down, width = x2 - x1.
+Anchors and RPN targets live in the resized (network-input) image; augmentation works on the
+original image before resizing.
+
+Anchor k of feature cell (row i, column j) is centred at ``((j + 0.5) * stride, (i + 0.5) * stride)``.
+:func:`generate_anchors` is the only place that says so: calc_rpn (targets) and
+:func:`keras_frcnn_cryo.roi_helpers.rpn_to_roi` (decoding) both call it, so the two cannot disagree
+(keras-frcnn trained at ``stride * (i + 0.5)`` and decoded at ``stride * i``).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .config import Config
+from .errors import CryoError
+from .roi_helpers import as_boxes, encode_boxes, iou_matrix
+
+
+def get_feature_map_size(width: int, height: int, stride: int = Config.rpn_stride) -> tuple[int, int]:
+    """(feat_w, feat_h) = (ceil(width / stride), ceil(height / stride)).
+
+    For stride 16 this is the conv4 output size of keras.applications' ResNet-50 for any input size:
+    each of its four stride-2 stages maps n to ceil(n / 2).
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width} x {height}")
+    return int(math.ceil(width / stride)), int(math.ceil(height / stride))
+
+
+def anchor_shapes(cfg: Config) -> np.ndarray:
+    """(K, 2) float64 anchor sizes ``[w, h]``, K = len(scales) * len(ratios).
+
+    Order: ``for scale in cfg.anchor_box_scales: for ratio in cfg.anchor_box_ratios``. Area-preserving:
+    ``w * h = scale ** 2`` and ``w / h = ratio[0] / ratio[1]``.
+    """
+    scales = np.asarray(cfg.anchor_box_scales, dtype=np.float64)
+    ratios = np.asarray(cfg.anchor_box_ratios, dtype=np.float64).reshape(-1, 2)
+    aspect = np.sqrt(ratios[:, 0] / ratios[:, 1])            # sqrt(w / h) per ratio
+    widths = scales[:, None] * aspect[None, :]
+    heights = scales[:, None] / aspect[None, :]
+    return np.stack([widths.reshape(-1), heights.reshape(-1)], axis=1)
+
+
+def generate_anchors(feat_w: int, feat_h: int, cfg: Config) -> np.ndarray:
+    """(feat_h, feat_w, K, 4) float64 anchor boxes in network-input pixels.
+
+    Anchor k of cell (row i, column j) is centred at ``((j + 0.5) * cfg.rpn_stride,
+    (i + 0.5) * cfg.rpn_stride)`` with the size ``anchor_shapes(cfg)[k]``. Not clipped to the image.
+    """
+    shapes = anchor_shapes(cfg)
+    centre_x = (np.arange(feat_w, dtype=np.float64) + 0.5) * cfg.rpn_stride
+    centre_y = (np.arange(feat_h, dtype=np.float64) + 0.5) * cfg.rpn_stride
+    cx = centre_x[None, :, None]
+    cy = centre_y[:, None, None]
+    half_w = 0.5 * shapes[None, None, :, 0]
+    half_h = 0.5 * shapes[None, None, :, 1]
+    full = (feat_h, feat_w, shapes.shape[0])
+    return np.stack(
+        [
+            np.broadcast_to(cx - half_w, full),
+            np.broadcast_to(cy - half_h, full),
+            np.broadcast_to(cx + half_w, full),
+            np.broadcast_to(cy + half_h, full),
+        ],
+        axis=-1,
+    )
+
+
+def calc_rpn(
+    gt_boxes: np.ndarray, img_width: int, img_height: int, cfg: Config, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """RPN targets for one image of ``img_width`` x ``img_height`` network-input pixels.
+
+    gt_boxes: (N, 4) in network-input pixels (N may be 0). Anchor labels:
+      * positive: max IoU over gt > ``cfg.rpn_max_overlap``, or the anchor is (one of, ties included)
+        the best anchor of some gt box with that best IoU > 0;
+      * negative: max IoU < ``cfg.rpn_min_overlap`` and not positive (every anchor when N == 0);
+      * otherwise neutral (not trained on).
+    With ``cfg.rpn_ignore_cross_boundary`` anchors crossing the image edge are neither positive nor
+    negative and do not compete for a gt's best anchor. Exception: a gt box that overlaps no inside
+    anchor at all (e.g. the image is smaller than the smallest anchor) gets its best anchor(s) over
+    all anchors, crossing ones included, as positives, so no object is left without a target.
+    Sampling: at most ``int(cfg.rpn_num_regions * cfg.rpn_max_positive_fraction)`` positives, then
+    negatives up to ``cfg.rpn_num_regions`` in all, without replacement.
+
+    Returns (keras-frcnn layout), with K = cfg.num_anchors and (feat_w, feat_h) from
+    :func:`get_feature_map_size`:
+      y_rpn_cls (feat_h, feat_w, 2K) float32: ``[..., :K]`` 1 where the anchor is sampled,
+        ``[..., K:]`` 1 where it is positive;
+      y_rpn_regr (feat_h, feat_w, 8K) float32: ``[..., :4K]`` 1 on the 4 slots ``4k..4k+3`` of
+        sampled positives, ``[..., 4K:]`` ``encode_boxes(anchor, best gt) * cfg.std_scaling`` in
+        the slots of every positive (0 elsewhere).
+    """
+    gts = as_boxes(gt_boxes, "gt_boxes")
+    feat_w, feat_h = get_feature_map_size(img_width, img_height, cfg.rpn_stride)
+    num_k = cfg.num_anchors
+    anchors = generate_anchors(feat_w, feat_h, cfg).reshape(-1, 4)
+    num_anchors = anchors.shape[0]
+
+    if cfg.rpn_ignore_cross_boundary:
+        inside = (
+            (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= img_width) & (anchors[:, 3] <= img_height)
+        )
+    else:
+        inside = np.ones(num_anchors, dtype=bool)
+
+    best_gt = np.zeros(num_anchors, dtype=np.int64)
+    if gts.shape[0] == 0:
+        positive = np.zeros(num_anchors, dtype=bool)
+        negative = inside.copy()
+    else:
+        overlaps = iou_matrix(anchors, gts)                                   # (A, N)
+        best_gt = np.argmax(overlaps, axis=1)
+        max_iou = overlaps[np.arange(num_anchors), best_gt]
+        # each gt's best anchor(s) among the inside anchors; -1 where none is inside
+        inside_overlaps = np.where(inside[:, None], overlaps, -1.0)
+        gt_best_inside = inside_overlaps.max(axis=0)
+        forced = ((inside_overlaps == gt_best_inside[None, :]) & (gt_best_inside > 0)[None, :]).any(axis=1)
+        # gts that overlap no inside anchor: their best anchor(s) over all anchors
+        orphan = gt_best_inside <= 0
+        if orphan.any():
+            orphan_overlaps = overlaps[:, orphan]
+            orphan_best = orphan_overlaps.max(axis=0)
+            forced |= ((orphan_overlaps == orphan_best[None, :]) & (orphan_best > 0)[None, :]).any(axis=1)
+        positive = (inside & (max_iou > cfg.rpn_max_overlap)) | forced
+        negative = inside & (max_iou < cfg.rpn_min_overlap) & ~positive
+
+    max_positive = int(cfg.rpn_num_regions * cfg.rpn_max_positive_fraction)
+    pos_idx = np.flatnonzero(positive)
+    neg_idx = np.flatnonzero(negative)
+    chosen_pos = rng.choice(pos_idx, size=min(max_positive, pos_idx.size), replace=False)
+    num_neg = max(0, min(int(cfg.rpn_num_regions) - chosen_pos.size, neg_idx.size))
+    chosen_neg = rng.choice(neg_idx, size=num_neg, replace=False)
+
+    sampled = np.zeros(num_anchors, dtype=bool)
+    sampled[chosen_pos] = True
+    sampled[chosen_neg] = True
+    sampled_positive = np.zeros(num_anchors, dtype=bool)
+    sampled_positive[chosen_pos] = True
+
+    targets = np.zeros((num_anchors, 4), dtype=np.float64)
+    if pos_idx.size:
+        targets[pos_idx] = encode_boxes(anchors[pos_idx], gts[best_gt[pos_idx]]) * cfg.std_scaling
+
+    y_rpn_cls = np.concatenate(
+        [sampled.reshape(feat_h, feat_w, num_k), positive.reshape(feat_h, feat_w, num_k)], axis=-1
+    ).astype(np.float32)
+    regr_mask = np.repeat(sampled_positive[:, None], 4, axis=1)
+    y_rpn_regr = np.concatenate(
+        [regr_mask.reshape(feat_h, feat_w, 4 * num_k), targets.reshape(feat_h, feat_w, 4 * num_k)], axis=-1
+    ).astype(np.float32)
+    return y_rpn_cls, y_rpn_regr
+
+
+def _rot90_ccw(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.rot90(image)`` (a quarter turn as displayed, x right / y down) and the boxes with it."""
+    width = image.shape[1]
+    turned = np.stack([boxes[:, 1], width - boxes[:, 2], boxes[:, 3], width - boxes[:, 0]], axis=1)
+    return np.rot90(image), turned
+
+
+def augment(
+    image: np.ndarray, boxes: np.ndarray, cfg: Config, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips and quarter turns of an image (H, W) and its boxes (N, 4), in that order.
+
+    Horizontal flip (``cfg.use_horizontal_flips``, probability 0.5): ``x1' = W - x2, x2' = W - x1``;
+    vertical flip (``cfg.use_vertical_flips``, probability 0.5) likewise in y; rotation
+    (``cfg.rot_90``) by k quarter turns, k uniform in {0, 1, 2, 3} (the image may change from
+    H x W to W x H). A disabled option draws no random number. Returns a new contiguous image and
+    new float64 boxes; the inputs are not modified.
+    """
+    img = np.asarray(image)
+    bxs = as_boxes(boxes, "boxes").copy()
+    if cfg.use_horizontal_flips and rng.random() < 0.5:
+        width = img.shape[1]
+        img = img[:, ::-1]
+        bxs[:, [0, 2]] = width - bxs[:, [2, 0]]
+    if cfg.use_vertical_flips and rng.random() < 0.5:
+        height = img.shape[0]
+        img = img[::-1, :]
+        bxs[:, [1, 3]] = height - bxs[:, [3, 1]]
+    if cfg.rot_90:
+        for _ in range(int(rng.integers(4))):
+            img, bxs = _rot90_ccw(img, bxs)
+    return np.ascontiguousarray(img), bxs
+
+
+def record_boxes(record: dict[str, Any], cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) float64 boxes and (N,) int64 class indices (``cfg.class_mapping``) of one record.
+
+    Raises CryoError naming the record's file for a class that ``cfg.class_mapping`` lacks.
+    """
+    bboxes = record.get("bboxes", [])
+    boxes = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in bboxes], dtype=np.float64).reshape(-1, 4)
+    unknown = sorted({b["class"] for b in bboxes} - set(cfg.class_mapping))
+    if unknown:
+        raise CryoError(f"class(es) {', '.join(map(repr, unknown))} not in the class mapping", record.get("filepath"))
+    labels = np.array([cfg.class_mapping[b["class"]] for b in bboxes], dtype=np.int64)
+    return boxes, labels
+
+
+def iter_training_samples(
+    records: list[dict[str, Any]],
+    cfg: Config,
+    rng: np.random.Generator,
+    load_image: Callable[[str], np.ndarray],
+    prepare_image: Callable[[np.ndarray, Config], tuple[np.ndarray, tuple[float, float]]],
+    augment_images: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """Endless stream of RPN training samples, one image at a time.
+
+    Each pass visits every record once in a fresh random order. Per record: ``image =
+    load_image(record['filepath'])`` (2D), :func:`augment` with its boxes if ``augment_images``,
+    ``x_img, (sx, sy) = prepare_image(image, cfg)`` with x_img (H', W', 3) float32, boxes scaled by
+    ``[sx, sy, sx, sy]``, then :func:`calc_rpn` on the resized image. Yields dicts:
+      'x_img' (1, H', W', 3); 'y_rpn_cls' (1, fh, fw, 2K); 'y_rpn_regr' (1, fh, fw, 8K);
+      'boxes' (N, 4) float64 in network-input pixels; 'labels' (N,) int64; 'record' the record.
+    """
+    if not records:
+        raise CryoError("no training images: the annotation list is empty")
+    while True:
+        for position in rng.permutation(len(records)):
+            record = records[int(position)]
+            boxes, labels = record_boxes(record, cfg)
+            image = load_image(record["filepath"])
+            if augment_images:
+                image, boxes = augment(image, boxes, cfg, rng)
+            x_img, (scale_x, scale_y) = prepare_image(image, cfg)
+            resized = boxes * np.array([scale_x, scale_y, scale_x, scale_y], dtype=np.float64)
+            height, width = x_img.shape[:2]
+            y_rpn_cls, y_rpn_regr = calc_rpn(resized, width, height, cfg, rng)
+            yield {
+                "x_img": x_img[None],
+                "y_rpn_cls": y_rpn_cls[None],
+                "y_rpn_regr": y_rpn_regr[None],
+                "boxes": resized,
+                "labels": labels,
+                "record": record,
+            }

@@ -1,0 +1,217 @@
+"""Model assembly and the one inference path (:class:`Detector`).
+
+Three Keras sub-models share weights by construction:
+
+* ``base``            image (1, H, W, 3) -> conv4 features (1, ceil(H/16), ceil(W/16), 1024)  (nn_base)
+* ``rpn_head``        features -> objectness (1, h, w, k) sigmoid, regression (1, h, w, 4k)
+* ``classifier_head`` [features, RoIs (1, R, 4) in feature-map units] ->
+                      class probabilities (1, R, C) softmax, regression (1, R, 4(C-1))
+
+``model_all`` wraps the three so that one ``.weights.h5`` file holds the whole detector.
+keras-frcnn's names are kept: ``model_rpn`` (image -> rpn outputs and features) and
+``model_classifier`` (image, RoIs -> classifier outputs).
+
+:class:`Detector` turns a 2D image of any dtype into boxes in that image's own pixel coordinates
+(floats, [x1, y1, x2, y2]); test_frcnn.py, measure_map.py, training validation and the benchmarks
+all call it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import preprocessing, roi_helpers
+from .atomic import atomic_path
+from .config import BG_CLASS, Config
+from .errors import CryoError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from . import resnet  # noqa: E402
+
+WEIGHTS_SUFFIX = ".weights.h5"
+BASE_CHANNELS = 1024  # channels of ResNet-50 conv4 (nn_base output)
+
+
+@dataclass
+class FrcnnModels:
+    """The detector's sub-models (shared layers)."""
+
+    base: keras.Model
+    rpn_head: keras.Model
+    classifier_head: keras.Model
+    model_rpn: keras.Model
+    model_classifier: keras.Model
+    model_all: keras.Model
+    norm: str
+
+
+def build_models(cfg: Config) -> FrcnnModels:
+    """Build every sub-model for ``cfg.class_mapping`` (which must include "bg", last)."""
+    num_classes = cfg.num_classes
+    if num_classes < 2 or cfg.class_names[-1] != BG_CLASS:
+        raise CryoError("config has no usable class_mapping (need at least one class plus 'bg' last)")
+    norm = cfg.resolved_backbone_norm()
+    img_input = keras.Input(shape=(None, None, 3), name="image")
+    feat_input = keras.Input(shape=(None, None, BASE_CHANNELS), name="features")
+    roi_input = keras.Input(shape=(None, 4), name="rois")
+
+    base = keras.Model(img_input, resnet.nn_base(img_input, norm=norm, groups=cfg.group_norm_groups),
+                       name="nn_base")
+    rpn_out = resnet.rpn_layer(feat_input, cfg.num_anchors)
+    rpn_head = keras.Model(feat_input, rpn_out, name="rpn")
+    cls_out = resnet.classifier(feat_input, roi_input, num_classes, cfg.pool_size, norm=norm,
+                                groups=cfg.group_norm_groups)
+    classifier_head = keras.Model([feat_input, roi_input], cls_out, name="classifier")
+
+    features = base(img_input)
+    rpn_cls, rpn_regr = rpn_head(features)
+    out_cls, out_regr = classifier_head([features, roi_input])
+    model_rpn = keras.Model(img_input, [rpn_cls, rpn_regr, features], name="model_rpn")
+    model_classifier = keras.Model([img_input, roi_input], [out_cls, out_regr], name="model_classifier")
+    model_all = keras.Model([img_input, roi_input], [rpn_cls, rpn_regr, out_cls, out_regr], name="model_all")
+    return FrcnnModels(base, rpn_head, classifier_head, model_rpn, model_classifier, model_all, norm)
+
+
+def load_imagenet_weights(models: FrcnnModels, path: str) -> list[str]:
+    """Load keras.applications ResNet50 (notop) weights by layer name into nn_base and conv5.
+
+    Raises CryoError if the file is missing or unusable or if any backbone layer got no weights.
+    """
+    if models.norm == "group":
+        raise CryoError("pretrained weights need backbone_norm 'frozen_bn' or 'batch', not 'group'", path)
+    loaded = set(resnet.load_backbone_weights(models.base, path))
+    loaded |= set(resnet.load_backbone_weights(models.classifier_head, path))
+    expected = {layer.name for m in (models.base, models.classifier_head) for layer in m.layers
+                if layer.weights and (layer.name.startswith("conv") or layer.name.startswith("pool"))}
+    missing = sorted(expected - loaded)
+    if missing:
+        raise CryoError(f"weights file lacks {len(missing)} backbone layers (first: {missing[0]})", path)
+    return sorted(loaded)
+
+
+def check_weights_path(path: str) -> None:
+    """Keras 3 writes weights only to names ending in '.weights.h5'."""
+    if not path.endswith(WEIGHTS_SUFFIX):
+        raise CryoError(f"model weights file name must end with '{WEIGHTS_SUFFIX}'", path)
+
+
+def save_weights_atomic(model: keras.Model, path: str) -> None:
+    """Write ``model``'s weights to ``path`` via a temporary file and a rename (never half-written)."""
+    check_weights_path(path)
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp, overwrite=True)
+
+
+def load_model_weights(models: FrcnnModels, path: str) -> None:
+    """Load a detector checkpoint written by training; CryoError if missing or for another model."""
+    check_weights_path(path)
+    if not os.path.isfile(path):
+        raise CryoError("model weights file not found", path)
+    if os.path.getsize(path) == 0:
+        raise CryoError("model weights file is empty", path)
+    try:
+        models.model_all.load_weights(path)
+    except (ValueError, OSError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CryoError(f"weights do not fit this model (trained for other classes or settings?): "
+                        f"{first[:200]}", path) from None
+
+
+@dataclass
+class Detections:
+    """Boxes (N, 4) float in original-image pixels, scores (N,), class indices (N,), names (N,)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+class Detector:
+    """Image -> detections; the single inference path of the project.
+
+    ``detect(image)`` takes a 2D array of any dtype (a slice, a tilt image, a PNG), applies the
+    preprocessing recorded in the Config (exactly as in training), runs backbone and RPN once,
+    pools every proposal in one batched call through conv5, decodes per-class boxes, applies
+    per-class NMS and returns boxes scaled back to the input image's pixels (floats).
+    """
+
+    def __init__(self, cfg: Config, weights_path: str | None = None, models: FrcnnModels | None = None):
+        self.cfg = cfg
+        self.models = models if models is not None else build_models(cfg)
+        if weights_path is not None:
+            load_model_weights(self.models, weights_path)
+        self.class_names = cfg.class_names
+        self._rpn_fn = tf.function(
+            lambda x: self.models.model_rpn(x, training=False),
+            input_signature=[tf.TensorSpec((1, None, None, 3), tf.float32)], reduce_retracing=True)
+        self._cls_fn = tf.function(
+            lambda f, r: self.models.classifier_head([f, r], training=False),
+            input_signature=[tf.TensorSpec((1, None, None, BASE_CHANNELS), tf.float32),
+                             tf.TensorSpec((1, None, 4), tf.float32)], reduce_retracing=True)
+
+    def propose(self, x_img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """RPN on a prepared image (1, H, W, 3) -> (features, rois (M, 4) resized px, scores (M,))."""
+        rpn_cls, rpn_regr, features = self._rpn_fn(tf.convert_to_tensor(x_img, tf.float32))
+        height, width = x_img.shape[1:3]
+        rois, scores = roi_helpers.rpn_to_roi(rpn_cls[0].numpy(), rpn_regr[0].numpy(), self.cfg, width, height)
+        return features, rois, scores
+
+    def detect_prepared(self, x_img: np.ndarray, min_score: float) -> Detections:
+        """Detections on a prepared image (1, H, W, 3), boxes in that (resized) image's pixels."""
+        cfg = self.cfg
+        features, rois, _ = self.propose(x_img)
+        n_fg = cfg.num_classes - 1
+        if rois.shape[0] == 0:
+            return _empty(self.class_names)
+        rois_feat = (rois / float(cfg.rpn_stride)).astype(np.float32)[None]
+        probs, regr = self._cls_fn(features, tf.convert_to_tensor(rois_feat))
+        probs, regr = probs[0].numpy(), regr[0].numpy()
+        height, width = x_img.shape[1:3]
+        std = np.asarray(cfg.classifier_regr_std, np.float32)
+        all_boxes, all_scores, all_labels = [], [], []
+        for cls in range(n_fg):
+            scores = probs[:, cls]
+            keep = scores >= min_score
+            if not np.any(keep):
+                continue
+            deltas = regr[keep, 4 * cls:4 * cls + 4] / std
+            boxes = roi_helpers.apply_regr(rois[keep], deltas)
+            boxes = np.clip(boxes, 0.0, [width, height, width, height])
+            valid = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3)
+            boxes, scores = boxes[valid], scores[keep][valid]
+            order = roi_helpers.nms(boxes, scores, cfg.detection_nms_overlap, cfg.max_detections)
+            all_boxes.append(boxes[order])
+            all_scores.append(scores[order])
+            all_labels.append(np.full(len(order), cls, np.int64))
+        if not all_boxes:
+            return _empty(self.class_names)
+        boxes, scores, labels = np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_labels)
+        top = np.argsort(-scores, kind="stable")[: cfg.max_detections]
+        return Detections(boxes[top].astype(np.float64), scores[top].astype(np.float64), labels[top],
+                          self.class_names)
+
+    def detect(self, image: np.ndarray, min_score: float | None = None) -> Detections:
+        """Detections on a 2D image of any dtype; boxes in the image's own pixels (floats)."""
+        if min_score is None:
+            min_score = self.cfg.detection_threshold
+        x_img, (sx, sy) = preprocessing.prepare_image(image, self.cfg)
+        dets = self.detect_prepared(x_img[None].astype(np.float32), min_score)
+        if len(dets):
+            dets.boxes = dets.boxes / np.array([sx, sy, sx, sy], np.float64)
+            height, width = image.shape[:2]
+            dets.boxes = np.clip(dets.boxes, 0.0, [width, height, width, height])
+        return dets
+
+
+def _empty(class_names: list[str]) -> Detections:
+    return Detections(np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,), np.int64), class_names)

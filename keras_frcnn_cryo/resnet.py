@@ -1,0 +1,313 @@
+"""ResNet-50 split for Faster R-CNN (Li et al. 2019): conv1..conv4 shared, conv5 per RoI.
+
+Layer names, paddings, strides, BatchNorm epsilon and biases are exactly those of
+``keras.applications.ResNet50`` (Keras 2.2+/Keras 3 "v1" layout: the stride of a stage's first
+block sits in its 1x1 ``_1_conv`` and ``_0_conv``), so a keras.applications ResNet-50 ``notop``
+weight file loads by layer name (defect 13 in DESIGN.md). The feature map of ``nn_base`` has
+stride 16: an H x W image gives ``ceil(H / 16) x ceil(W / 16)`` cells, cell ``(i, j)`` covering
+image pixels ``[16 j, 16 j + 16) x [16 i, 16 i + 16)``.
+
+Normalisation (``norm``):
+
+* ``"frozen_bn"``: BatchNormalization with ``trainable=False`` (always inference statistics); the
+  choice for ImageNet weights;
+* ``"batch"``: trainable BatchNormalization (batch statistics while training);
+* ``"group"``: GroupNormalization under the same layer names; for training from scratch with one
+  image per step, where BatchNorm statistics cannot be learned.
+
+Pretrained weights load with :func:`load_backbone_weights` (errors are :class:`CryoError`; nothing
+is loaded unless everything matches).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import h5py
+import keras
+import numpy as np
+
+from .errors import CryoError
+from .roi_pooling import RoiPoolingConv
+
+NORMS = ("frozen_bn", "batch", "group")
+BN_EPSILON = 1.001e-5          # keras.applications ResNet50
+BACKBONE_CHANNELS = 1024       # conv4_x output
+HEAD_CHANNELS = 2048           # conv5_x output
+# Initial weights of the heads (zero bias everywhere), as torchvision's RPNHead / box predictor.
+RPN_INIT_STDDEV = 0.01
+CLASS_INIT_STDDEV = 0.01
+REGR_INIT_STDDEV = 0.001
+
+
+# ------------------------------------------------------------------------------------------
+# building blocks
+# ------------------------------------------------------------------------------------------
+def _check_norm(norm: str, groups: int) -> None:
+    if norm not in NORMS:
+        raise CryoError(f"unknown backbone norm {norm!r} (use one of {', '.join(NORMS)})")
+    if norm == "group" and (groups < 1 or 64 % groups):
+        raise CryoError(f"group_norm_groups={groups} must divide 64 (the narrowest ResNet-50 layer)")
+
+
+def _norm_layer(name: str, norm: str, groups: int, trainable: bool) -> keras.layers.Layer:
+    """Normalisation layer called ``name`` (channels last)."""
+    if norm == "group":
+        return keras.layers.GroupNormalization(groups=groups, axis=-1, epsilon=BN_EPSILON,
+                                               name=name, trainable=trainable)
+    return keras.layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=name,
+                                           trainable=trainable and norm == "batch")
+
+
+def _block(x: Any, filters: int, name: str, norm: str, groups: int, trainable: bool,
+           stride: int = 1, conv_shortcut: bool = False) -> Any:
+    """Bottleneck residual block (keras.applications ``residual_block_v1``): 1x1, 3x3, 1x1 x4."""
+    if conv_shortcut:
+        shortcut = keras.layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv",
+                                       trainable=trainable)(x)
+        shortcut = _norm_layer(f"{name}_0_bn", norm, groups, trainable)(shortcut)
+    else:
+        shortcut = x
+    x = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv", trainable=trainable)(x)
+    x = _norm_layer(f"{name}_1_bn", norm, groups, trainable)(x)
+    x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv", trainable=trainable)(x)
+    x = _norm_layer(f"{name}_2_bn", norm, groups, trainable)(x)
+    x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
+    x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv", trainable=trainable)(x)
+    x = _norm_layer(f"{name}_3_bn", norm, groups, trainable)(x)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def _stage(x: Any, filters: int, blocks: int, name: str, norm: str, groups: int, trainable: bool,
+           stride: int) -> Any:
+    x = _block(x, filters, f"{name}_block1", norm, groups, trainable, stride=stride, conv_shortcut=True)
+    for index in range(2, blocks + 1):
+        x = _block(x, filters, f"{name}_block{index}", norm, groups, trainable)
+    return x
+
+
+def nn_base(input_tensor: Any, norm: str = "group", groups: int = 32, trainable: bool = True) -> Any:
+    """Shared trunk conv1..conv4_x.
+
+    input_tensor: (B, H, W, 3) float (H, W may be None). Returns (B, ceil(H/16), ceil(W/16), 1024),
+    the output of layer ``conv4_block6_out``.
+    """
+    _check_norm(norm, groups)
+    x = keras.layers.ZeroPadding2D(padding=3, name="conv1_pad")(input_tensor)
+    x = keras.layers.Conv2D(64, 7, strides=2, name="conv1_conv", trainable=trainable)(x)
+    x = _norm_layer("conv1_bn", norm, groups, trainable)(x)
+    x = keras.layers.Activation("relu", name="conv1_relu")(x)
+    x = keras.layers.ZeroPadding2D(padding=1, name="pool1_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    x = _stage(x, 64, 3, "conv2", norm, groups, trainable, stride=1)
+    x = _stage(x, 128, 4, "conv3", norm, groups, trainable, stride=2)
+    return _stage(x, 256, 6, "conv4", norm, groups, trainable, stride=2)
+
+
+def classifier_layers(x: Any, norm: str = "group", groups: int = 32, trainable: bool = True) -> Any:
+    """conv5_x then global average pooling ("avg_pool").
+
+    x: (N, h, w, 1024) (RoI-pooled crops, N = number of RoIs, h = w = pool size). Returns (N, 2048).
+    The first block has stride 2 (7x7 -> 4x4).
+    """
+    _check_norm(norm, groups)
+    x = _stage(x, 512, 3, "conv5", norm, groups, trainable, stride=2)
+    return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
+def rpn_layer(base: Any, num_anchors: int) -> list[Any]:
+    """Region proposal head on the shared feature map.
+
+    base: (B, h, w, 1024). Returns [x_class (B, h, w, K) sigmoid objectness, x_regr (B, h, w, 4K)
+    linear box deltas, anchor-major: channels 4k..4k+3 belong to anchor k]. Weights start as
+    N(0, 0.01) with zero bias (torchvision's RPNHead); keras-frcnn used zero / uniform kernels.
+    """
+    def init() -> keras.initializers.Initializer:
+        return keras.initializers.RandomNormal(stddev=RPN_INIT_STDDEV)
+
+    x = keras.layers.Conv2D(512, 3, padding="same", activation="relu", kernel_initializer=init(),
+                            name="rpn_conv1")(base)
+    x_class = keras.layers.Conv2D(num_anchors, 1, activation="sigmoid", kernel_initializer=init(),
+                                  name="rpn_out_class")(x)
+    x_regr = keras.layers.Conv2D(4 * num_anchors, 1, activation="linear", kernel_initializer=init(),
+                                 name="rpn_out_regress")(x)
+    return [x_class, x_regr]
+
+
+@keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
+class FoldRois(keras.layers.Layer):
+    """(1, R, ...) -> (R, ...): the RoIs of the single image become the batch (batch size 1 only)."""
+
+    def call(self, inputs: Any) -> Any:  # noqa: D102
+        return keras.ops.reshape(inputs, (-1,) + tuple(inputs.shape[2:]))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:  # noqa: D102
+        return (input_shape[1],) + tuple(input_shape[2:])
+
+
+@keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
+class UnfoldRois(keras.layers.Layer):
+    """(R, ...) -> (1, R, ...)."""
+
+    def call(self, inputs: Any) -> Any:  # noqa: D102
+        return keras.ops.expand_dims(inputs, 0)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:  # noqa: D102
+        return (1,) + tuple(input_shape)
+
+
+def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, norm: str = "group",
+               groups: int = 32, trainable: bool = True) -> list[Any]:
+    """Detection head: RoI max pooling, conv5_x on all RoIs as one batch, two dense outputs.
+
+    base: (1, h, w, 1024) feature map; input_rois: (1, R, 4) float ``[x1, y1, x2, y2]`` in
+    feature-map units (R may be None); nb_classes includes the background (last).
+    Returns [out_class (1, R, nb_classes) softmax, out_regr (1, R, 4 * (nb_classes - 1)) linear],
+    layers "dense_class_{nb_classes}" and "dense_regress_{nb_classes}".
+    """
+    pooled = RoiPoolingConv(pool_size, name="roi_pooling_conv")([base, input_rois])   # (1, R, P, P, C)
+    crops = FoldRois(name="fold_rois")(pooled)                                         # (R, P, P, C)
+    features = classifier_layers(crops, norm=norm, groups=groups, trainable=trainable)  # (R, 2048)
+    out_class = keras.layers.Dense(
+        nb_classes, activation="softmax",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=CLASS_INIT_STDDEV),
+        name=f"dense_class_{nb_classes}")(features)
+    out_regr = keras.layers.Dense(
+        4 * (nb_classes - 1), activation="linear",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=REGR_INIT_STDDEV),
+        name=f"dense_regress_{nb_classes}")(features)
+    out_class = UnfoldRois(name="unfold_class")(out_class)
+    out_regr = UnfoldRois(name="unfold_regress")(out_regr)
+    return [out_class, out_regr]
+
+
+# ------------------------------------------------------------------------------------------
+# pretrained weights by layer name
+# ------------------------------------------------------------------------------------------
+def _walk_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model``, descending into nested models."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _walk_layers(layer)
+
+
+def _decode(name: Any) -> str:
+    return name.decode("utf8") if isinstance(name, bytes) else str(name)
+
+
+def _short_name(weight_name: str) -> str:
+    """'conv1_bn/moving_mean:0' -> 'moving_mean'."""
+    return weight_name.split("/")[-1].split(":")[0]
+
+
+def _read_legacy(root: h5py.Group) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Legacy Keras layout: one group per layer with attribute ``weight_names``.
+
+    A group whose weights belong to several layers (a nested model) is split by the layer part of
+    each weight name ('conv1_conv/kernel:0' -> 'conv1_conv').
+    """
+    found: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for group_name, group in root.items():
+        if not isinstance(group, h5py.Group) or "weight_names" not in group.attrs:
+            continue
+        weight_names = [_decode(n) for n in group.attrs["weight_names"]]
+        owners = {n.split("/")[-2] if "/" in n else group_name for n in weight_names}
+        for weight_name in weight_names:
+            owner = group_name if len(owners) <= 1 else weight_name.split("/")[-2]
+            found.setdefault(owner, []).append((_short_name(weight_name), group[weight_name][()]))
+    return found
+
+
+def _read_keras3(root: h5py.File) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Keras 3 ``.weights.h5`` layout: ``.../<key>/vars/<i>`` with the layer name in ``vars.attrs['name']``."""
+    found: dict[str, list[tuple[str, np.ndarray]]] = {}
+
+    def visit(path: str, node: Any) -> None:
+        if isinstance(node, h5py.Group) and path.split("/")[-1] == "vars" and len(node) and "name" in node.attrs:
+            indices = sorted(int(key) for key in node.keys())
+            found[_decode(node.attrs["name"])] = [(str(i), node[str(i)][()]) for i in indices]
+
+    root.visititems(visit)
+    return found
+
+
+def _read_weight_file(path: str) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Layer name -> [(weight name or index, array)] for any supported HDF5 layout."""
+    if not os.path.isfile(path):
+        raise CryoError("weights file not found", path)
+    if os.path.getsize(path) == 0:
+        raise CryoError("weights file is empty (0 bytes)", path)
+    if not h5py.is_hdf5(path):
+        raise CryoError("not an HDF5 weights file (.h5 / .weights.h5)", path)
+    with h5py.File(path, "r") as handle:
+        if isinstance(handle.get("model_weights"), h5py.Group):
+            return _read_legacy(handle["model_weights"])          # keras.saving.save_model(m, "x.h5")
+        if "layer_names" in handle.attrs or any(
+                isinstance(g, h5py.Group) and "weight_names" in g.attrs for g in handle.values()):
+            return _read_legacy(handle)                            # keras.applications *_notop.h5
+        if isinstance(handle.get("layers"), h5py.Group) or isinstance(handle.get("vars"), h5py.Group):
+            found = _read_keras3(handle)
+            if not found and "layers" in handle and len(handle["layers"]):
+                raise CryoError("Keras 3 weights file without layer names (written by an older "
+                                "Keras); it can only be loaded into the identical model", path)
+            return found
+    raise CryoError("HDF5 file holds no Keras weights", path)
+
+
+def _is_batchnorm_entry(entries: list[tuple[str, np.ndarray]]) -> bool:
+    names = {name for name, _ in entries}
+    return "moving_mean" in names or "moving_variance" in names or len(entries) == 4
+
+
+def load_backbone_weights(model: keras.Model, path: str) -> list[str]:
+    """Copy weights from an HDF5 file into every layer of ``model`` whose name is in the file.
+
+    Supports legacy Keras files (keras.applications ``resnet50_..._notop.h5``, top-level group per
+    layer; and ``keras.saving.save_model(m, "x.h5")``, group ``model_weights``) and Keras 3
+    ``.weights.h5`` files. Layers of the file missing from the model are ignored; layers of the
+    model missing from the file keep their weights. Everything is checked before anything is
+    assigned. Returns the names of the layers that received weights, in model order.
+    Raises CryoError: file missing / empty / not HDF5, no layer of the model in it, a weight count
+    or shape mismatch, or BatchNorm weights for a GroupNormalization layer.
+    """
+    entries = _read_weight_file(path)
+    layers: dict[str, keras.layers.Layer] = {}
+    for layer in _walk_layers(model):
+        if layer.weights and layer.name not in layers:
+            layers[layer.name] = layer
+    matched = [name for name in layers if name in entries]
+    if not matched:
+        sample = ", ".join(sorted(entries)[:4]) or "none"
+        hint = ""
+        if "res2a_branch2a" in entries or "bn_conv1" in entries:
+            hint = "; it uses the old Keras-1 ResNet50 names (res2a_branch2a): use keras.applications' file"
+        raise CryoError(f"no layer of the model found in the weights file (it holds: {sample}){hint}", path)
+
+    assignments: list[tuple[Any, np.ndarray]] = []
+    for name in matched:
+        layer, stored = layers[name], entries[name]
+        if isinstance(layer, keras.layers.GroupNormalization) and _is_batchnorm_entry(stored):
+            raise CryoError(
+                f"layer {name}: the file holds BatchNorm weights but the model uses GroupNorm; "
+                "build the backbone with norm 'frozen_bn' (backbone_norm) to use pretrained weights", path)
+        targets = list(layer.weights)
+        if len(stored) != len(targets):
+            raise CryoError(f"layer {name}: the model has {len(targets)} weights, the file "
+                            f"{len(stored)} (built with another normalisation?)", path)
+        by_name = {_short_name(w.path): w for w in targets}
+        if set(by_name) == {weight_name for weight_name, _ in stored}:
+            pairs = [(by_name[weight_name], array) for weight_name, array in stored]
+        else:
+            pairs = list(zip(targets, (array for _, array in stored)))
+        for variable, array in pairs:
+            if tuple(variable.shape) != tuple(array.shape):
+                raise CryoError(f"layer {name}: weight {_short_name(variable.path)} has shape "
+                                f"{tuple(array.shape)} in the file but {tuple(variable.shape)} in the model",
+                                path)
+            assignments.append((variable, array))
+    for variable, array in assignments:
+        variable.assign(array.astype(variable.dtype))
+    return matched

@@ -1,0 +1,231 @@
+"""RoI max pooling (Li et al. 2019: each proposal max-pooled into a P x P grid).
+
+keras-frcnn cropped every RoI and resized it bilinearly in a Python loop (defect 6 in DESIGN.md);
+this module computes true max pooling for all RoIs at once.
+
+Coordinates: RoIs are float ``[x1, y1, x2, y2]`` in FEATURE-MAP units (image pixels / stride),
+x right, y down; feature cell ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``.
+
+Bin definition (for pool size P, along x; y is the same with H):
+
+* ``w = x2 - x1``; bin ``j`` (0 <= j < P) spans cells ``[start, end)`` with
+  ``start = floor(x1 + j * w / P)`` and ``end = ceil(x1 + (j + 1) * w / P)`` (exclusive);
+* ``start`` is clipped to ``[0, W - 1]`` and ``end`` to ``[start + 1, W]``, so every bin covers at
+  least one cell: RoIs of one or two cells, zero-width RoIs and RoIs on or beyond the border all
+  give finite values (a bin wholly outside the map takes the nearest border cell).
+
+Method (exact, memory O(H * W * C + R * P * P * C)): a two-dimensional sparse table. For levels
+``a, b`` the table ``T_ab[y, x]`` is the maximum over rows ``[y, y + 2**a)`` and columns
+``[x, x + 2**b)`` (clipped at the border), built by doubling one level at a time, together with
+the position of that maximum. A bin of height ``ly`` and width ``lx`` uses ``a = floor(log2 ly)``,
+``b = floor(log2 lx)``: its maximum is the largest of ``T_ab`` at its four corners (four
+overlapping power-of-two blocks that cover it exactly). Tables are built one level pair at a time
+(two (H, W, C) tables alive at once), only up to the levels the given RoIs need, and each bin is
+answered from the table of its own pair. The tables are not differentiated: a custom gradient
+adds the upstream gradient at each bin's arg-max cell, as in the paper's RoI max pooling.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+# floor(log2(n)) for n >= 1 is computed by counting powers of two <= n; 2**30 cells is far beyond
+# any feature map.
+_MAX_LOG2 = 30
+
+
+def _bin_edges(low: tf.Tensor, high: tf.Tensor, size: tf.Tensor, pool_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Integer bin edges along one axis.
+
+    low, high: (R,) float32 RoI edges in cells; size: scalar int32 map extent.
+    Returns (start, end): (R, P) int32, ``0 <= start < end <= size``.
+    """
+    steps = tf.range(pool_size + 1, dtype=tf.float32)                       # (P + 1,)
+    extent = high - low
+    edges = low[:, None] + steps[None, :] * extent[:, None] / float(pool_size)  # (R, P + 1)
+    start = tf.cast(tf.math.floor(edges[:, :-1]), tf.int32)
+    end = tf.cast(tf.math.ceil(edges[:, 1:]), tf.int32)
+    start = tf.clip_by_value(start, 0, size - 1)
+    end = tf.minimum(tf.maximum(end, start + 1), size)
+    return start, end
+
+
+def _floor_log2(length: tf.Tensor) -> tf.Tensor:
+    """floor(log2(length)) for int32 ``length >= 1`` (any shape), exact."""
+    powers = tf.bitwise.left_shift(tf.ones([_MAX_LOG2], tf.int32), tf.range(1, _MAX_LOG2 + 1))
+    return tf.reduce_sum(tf.cast(length[..., None] >= powers, tf.int32), axis=-1)
+
+
+def _double(values: tf.Tensor, where: tf.Tensor, shift: tf.Tensor, axis: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """One doubling step of the sparse table along ``axis`` (0 = rows, 1 = columns).
+
+    values: (H, W, C) block maxima of extent ``shift`` along ``axis``; where: (H, W, C) int32 flat
+    spatial index ``row * W + col`` of each maximum. Returns the same for extent ``2 * shift``
+    (blocks clipped at the border; ties keep the first cell).
+    """
+    size = tf.shape(values)[axis]
+    neighbour = tf.minimum(tf.range(size) + shift, size - 1)
+    other_values = tf.gather(values, neighbour, axis=axis)
+    other_where = tf.gather(where, neighbour, axis=axis)
+    take = other_values > values
+    return tf.where(take, other_values, values), tf.where(take, other_where, where)
+
+
+def _bin_maxima(features: tf.Tensor, rois: tf.Tensor, pool_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Maximum of every bin and channel, and where it is.
+
+    features: (H, W, C); rois: (R, 4) float32 feature units. Returns (maxima, where), both
+    (R * P * P, C): maxima in the dtype of ``features``, where int32 flat spatial indices
+    ``row * W + col``; bins are ordered (roi, bin row, bin col). Not differentiable.
+    """
+    shape = tf.shape(features)
+    height, width, channels = shape[0], shape[1], shape[2]
+    y_start, y_end = _bin_edges(rois[:, 1], rois[:, 3], height, pool_size)   # (R, P)
+    x_start, x_end = _bin_edges(rois[:, 0], rois[:, 2], width, pool_size)
+    y_level = _floor_log2(y_end - y_start)
+    x_level = _floor_log2(x_end - x_start)
+    y_last = y_end - tf.bitwise.left_shift(1, y_level)                       # start of the 2nd block
+    x_last = x_end - tf.bitwise.left_shift(1, x_level)
+
+    # every bin as (roi, i, j) flattened: corners and level pair
+    def per_bin(row_part: tf.Tensor, col_part: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        rows = tf.broadcast_to(row_part[:, :, None], [tf.shape(rois)[0], pool_size, pool_size])
+        cols = tf.broadcast_to(col_part[:, None, :], [tf.shape(rois)[0], pool_size, pool_size])
+        return tf.reshape(rows, [-1]), tf.reshape(cols, [-1])
+
+    bin_y_level, bin_x_level = per_bin(y_level, x_level)
+    top, left = per_bin(y_start, x_start)
+    bottom, right = per_bin(y_last, x_last)
+    corners = tf.stack([top * width + left, top * width + right,
+                        bottom * width + left, bottom * width + right], axis=1)  # (N, 4)
+    num_bins = tf.shape(corners)[0]
+    # levels needed (0 when there are no RoIs: reduce_max of an empty tensor is the int minimum)
+    num_y_levels = tf.where(num_bins > 0, tf.reduce_max(bin_y_level) + 1, 0)
+    num_x_levels = tf.where(num_bins > 0, tf.reduce_max(bin_x_level) + 1, 0)
+
+    positions = tf.reshape(tf.range(height * width), [height, width, 1])
+    base_where = tf.broadcast_to(positions, shape)
+
+    def fill(level_a: tf.Tensor, level_b: tf.Tensor, values: tf.Tensor, where: tf.Tensor,
+             maxima: tf.TensorArray, answers: tf.TensorArray, order: tf.TensorArray, slot: tf.Tensor
+             ) -> tuple[tf.TensorArray, tf.TensorArray, tf.TensorArray]:
+        """Answer the bins of level pair (a, b) from that pair's table (values, where)."""
+        chosen = tf.where(tf.logical_and(tf.equal(bin_y_level, level_a), tf.equal(bin_x_level, level_b)))
+        chosen = tf.cast(chosen[:, 0], tf.int32)                               # (k,)
+        spots = tf.gather(corners, chosen)                                     # (k, 4)
+        corner_values = tf.gather(tf.reshape(values, [-1, channels]), spots)   # (k, 4, C)
+        corner_where = tf.gather(tf.reshape(where, [-1, channels]), spots)
+        best_values, best_where = corner_values[:, 0], corner_where[:, 0]      # (k, C)
+        for corner in range(1, 4):
+            take = corner_values[:, corner] > best_values
+            best_values = tf.where(take, corner_values[:, corner], best_values)
+            best_where = tf.where(take, corner_where[:, corner], best_where)
+        return maxima.write(slot, best_values), answers.write(slot, best_where), order.write(slot, chosen)
+
+    def outer_body(level_a, y_values, y_where, maxima, answers, order):
+        # the table of level a along y arrives at level a - 1 (no doubling is wasted after the last)
+        y_values, y_where = _double_if(level_a, y_values, y_where, axis=0)
+
+        def inner_body(level_b, values, where, maxima, answers, order):
+            values, where = _double_if(level_b, values, where, axis=1)
+            maxima, answers, order = fill(level_a, level_b, values, where, maxima, answers, order,
+                                          level_a * num_x_levels + level_b)
+            return level_b + 1, values, where, maxima, answers, order
+
+        _, _, _, maxima, answers, order = tf.while_loop(
+            lambda level_b, *_: level_b < num_x_levels, inner_body,
+            (tf.constant(0), y_values, y_where, maxima, answers, order))
+        return level_a + 1, y_values, y_where, maxima, answers, order
+
+    # every bin has exactly one level pair, so the bins answered pair by pair form a permutation
+    maxima = tf.TensorArray(features.dtype, size=0, dynamic_size=True, infer_shape=False,
+                            element_shape=tf.TensorShape([None, None]))
+    answers = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False,
+                             element_shape=tf.TensorShape([None, None]))
+    order = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False,
+                           element_shape=tf.TensorShape([None]))
+    _, _, _, maxima, answers, order = tf.while_loop(
+        lambda level_a, *_: level_a < num_y_levels, outer_body,
+        (tf.constant(0), features, base_where, maxima, answers, order))
+
+    def collect() -> tuple[tf.Tensor, tf.Tensor]:
+        inverse = tf.math.invert_permutation(order.concat())
+        return tf.gather(maxima.concat(), inverse), tf.gather(answers.concat(), inverse)
+
+    return tf.cond(num_bins > 0, collect,
+                   lambda: (tf.zeros([0, channels], features.dtype), tf.zeros([0, channels], tf.int32)))
+
+
+def _double_if(level: tf.Tensor, values: tf.Tensor, where: tf.Tensor, axis: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Tables of block extent ``2**(level - 1)`` -> ``2**level`` (unchanged at level 0)."""
+    return tf.cond(
+        level > 0,
+        lambda: _double(values, where, tf.bitwise.left_shift(1, tf.maximum(level - 1, 0)), axis),
+        lambda: (values, where))
+
+
+def roi_max_pool(features: Any, rois: Any, pool_size: int) -> tf.Tensor:
+    """Max-pool every RoI of one feature map into a ``pool_size`` x ``pool_size`` grid.
+
+    features: (H, W, C) float tensor; rois: (R, 4) float ``[x1, y1, x2, y2]`` in feature-map
+    units (see the module docstring for the bin definition). Returns (R, P, P, C) in the dtype of
+    ``features``. The gradient with respect to ``features`` is the upstream gradient added at each
+    bin's arg-max cell (zero elsewhere); RoIs get no gradient.
+    """
+    features = tf.convert_to_tensor(features)
+    rois = tf.stop_gradient(tf.cast(tf.convert_to_tensor(rois), tf.float32))
+    static_shape = [rois.shape[0], pool_size, pool_size, features.shape[-1]]
+
+    @tf.custom_gradient
+    def pool(feature_map: tf.Tensor) -> tuple[tf.Tensor, Any]:
+        shape = tf.shape(feature_map)
+        channels = shape[2]
+        maxima, where = _bin_maxima(feature_map, rois, pool_size)           # (N, C) each
+        pooled = tf.reshape(maxima, tf.stack([tf.shape(rois)[0], pool_size, pool_size, channels]))
+
+        def grad(upstream: tf.Tensor) -> tf.Tensor:
+            flat_index = where * channels + tf.range(channels)[None, :]
+            summed = tf.math.unsorted_segment_sum(
+                tf.reshape(upstream, [-1]), tf.reshape(flat_index, [-1]), tf.reduce_prod(shape))
+            return tf.reshape(summed, shape)
+
+        return pooled, grad
+
+    pooled = pool(features)
+    pooled.set_shape(static_shape)
+    return pooled
+
+
+@keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
+class RoiPoolingConv(keras.layers.Layer):
+    """RoI max pooling layer (name kept from keras-frcnn).
+
+    Called on ``[features, rois]``: features (1, H, W, C), rois (1, R, 4) float
+    ``[x1, y1, x2, y2]`` in feature-map units (R may be dynamic). Returns (1, R, P, P, C).
+    Only batch size 1 is supported (one image per step, as in keras-frcnn). The layer uses
+    data-dependent shapes (a while loop over table levels), so it opts out of XLA: a model holding
+    it gets ``jit_compile=False`` (Keras would otherwise turn XLA on for "auto" on a GPU).
+    """
+
+    def __init__(self, pool_size: int, **kwargs: Any) -> None:
+        # no autocast: under a mixed-precision policy the RoI coordinates stay float32
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.pool_size = int(pool_size)
+        self.supports_jit = False
+
+    def call(self, inputs: list[Any]) -> tf.Tensor:  # noqa: D102
+        features, rois = inputs
+        pooled = roi_max_pool(features[0], rois[0], self.pool_size)
+        return pooled[None]
+
+    def compute_output_shape(self, input_shape: list[tuple]) -> tuple:  # noqa: D102
+        feature_shape, roi_shape = input_shape
+        return (1, roi_shape[1], self.pool_size, self.pool_size, feature_shape[3])
+
+    def get_config(self) -> dict[str, Any]:  # noqa: D102
+        config = super().get_config()
+        config.update({"pool_size": self.pool_size})
+        return config

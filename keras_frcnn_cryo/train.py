@@ -1,0 +1,390 @@
+"""Training (train_frcnn.py): alternating RPN and classifier steps, one image per step.
+
+Per image (Li et al. 2019, keras-frcnn):
+
+1. RPN step: backbone + RPN on the image, loss on 256 sampled anchors (calc_rpn), Adam update.
+2. Proposals: the RPN outputs of that same forward pass go through rpn_to_roi (NMS 0.7, 300 boxes).
+3. Classifier step: proposals labelled against the ground truth (calc_iou), ``num_rois`` sampled
+   (at most half positive), backbone + RoI pooling + conv5 head, Adam update.
+
+An epoch is ``epoch_length`` images. After each epoch the summed mean loss is compared with the best
+so far; the weights are written (atomically) only when it improves (the paper's rule). With a
+validation split the validation loss and AP are reported every epoch and the best model on
+validation AP@0.7 is kept as well (``*_bestval.weights.h5``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from . import data_generators, metrics, roi_helpers, splits, tomo_io
+from .cli import check_output_dir, set_seed
+from .config import BG_CLASS, Config, save_config
+from .errors import CryoError
+from .model import Detector, build_models, check_weights_path, load_imagenet_weights, save_weights_atomic
+from .preprocessing import prepare_image
+
+PARSERS = ("simple", "pascal_voc")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options (keras-frcnn's flags plus --seed, --val-split, --im-size, ...)."""
+    defaults = Config()
+    p = argparse.ArgumentParser(description="Train the Faster R-CNN detector (Li et al. 2019).")
+    p.add_argument("-p", "--path", required=True, help="annotations: simple txt file, or LabelImg/VOC folder")
+    p.add_argument("-o", "--parser", default="simple", help="annotation format: simple or pascal_voc")
+    p.add_argument("-n", "--num_rois", type=int, default=defaults.num_rois, help="RoIs per classifier step")
+    p.add_argument("--hf", action="store_true", help="augment with horizontal flips")
+    p.add_argument("--vf", action="store_true", help="augment with vertical flips")
+    p.add_argument("--rot", "--rot_90", dest="rot", action="store_true", help="augment with 90-degree rotations")
+    p.add_argument("--num_epochs", type=int, default=defaults.num_epochs)
+    p.add_argument("--epoch_length", type=int, default=defaults.epoch_length, help="images per epoch")
+    p.add_argument("--config_filename", default="config.pickle", help="where to write the run's config")
+    p.add_argument("--output_weight_path", default=defaults.model_path, help="model weights (.weights.h5)")
+    p.add_argument("--input_weight_path", default=None,
+                   help="ImageNet ResNet-50 notop weights (.h5) to start from; default: train from scratch")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--val-split", type=float, default=defaults.val_fraction,
+                   help="fraction of the training groups (tomograms) held out for validation")
+    p.add_argument("--test-split", type=float, default=defaults.test_fraction,
+                   help="fraction of groups held out for measure_map (paper: 1/6)")
+    p.add_argument("--split-file", default=None, help="split JSON (default: beside the annotations)")
+    p.add_argument("--im-size", type=int, default=defaults.im_size, help="shorter image side (px)")
+    p.add_argument("--no-preprocess", action="store_true",
+                   help="skip bilateral filter and histogram equalisation (ablation)")
+    p.add_argument("--anchor-scales", type=float, nargs="+", default=None,
+                   help="anchor sizes in px of the resized image (paper: 128 256 512)")
+    p.add_argument("--backbone-norm", default=defaults.backbone_norm, choices=["auto", "frozen_bn", "group", "batch"],
+                   help="auto: frozen_bn with --input_weight_path, GroupNorm from scratch")
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """A Config carrying the paper's defaults overridden by the command line."""
+    cfg = Config()
+    if args.parser not in PARSERS:
+        raise CryoError(f"unknown parser {args.parser!r} (use simple or pascal_voc)")
+    for name, value in (("num_rois", args.num_rois), ("num_epochs", args.num_epochs),
+                        ("epoch_length", args.epoch_length), ("im_size", args.im_size)):
+        if value < 1:
+            raise CryoError(f"--{name} must be a positive integer, got {value}")
+    if not 0.0 <= args.val_split < 1.0 or not 0.0 <= args.test_split < 1.0:
+        raise CryoError("--val-split and --test-split must lie in [0, 1)")
+    cfg.parser = args.parser
+    cfg.annotation_path = os.path.abspath(args.path)
+    cfg.num_rois = args.num_rois
+    cfg.use_horizontal_flips, cfg.use_vertical_flips, cfg.rot_90 = args.hf, args.vf, args.rot
+    cfg.num_epochs, cfg.epoch_length = args.num_epochs, args.epoch_length
+    cfg.model_path = os.path.abspath(args.output_weight_path)
+    cfg.base_net_weights = os.path.abspath(args.input_weight_path) if args.input_weight_path else None
+    cfg.seed = args.seed
+    cfg.val_fraction, cfg.test_fraction = args.val_split, args.test_split
+    cfg.im_size = args.im_size
+    cfg.preprocess = not args.no_preprocess
+    if args.anchor_scales:
+        cfg.anchor_box_scales = [float(s) for s in args.anchor_scales]
+    cfg.backbone_norm = args.backbone_norm
+    cfg.learning_rate = args.learning_rate
+    return cfg
+
+
+def load_annotations(path: str, parser: str) -> tuple[list[dict], dict[str, int], dict[str, int]]:
+    """(records, classes_count, class_mapping) from either annotation format."""
+    if not os.path.exists(path):
+        raise CryoError("annotation path not found", path)
+    if parser == "simple":
+        from . import simple_parser
+        return simple_parser.get_data(path)
+    if parser == "pascal_voc":
+        from . import pascal_voc_parser
+        return pascal_voc_parser.get_data(path)
+    raise CryoError(f"unknown parser {parser!r} (use simple or pascal_voc)")
+
+
+def record_boxes(record: dict, class_mapping: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (N, 4) float and labels (N,) of a record (original-image pixels)."""
+    boxes = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in record["bboxes"]], np.float32).reshape(-1, 4)
+    labels = np.array([class_mapping[b["class"]] for b in record["bboxes"]], np.int64)
+    return boxes, labels
+
+
+def records_to_ground_truth(records: list[dict]) -> dict[str, list[dict]]:
+    """image id (file path) -> list of gt dicts, as metrics.evaluate expects."""
+    return {r["filepath"]: [dict(b, difficult=bool(b.get("difficult", False))) for b in r["bboxes"]]
+            for r in records}
+
+
+@dataclass
+class EpochStats:
+    """Running means of one epoch's losses."""
+
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, **kwargs: float) -> None:
+        for key, value in kwargs.items():
+            self.values.setdefault(key, []).append(float(value))
+
+    def mean(self, key: str) -> float:
+        vals = [v for v in self.values.get(key, []) if not math.isnan(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+
+class Trainer:
+    """Holds the models, optimisers and compiled train steps."""
+
+    def __init__(self, cfg: Config):
+        import keras
+        import tensorflow as tf
+
+        from . import losses
+
+        self.cfg = cfg
+        self.models = build_models(cfg)
+        if cfg.base_net_weights:
+            loaded = load_imagenet_weights(self.models, cfg.base_net_weights)
+            print(f"loaded ImageNet weights into {len(loaded)} layers from {cfg.base_net_weights}")
+        k = cfg.num_anchors
+        n_fg = cfg.num_classes - 1
+        self.loss_rpn_cls = losses.rpn_loss_cls(k, cfg.lambda_rpn_class, cfg.loss_epsilon)
+        self.loss_rpn_regr = losses.rpn_loss_regr(k, cfg.lambda_rpn_regr, cfg.loss_epsilon)
+        self.loss_cls_cls = losses.class_loss_cls(cfg.lambda_cls_class)
+        self.loss_cls_regr = losses.class_loss_regr(n_fg, cfg.lambda_cls_regr, cfg.loss_epsilon)
+        m = self.models
+        self.rpn_vars = m.base.trainable_variables + m.rpn_head.trainable_variables
+        self.cls_vars = m.base.trainable_variables + m.classifier_head.trainable_variables
+
+        def adam() -> keras.optimizers.Optimizer:
+            return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta_1,
+                                         beta_2=cfg.adam_beta_2)
+        self.opt_rpn, self.opt_cls = adam(), adam()
+        self.opt_rpn.build(self.rpn_vars)
+        self.opt_cls.build(self.cls_vars)
+
+        img_spec = tf.TensorSpec((1, None, None, 3), tf.float32)
+        rpn_specs = [img_spec, tf.TensorSpec((1, None, None, 2 * k), tf.float32),
+                     tf.TensorSpec((1, None, None, 8 * k), tf.float32)]
+        cls_specs = [img_spec, tf.TensorSpec((1, None, 4), tf.float32),
+                     tf.TensorSpec((1, None, n_fg + 1), tf.float32),
+                     tf.TensorSpec((1, None, 8 * n_fg), tf.float32)]
+
+        def rpn_forward(x, y_cls, y_regr, training):
+            features = m.base(x, training=training)
+            p_cls, p_regr = m.rpn_head(features, training=training)
+            return self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr), p_cls, p_regr
+
+        def cls_forward(x, rois, y_cls, y_regr, training):
+            features = m.base(x, training=training)
+            p_cls, p_regr = m.classifier_head([features, rois], training=training)
+            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(p_cls, -1), tf.argmax(y_cls, -1)), tf.float32))
+            return self.loss_cls_cls(y_cls, p_cls), self.loss_cls_regr(y_regr, p_regr), acc
+
+        def rpn_train(x, y_cls, y_regr):
+            with tf.GradientTape() as tape:
+                l_cls, l_regr, p_cls, p_regr = rpn_forward(x, y_cls, y_regr, True)
+                total = l_cls + l_regr
+            grads = tape.gradient(total, self.rpn_vars)
+            self.opt_rpn.apply_gradients(zip(grads, self.rpn_vars))
+            return l_cls, l_regr, p_cls, p_regr
+
+        def cls_train(x, rois, y_cls, y_regr):
+            with tf.GradientTape() as tape:
+                l_cls, l_regr, acc = cls_forward(x, rois, y_cls, y_regr, True)
+                total = l_cls + l_regr
+            grads = tape.gradient(total, self.cls_vars)
+            self.opt_cls.apply_gradients(zip(grads, self.cls_vars))
+            return l_cls, l_regr, acc
+
+        self.rpn_train_step = tf.function(rpn_train, input_signature=rpn_specs)
+        self.cls_train_step = tf.function(cls_train, input_signature=cls_specs)
+        self.rpn_eval_step = tf.function(lambda x, c, r: rpn_forward(x, c, r, False), input_signature=rpn_specs)
+        self.cls_eval_step = tf.function(lambda x, r, c, g: cls_forward(x, r, c, g, False), input_signature=cls_specs)
+
+    def classifier_targets(self, sample: dict, p_cls: np.ndarray, p_regr: np.ndarray,
+                           rng: np.random.Generator) -> tuple[np.ndarray, ...] | None:
+        """Sampled RoIs (1, R, 4) in feature units with their targets, or None if there is no RoI."""
+        cfg = self.cfg
+        height, width = sample["x_img"].shape[1:3]
+        rois, _ = roi_helpers.rpn_to_roi(p_cls[0], p_regr[0], cfg, width, height)
+        boxes = sample["boxes"]
+        if cfg.classifier_add_gt_rois and len(boxes):
+            rois = np.concatenate([rois, boxes.astype(rois.dtype)], axis=0)
+        rois, y_class, y_regr, _ = roi_helpers.calc_iou(rois, boxes, sample["labels"], cfg, cfg.num_classes)
+        if rois.shape[0] == 0:
+            return None
+        idx = roi_helpers.sample_rois(y_class, cfg.num_rois, cfg.classifier_positive_fraction, rng)
+        rois_feat = (rois[idx] / float(cfg.rpn_stride)).astype(np.float32)
+        return (rois_feat[None], y_class[idx].astype(np.float32)[None], y_regr[idx].astype(np.float32)[None],
+                float(np.mean(y_class[idx, -1] == 0)))
+
+    def train_on_sample(self, sample: dict, rng: np.random.Generator) -> dict[str, float]:
+        """One alternating RPN + classifier step; returns the losses (nan where a step was skipped)."""
+        l_rpn_cls, l_rpn_regr, p_cls, p_regr = self.rpn_train_step(
+            sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"])
+        out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), "cls_cls": math.nan,
+               "cls_regr": math.nan, "cls_acc": math.nan, "pos_fraction": math.nan}
+        targets = self.classifier_targets(sample, p_cls.numpy(), p_regr.numpy(), rng)
+        if targets is not None:
+            rois, y_cls, y_regr, pos_fraction = targets
+            l_cls, l_regr, acc = self.cls_train_step(sample["x_img"], rois, y_cls, y_regr)
+            out.update(cls_cls=float(l_cls), cls_regr=float(l_regr), cls_acc=float(acc), pos_fraction=pos_fraction)
+        return out
+
+    def eval_on_sample(self, sample: dict, rng: np.random.Generator) -> dict[str, float]:
+        """The same four losses without updating anything (validation)."""
+        l_rpn_cls, l_rpn_regr, p_cls, p_regr = self.rpn_eval_step(
+            sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"])
+        out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), "cls_cls": math.nan, "cls_regr": math.nan}
+        targets = self.classifier_targets(sample, p_cls.numpy(), p_regr.numpy(), rng)
+        if targets is not None:
+            rois, y_cls, y_regr, _ = targets
+            l_cls, l_regr, _ = self.cls_eval_step(sample["x_img"], rois, y_cls, y_regr)
+            out.update(cls_cls=float(l_cls), cls_regr=float(l_regr))
+        return out
+
+
+LOSS_KEYS = ("rpn_cls", "rpn_regr", "cls_cls", "cls_regr")
+
+
+def total_loss(stats: EpochStats) -> float:
+    """Sum of the four mean losses (a skipped classifier contributes nothing)."""
+    return float(sum(0.0 if math.isnan(stats.mean(k)) else stats.mean(k) for k in LOSS_KEYS))
+
+
+def validate(trainer: Trainer, records: list[dict], seed: int) -> dict[str, float]:
+    """Validation loss (mean over images) and AP at the configured IoU thresholds."""
+    cfg = trainer.cfg
+    rng = np.random.default_rng(seed)
+    stats = EpochStats()
+    gen = data_generators.iter_training_samples(records, cfg, rng, tomo_io.read_image, prepare_image,
+                                                augment_images=False)
+    for _ in range(len(records)):
+        stats.add(**trainer.eval_on_sample(next(gen), rng))
+    detector = Detector(cfg, models=trainer.models)
+    detections = []
+    for record in records:
+        dets = detector.detect(tomo_io.read_image(record["filepath"]), min_score=cfg.eval_min_score)
+        detections.extend(detections_to_dicts(record["filepath"], dets))
+    results = metrics.evaluate(records_to_ground_truth(records), detections, cfg.eval_iou_thresholds,
+                               classes=cfg.class_names[:-1])
+    out = {"val_loss": total_loss(stats)}
+    for thr in cfg.eval_iou_thresholds:
+        out[f"val_ap@{thr:g}"] = float(results["mAP"][thr])
+    return out
+
+
+def detections_to_dicts(image_id: str, dets) -> list[dict]:
+    """Detections -> the dict rows used by metrics and the CSV writer."""
+    return [{"image": image_id, "class": dets.class_names[int(lab)], "x1": float(b[0]), "y1": float(b[1]),
+             "x2": float(b[2]), "y2": float(b[3]), "score": float(s)}
+            for b, s, lab in zip(dets.boxes, dets.scores, dets.labels)]
+
+
+def _log_path(model_path: str) -> str:
+    return model_path[: -len(".weights.h5")] + "_log.csv"
+
+
+def bestval_path(model_path: str) -> str:
+    """Where the best-on-validation weights go."""
+    return model_path[: -len(".weights.h5")] + "_bestval.weights.h5"
+
+
+def main(args: argparse.Namespace) -> int:
+    """train_frcnn.py: parse annotations, split by tomogram, train, save config and weights."""
+    cfg = config_from_args(args)
+    check_weights_path(cfg.model_path)
+    check_output_dir(os.path.dirname(cfg.model_path))
+    check_output_dir(os.path.dirname(os.path.abspath(args.config_filename)))
+    if cfg.base_net_weights and not os.path.isfile(cfg.base_net_weights):
+        raise CryoError("--input_weight_path file not found", cfg.base_net_weights)
+    set_seed(cfg.seed)
+
+    records, classes_count, class_mapping = load_annotations(cfg.annotation_path, cfg.parser)
+    if not records:
+        raise CryoError("no annotated images found", cfg.annotation_path)
+    if BG_CLASS not in class_mapping:
+        class_mapping[BG_CLASS] = len(class_mapping)
+    cfg.class_mapping = dict(class_mapping)
+    split_path = args.split_file or splits.default_split_path(cfg.annotation_path)
+    splits.assign_splits(records, split_path, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+    train_records = [r for r in records if r.get("imageset") == "train"]
+    val_records = [r for r in records if r.get("imageset") == "val"]
+    if not train_records:
+        raise CryoError("the split left no training images", split_path)
+    print(f"classes: {', '.join(f'{k} ({v})' for k, v in classes_count.items() if k != BG_CLASS)}")
+    print(f"images: {len(train_records)} train, {len(val_records)} val, "
+          f"{sum(r.get('imageset') == 'test' for r in records)} test (split: {split_path})")
+    save_config(cfg, args.config_filename)
+    print(f"config written to {args.config_filename}")
+
+    trainer = Trainer(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    gen = data_generators.iter_training_samples(train_records, cfg, rng, tomo_io.read_image, prepare_image,
+                                                augment_images=True)
+    best_loss, best_val = math.inf, -math.inf
+    log_rows: list[dict] = []
+    for epoch in range(cfg.num_epochs):
+        stats = EpochStats()
+        start = time.time()
+        bar = tqdm(range(cfg.epoch_length), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
+        for _ in bar:
+            step = trainer.train_on_sample(next(gen), rng)
+            if not all(math.isfinite(step[k]) for k in ("rpn_cls", "rpn_regr")) or \
+                    any(math.isinf(step[k]) for k in ("cls_cls", "cls_regr")):
+                raise CryoError(f"loss became NaN/Inf in epoch {epoch + 1} ({step}); the last good weights "
+                                f"are kept in {cfg.model_path} (try a lower --learning-rate)")
+            stats.add(**step)
+            bar.set_postfix(rpn_cls=f"{stats.mean('rpn_cls'):.3f}", rpn_regr=f"{stats.mean('rpn_regr'):.3f}",
+                            cls=f"{stats.mean('cls_cls'):.3f}", regr=f"{stats.mean('cls_regr'):.3f}",
+                            acc=f"{stats.mean('cls_acc'):.2f}")
+        bar.close()
+        curr = total_loss(stats)
+        row = {"epoch": epoch + 1, "loss": curr, **{k: stats.mean(k) for k in LOSS_KEYS},
+               "cls_acc": stats.mean("cls_acc"), "seconds": time.time() - start}
+        print(f"epoch {epoch + 1}: loss {curr:.4f} (rpn cls {row['rpn_cls']:.4f}, rpn regr {row['rpn_regr']:.4f}, "
+              f"cls {row['cls_cls']:.4f}, regr {row['cls_regr']:.4f}), classifier accuracy {row['cls_acc']:.3f}, "
+              f"{row['seconds']:.1f} s")
+        if curr < best_loss:
+            print(f"total loss decreased from {best_loss:.4f} to {curr:.4f}, saving weights to {cfg.model_path}")
+            best_loss = curr
+            save_weights_atomic(trainer.models.model_all, cfg.model_path)
+        if val_records:
+            val = validate(trainer, val_records, cfg.seed)
+            row.update(val)
+            ap_text = ", ".join(f"AP@{t:g} {val[f'val_ap@{t:g}']:.3f}" for t in cfg.eval_iou_thresholds)
+            print(f"  validation: loss {val['val_loss']:.4f}, {ap_text}")
+            score = val.get("val_ap@0.7", -math.inf)
+            if score > best_val:
+                best_val = score
+                save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
+                print(f"  best validation AP@0.7 so far ({score:.3f}): saved {bestval_path(cfg.model_path)}")
+        log_rows.append(row)
+        _write_log(_log_path(cfg.model_path), log_rows)
+    return 0
+
+
+def _write_log(path: str, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def console_main() -> None:
+    """Console entry point (setup.py)."""
+    import sys
+
+    from .cli import run_cli
+    sys.exit(run_cli(main, build_parser()))

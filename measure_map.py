@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Measure AP, F1 and mean IoU (see README.md). All logic lives in keras_frcnn_cryo.evaluation."""
+import sys
+
+from keras_frcnn_cryo import evaluation
+from keras_frcnn_cryo.cli import run_cli
+
+if __name__ == "__main__":
+    sys.exit(run_cli(evaluation.main, evaluation.build_parser()))

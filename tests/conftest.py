@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny generated data set and a Config sized for it."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from keras_frcnn_cryo.config import Config  # noqa: E402
+
+# Tiny-image settings: 96-px images, objects 20-50 px, so anchors of 24 and 48 px.
+TOY_SIZE = 96
+TOY_ANCHORS = [24.0, 48.0]
+
+
+def toy_config(**overrides) -> Config:
+    """A Config for 96-px toy images (small anchors, few proposals, faster learning rate)."""
+    values = dict(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=TOY_SIZE, anchor_box_scales=TOY_ANCHORS,
+                  rpn_max_proposals=64, num_rois=16, learning_rate=1e-4, seed=0)
+    values.update(overrides)
+    return Config(**values)
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory) -> str:
+    """annotations.txt of 12 toy images (3 groups of 4 slices) with dark double rings."""
+    from keras_frcnn_cryo import synthetic
+    out = tmp_path_factory.mktemp("toy")
+    return synthetic.write_toy_dataset(str(out), n_images=12, size=TOY_SIZE, seed=3)

@@ -1,0 +1,82 @@
+"""Config: paper defaults, pickle/JSON round trip, restricted unpickling."""
+import json
+import os
+import pickle
+
+import pytest
+
+from keras_frcnn_cryo.config import Config, load_config, save_config
+from keras_frcnn_cryo.errors import CryoError
+
+
+def test_paper_defaults():
+    cfg = Config()
+    assert cfg.anchor_box_scales == [128.0, 256.0, 512.0]
+    assert cfg.anchor_box_ratios == [[1.0, 1.0], [1.0, 2.0], [2.0, 1.0]]
+    assert cfg.num_anchors == 9
+    assert (cfg.im_size, cfg.rpn_stride, cfg.pool_size) == (600, 16, 7)
+    assert (cfg.rpn_nms_overlap, cfg.rpn_max_proposals) == (0.7, 300)
+    assert (cfg.rpn_min_overlap, cfg.rpn_max_overlap) == (0.3, 0.7)
+    assert (cfg.classifier_min_overlap, cfg.classifier_max_overlap) == (0.1, 0.5)
+    assert (cfg.learning_rate, cfg.adam_beta_1, cfg.adam_beta_2) == (1e-5, 0.9, 0.999)
+    assert cfg.lambda_rpn_regr == cfg.lambda_cls_regr == 1.0
+    assert (cfg.bilateral_sigma_r, cfg.bilateral_sigma_d) == (1.2, 100.0)
+    assert cfg.effective_sigma_d(3708) == pytest.approx(100.0)
+    assert cfg.effective_sigma_d(600) == pytest.approx(100.0 * 600 / 3708)
+
+
+def test_round_trip_pickle_and_json(tmp_path):
+    cfg = Config(class_mapping={"mito": 0, "bg": 1}, im_size=300, seed=7)
+    path = tmp_path / "run" / "config.pickle"
+    save_config(cfg, str(path))
+    assert (tmp_path / "run" / "config.json").is_file()
+    for loaded in (load_config(str(path)), load_config(str(tmp_path / "run" / "config.json"))):
+        assert loaded == cfg
+        assert loaded.class_names == ["mito", "bg"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["im_size"] == 300
+
+
+class _Payload:
+    """Unpickling this would run os.system and create a file."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_crafted_pickle_cannot_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "config.pickle"
+    evil.write_bytes(pickle.dumps(_Payload(marker)))
+    # the payload is real: a plain unpickler would create the file
+    with pytest.raises(CryoError, match="refusing to load global"):
+        load_config(str(evil))
+    assert not marker.exists()
+    pickle.loads(evil.read_bytes())
+    assert marker.exists()
+
+
+def test_older_layout_gets_defaults(tmp_path):
+    cfg = Config(class_mapping={"mito": 0, "bg": 1})
+    del cfg.__dict__["rpn_min_box_size"]   # a pickle from a version without this field
+    path = tmp_path / "config.pickle"
+    path.write_bytes(pickle.dumps(cfg, protocol=4))
+    loaded = load_config(str(path))
+    assert loaded.rpn_min_box_size == Config().rpn_min_box_size
+    assert loaded.class_mapping == {"mito": 0, "bg": 1}
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"\x80\x04garbage", "invalid"),
+                                              (pickle.dumps([1, 2]), "not a Config")])
+def test_bad_pickles(tmp_path, content, message):
+    path = tmp_path / "config.pickle"
+    path.write_bytes(content)
+    with pytest.raises(CryoError, match=message):
+        load_config(str(path))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CryoError, match="not found"):
+        load_config(str(tmp_path / "nope.pickle"))

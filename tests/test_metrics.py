@@ -1,0 +1,387 @@
+"""Tests of keras_frcnn_cryo.metrics against hand-computed answers, brute force and pycocotools."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from keras_frcnn_cryo.errors import CryoError
+from keras_frcnn_cryo.metrics import (
+    box_iou,
+    evaluate,
+    evaluate_by_group,
+    format_markdown,
+    format_table,
+    match_detections,
+    plot_pr_curves,
+    results_to_json,
+    voc_ap,
+    write_json_atomic,
+)
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def obj(x1, y1, x2, y2, cls="mito", difficult=False):
+    return {"class": cls, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "difficult": difficult}
+
+
+def det(image, x1, y1, x2, y2, score, cls="mito"):
+    return {"image": image, "class": cls, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score}
+
+
+# ------------------------------------------------------------------------------------------
+# IoU and the AP integral
+# ------------------------------------------------------------------------------------------
+def test_box_iou_no_plus_one():
+    iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30], [3, 3, 3, 3]]))
+    # 50 / (100 + 100 - 50); identical; disjoint; zero-area box
+    np.testing.assert_allclose(iou, [[1.0 / 3.0, 1.0, 0.0, 0.0]])
+
+
+def test_voc_ap_hand_example():
+    # recall steps 0.25, 0.25, 0.25, 0.25 (one repeated); envelope of precision from the right:
+    # p = [1, 0.5, 0.4, 2/3, 0.5] at r = [.25, .25, .5, .75, .75] -> envelope [1, 2/3, 2/3, 2/3, .5]
+    recall = [0.25, 0.25, 0.5, 0.75, 0.75]
+    precision = [1.0, 0.5, 0.4, 2.0 / 3.0, 0.5]
+    expected = 0.25 * 1.0 + 0.25 * (2.0 / 3.0) + 0.25 * (2.0 / 3.0)  # recall 0.75..1 never reached
+    assert voc_ap(recall, precision) == pytest.approx(expected)
+    assert voc_ap([], []) == 0.0
+
+
+def test_voc_ap_matches_integral_of_envelope():
+    """Brute force: midpoint sum of p_interp(r) = max{p_i : r_i >= r} on a grid aligned with the steps."""
+    rng = np.random.default_rng(0)
+    n_gt = 20
+    for _ in range(20):
+        hits = rng.random(30) < 0.5
+        ctp = np.cumsum(hits)
+        recall = ctp / n_gt
+        precision = ctp / np.arange(1, 31)
+        grid = (np.arange(1000) + 0.5) / 1000.0  # breakpoints are multiples of 1/20: never on a midpoint
+        interp = np.array([precision[recall >= r].max() if np.any(recall >= r) else 0.0 for r in grid])
+        assert voc_ap(recall, precision) == pytest.approx(interp.mean(), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# known answers
+# ------------------------------------------------------------------------------------------
+def test_perfect_predictions_ap_one_everywhere():
+    gt = {"a": [obj(0, 0, 10, 10), obj(20, 20, 40, 35)], "b": [obj(5, 5, 25, 30)]}
+    dets = [det(img, o["x1"], o["y1"], o["x2"], o["y2"], 0.9 - 0.1 * k)
+            for k, (img, o) in enumerate((img, o) for img, objs in gt.items() for o in objs)]
+    res = evaluate(gt, dets, THRESHOLDS)
+    for t in THRESHOLDS:
+        assert res["mAP"][t] == 1.0
+        entry = res["per_class"]["mito"]["thresholds"][t]
+        assert (entry["f1"], entry["precision"], entry["recall"]) == (1.0, 1.0, 1.0)
+        assert entry["best_threshold"] == pytest.approx(0.7)
+    assert res["per_class"]["mito"]["miou"] == 1.0
+    assert res["mean"]["coco_ap"] == pytest.approx(1.0)
+
+
+def test_no_predictions_give_zero_not_one():
+    gt = {"a": [obj(0, 0, 10, 10)], "b": [obj(5, 5, 25, 30)]}
+    res = evaluate(gt, [], THRESHOLDS)
+    for t in THRESHOLDS:
+        assert res["mAP"][t] == 0.0
+        entry = res["per_class"]["mito"]["thresholds"][t]
+        assert entry["f1"] == 0.0 and entry["recall"] == 0.0 and entry["n_tp"] == 0
+    assert res["mean"]["coco_ap"] == 0.0
+    assert math.isnan(res["per_class"]["mito"]["miou"])
+
+
+def test_false_positive_ranked_above_true_positive():
+    gt = {"a": [obj(0, 0, 10, 10)]}
+    dets = [det("a", 50, 50, 60, 60, 0.9), det("a", 0, 0, 10, 10, 0.8)]
+    res = evaluate(gt, dets, THRESHOLDS)
+    # recall 1 reached at precision 1/2
+    assert all(res["mAP"][t] == pytest.approx(0.5) for t in THRESHOLDS)
+
+
+def test_half_the_objects_found_without_fp():
+    gt = {"a": [obj(0, 0, 10, 10), obj(20, 0, 30, 10)], "b": [obj(0, 0, 10, 10), obj(20, 0, 30, 10)]}
+    dets = [det("a", 0, 0, 10, 10, 0.9), det("b", 20, 0, 30, 10, 0.3)]
+    res = evaluate(gt, dets, THRESHOLDS)
+    assert all(res["mAP"][t] == pytest.approx(0.5) for t in THRESHOLDS)
+    entry = res["per_class"]["mito"]["thresholds"][0.5]
+    assert entry["precision"] == 1.0 and entry["recall"] == 0.5 and entry["f1"] == pytest.approx(2.0 / 3.0)
+
+
+def test_duplicates_one_tp_rest_fp():
+    gt = {"a": [obj(0, 0, 10, 10)]}
+    dets = [det("a", 0, 0, 10, 10, 0.5), det("a", 0, 0, 10, 9.5, 0.9), det("a", 0.5, 0, 10, 10, 0.7)]
+    match = match_detections(gt, dets, "mito", 0.5)
+    np.testing.assert_array_equal(match["scores"], [0.9, 0.7, 0.5])
+    np.testing.assert_array_equal(match["tp"], [True, False, False])
+    np.testing.assert_array_equal(match["fp"], [False, True, True])
+    np.testing.assert_allclose(match["matched_iou"], [0.95])
+    res = evaluate(gt, dets, THRESHOLDS)
+    entry = res["per_class"]["mito"]["thresholds"][0.5]
+    assert entry["ap"] == 1.0 and entry["n_tp"] == 1 and entry["n_fp"] == 2
+    assert entry["best_threshold"] == 0.9 and entry["f1"] == 1.0
+
+
+def test_keras_frcnn_counterexample_recall_steps():
+    """Defect 7. One FP ranked first, then one TP.
+
+    Two objects (one missed): cumulative (R, P) = (0, 0), (1/2, 1/2); recall rises once, by 1/2, at
+    envelope precision 1/2 -> VOC AP = 1/2 * 1/2 = 0.25.
+    Three objects (two missed): the single step is 1/3 at precision 1/2 -> VOC AP = 1/6.
+    """
+    dets = [det("a", 50, 50, 60, 60, 0.9), det("a", 0, 0, 10, 10, 0.8)]
+    two = {"a": [obj(0, 0, 10, 10), obj(20, 20, 30, 30)]}
+    three = {"a": [obj(0, 0, 10, 10), obj(20, 20, 30, 30), obj(70, 70, 80, 80)]}
+    assert evaluate(two, dets, (0.5,))["mAP"][0.5] == pytest.approx(0.25)
+    assert evaluate(three, dets, (0.5,))["mAP"][0.5] == pytest.approx(1.0 / 6.0)
+
+
+def test_difficult_ground_truth_is_ignored():
+    gt = {"a": [obj(0, 0, 10, 10), obj(30, 30, 40, 40, difficult=True)]}
+    dets = [det("a", 30, 30, 40, 40, 0.95), det("a", 0, 0, 10, 10, 0.5)]
+    match = match_detections(gt, dets, "mito", 0.5)
+    assert match["n_gt"] == 1
+    np.testing.assert_array_equal(match["ignored"], [True, False])
+    np.testing.assert_array_equal(match["tp"], [False, True])
+    np.testing.assert_array_equal(match["fp"], [False, False])
+    res = evaluate(gt, dets, THRESHOLDS)
+    assert res["mAP"][0.5] == 1.0
+    assert res["per_class"]["mito"]["thresholds"][0.5]["n_ignored"] == 1
+    assert res["per_class"]["mito"]["coco_ap"] == pytest.approx(1.0)
+    # missing the difficult object costs nothing
+    assert evaluate(gt, dets[1:], THRESHOLDS)["mAP"][0.9] == 1.0
+
+
+def test_false_positives_on_images_without_ground_truth_count():
+    gt = {"a": [obj(0, 0, 10, 10)], "empty": []}
+    dets = [det("empty", 0, 0, 10, 10, 0.9), det("unlisted", 0, 0, 10, 10, 0.8), det("a", 0, 0, 10, 10, 0.7)]
+    match = match_detections(gt, dets, "mito", 0.5)
+    np.testing.assert_array_equal(match["fp"], [True, True, False])
+    res = evaluate(gt, dets, THRESHOLDS)
+    assert res["mAP"][0.5] == pytest.approx(1.0 / 3.0)
+    assert res["per_class"]["mito"]["thresholds"][0.5]["n_fp"] == 2
+
+
+def test_voc_rule_takes_the_most_overlapping_gt_only():
+    """VOC: a detection whose best gt is taken is a duplicate, even if another gt is free (COCO differs)."""
+    gt = {"a": [obj(0, 0, 10, 10), obj(2, 0, 12, 10)]}
+    dets = [det("a", 0, 0, 10, 10, 0.9), det("a", 0.5, 0, 10.5, 10, 0.8)]
+    # second detection: IoU 9.5/10.5 with the first (taken) box, 8.5/11.5 with the second
+    match = match_detections(gt, dets, "mito", 0.5)
+    np.testing.assert_array_equal(match["tp"], [True, False])
+    res = evaluate(gt, dets, (0.5,))
+    assert res["mAP"][0.5] == pytest.approx(0.5)
+    # COCO rule: the second detection takes the free box (IoU 0.739) for t <= 0.70 -> AP 1 there;
+    # for t >= 0.75 recall 1/2 at precision 1 -> 101-point AP = 51/101 (points 0, 0.01, ..., 0.50).
+    cls = res["per_class"]["mito"]
+    assert cls["ap50"] == pytest.approx(1.0)
+    assert cls["ap75"] == pytest.approx(51.0 / 101.0)
+    assert cls["coco_ap"] == pytest.approx((5 * 1.0 + 5 * 51.0 / 101.0) / 10.0)
+
+
+def test_mean_iou_is_a_mean():
+    gt = {"a": [obj(0, 0, 10, 10)], "b": [obj(0, 0, 10, 10)], "c": [obj(0, 0, 10, 10)]}
+    dets = [det("a", 0, 0, 10, 6, 0.9),    # IoU 0.6
+            det("b", 0, 0, 10, 9, 0.8),    # IoU 0.9
+            det("c", 0, 0, 10, 3, 0.7)]    # IoU 0.3: below 0.5, an FP, not part of the mean
+    res = evaluate(gt, dets, THRESHOLDS)
+    cls = res["per_class"]["mito"]
+    assert cls["miou"] == pytest.approx(0.75) and cls["n_miou"] == 2
+    assert cls["thresholds"][0.7]["mean_iou"] == pytest.approx(0.9)
+    assert res["mean"]["miou"] == pytest.approx(0.75)
+
+
+def test_best_f1_never_splits_tied_scores():
+    gt = {"a": [obj(0, 0, 10, 10)]}
+    dets = [det("a", 0, 0, 10, 10, 0.5), det("a", 40, 40, 50, 50, 0.5)]  # TP listed first, same score
+    entry = evaluate(gt, dets, (0.5,))["per_class"]["mito"]["thresholds"][0.5]
+    assert entry["f1"] == pytest.approx(2.0 / 3.0)  # splitting the tie would claim 1.0
+    assert entry["best_threshold"] == 0.5 and entry["n_fp_at_best"] == 1
+
+
+def test_fixed_score_operating_point():
+    gt = {"a": [obj(0, 0, 10, 10), obj(20, 0, 30, 10)]}
+    dets = [det("a", 0, 0, 10, 10, 0.9), det("a", 20, 0, 30, 10, 0.3), det("a", 50, 50, 60, 60, 0.2)]
+    res = evaluate(gt, dets, (0.5,), score_threshold=0.8)
+    at = res["per_class"]["mito"]["thresholds"][0.5]["at_score"]
+    assert (at["precision"], at["recall"], at["n_tp"], at["n_fp"]) == (1.0, 0.5, 1, 0)
+    assert at["f1"] == pytest.approx(2.0 / 3.0)
+    best = res["per_class"]["mito"]["thresholds"][0.5]
+    assert (best["f1"], best["best_threshold"]) == (1.0, 0.3)  # the best cut keeps both TPs
+
+
+def test_class_without_ground_truth_is_nan_and_left_out_of_the_mean():
+    gt = {"a": [obj(0, 0, 10, 10)]}
+    dets = [det("a", 0, 0, 10, 10, 0.9), det("a", 0, 0, 10, 10, 0.8, cls="vesicle")]
+    res = evaluate(gt, dets, THRESHOLDS)
+    assert res["classes"] == ["mito", "vesicle"]
+    assert math.isnan(res["per_class"]["vesicle"]["thresholds"][0.5]["ap"])
+    assert res["per_class"]["vesicle"]["thresholds"][0.5]["n_fp"] == 1
+    assert res["mAP"][0.5] == 1.0 and res["mean"]["coco_ap"] == pytest.approx(1.0)
+
+
+def test_two_classes_do_not_match_each_other():
+    gt = {"a": [obj(0, 0, 10, 10, cls="mito"), obj(20, 20, 30, 30, cls="vesicle")]}
+    dets = [det("a", 0, 0, 10, 10, 0.9, cls="vesicle"), det("a", 20, 20, 30, 30, 0.8, cls="vesicle")]
+    res = evaluate(gt, dets, (0.5,))
+    assert res["per_class"]["mito"]["thresholds"][0.5]["ap"] == 0.0
+    assert res["per_class"]["vesicle"]["thresholds"][0.5]["ap"] == pytest.approx(0.5)
+    assert res["mAP"][0.5] == pytest.approx(0.25)
+
+
+def test_bad_input_raises_cryo_error():
+    with pytest.raises(CryoError, match="x2"):
+        evaluate({"a": [{"class": "mito", "x1": 0, "y1": 0, "y2": 5}]}, [])
+    with pytest.raises(CryoError, match="x2 < x1"):
+        evaluate({"a": [obj(10, 0, 0, 5)]}, [])
+
+
+# ------------------------------------------------------------------------------------------
+# per group (per tomogram)
+# ------------------------------------------------------------------------------------------
+def test_evaluate_by_group():
+    gt = {"A0": [obj(0, 0, 10, 10)], "A1": [obj(0, 0, 10, 10)],
+          "B0": [obj(0, 0, 10, 10), obj(20, 0, 30, 10)], "B1": []}
+    dets = [det("A0", 0, 0, 10, 10, 0.9), det("A1", 0, 0, 10, 10, 0.8),
+            det("B0", 0, 0, 10, 8, 0.7)]  # IoU 0.8 >= 0.7: TP; the other B object is missed
+    groups = {"A0": "tomoA", "A1": "tomoA", "B0": "tomoB", "B1": "tomoB", "B2": "tomoB"}
+    table = evaluate_by_group(gt, dets, groups, iou_threshold=0.7)
+    assert set(table) == {"tomoA", "tomoB"}
+    a, b = table["tomoA"], table["tomoB"]
+    assert (a["f1"], a["ap"], a["miou"], a["precision"], a["recall"]) == (1.0, 1.0, 1.0, 1.0, 1.0)
+    assert (a["n_images"], a["n_gt"]) == (2, 2)
+    assert b["ap"] == pytest.approx(0.5) and b["recall"] == 0.5 and b["precision"] == 1.0
+    assert b["f1"] == pytest.approx(2.0 / 3.0) and b["miou"] == pytest.approx(0.8)
+    assert (b["n_images"], b["n_gt"]) == (3, 2)
+    with pytest.raises(CryoError, match="no group"):
+        evaluate_by_group(gt, dets, {"A0": "tomoA"})
+
+
+# ------------------------------------------------------------------------------------------
+# outputs
+# ------------------------------------------------------------------------------------------
+def _small_results():
+    gt = {"a": [obj(0, 0, 10, 10), obj(20, 0, 30, 10, cls="vesicle")], "b": [obj(0, 0, 10, 10)]}
+    dets = [det("a", 0, 0, 10, 10, 0.9), det("b", 50, 50, 60, 60, 0.8), det("b", 0, 0, 10, 10, 0.7),
+            det("a", 20, 0, 30, 10, 0.6, cls="vesicle"), det("a", 0, 0, 1, 1, 0.6, cls="membrane")]
+    return evaluate(gt, dets, THRESHOLDS)
+
+
+def test_results_to_json_is_strict_json():
+    out = results_to_json(_small_results())
+    text = json.dumps(out, allow_nan=False)
+    back = json.loads(text)
+    assert set(back["classes"]) == {"mito", "vesicle", "membrane"}
+    assert list(back["mAP"]["ap"]) == ["0.5", "0.6", "0.7", "0.8", "0.9"]
+    mito = back["classes"]["mito"]
+    assert mito["ap"]["0.5"] == pytest.approx(5.0 / 6.0)  # TP, FP, TP over 2 objects: 1/2*1 + 1/2*2/3
+    assert mito["best_threshold"]["0.5"] == pytest.approx(0.7) and mito["miou"] == 1.0
+    assert back["classes"]["membrane"]["ap"]["0.5"] is None  # no ground truth: undefined
+    assert back["mAP"]["ap"]["0.5"] == pytest.approx((5.0 / 6.0 + 1.0) / 2.0)
+    assert back["mAP"]["best_threshold"]["0.5"] is None
+    assert {"coco_ap", "ap50", "ap75", "f1", "precision", "recall", "miou"} <= set(back["mAP"])
+
+
+def test_tables_list_classes_and_mean():
+    res = _small_results()
+    text = format_table(res)
+    lines = text.splitlines()
+    assert "AP@0.5" in lines[0] and "AP@0.9" in lines[0] and "mIoU@0.5" in lines[0]
+    assert lines[-1].split()[0] == "mAP" and lines[-1].split()[1] == "0.917"
+    assert any(line.split()[0] == "membrane" and line.split()[1] == "-" for line in lines)
+    md = format_markdown(res, iou_threshold=0.7).splitlines()
+    assert md[0].startswith("| class | AP@0.5") and "F1@0.7" in md[0]
+    assert md[-1].startswith("| mAP | 0.917")
+    with pytest.raises(CryoError, match="not evaluated"):
+        format_table(res, iou_threshold=0.75)
+
+
+def test_plot_pr_curves_writes_png_atomically(tmp_path):
+    out = tmp_path / "pr.png"
+    plot_pr_curves(_small_results(), 0.5, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(tmp_path) == ["pr.png"]
+
+
+def test_write_json_atomic_round_trip(tmp_path):
+    path = tmp_path / "sub" / "metrics.json"
+    write_json_atomic({"x": np.float32(0.5), "n": np.int64(3), "bad": float("nan"), "arr": np.arange(2)}, path)
+    assert json.loads(path.read_text()) == {"x": 0.5, "n": 3, "bad": None, "arr": [0, 1]}
+    assert os.listdir(path.parent) == ["metrics.json"]
+
+
+# ------------------------------------------------------------------------------------------
+# agreement with pycocotools
+# ------------------------------------------------------------------------------------------
+def _random_dataset(seed: int, n_images: int = 20, crowded_image: bool = False):
+    rng = np.random.default_rng(seed)
+    classes = ["mito", "vesicle"]
+    gt, dets = {}, []
+    for img in range(1, n_images + 1):
+        objects = []
+        for cls in classes:
+            for _ in range(rng.integers(0, 5)):
+                x1, y1 = rng.uniform(0, 200, 2)
+                w, h = rng.uniform(8, 80, 2)
+                objects.append(obj(x1, y1, x1 + w, y1 + h, cls=cls))
+                for _ in range(rng.integers(0, 3)):  # 0-2 jittered detections per object
+                    jx1, jy1 = x1 + rng.normal(0, 0.06 * w), y1 + rng.normal(0, 0.06 * h)
+                    jw, jh = w * rng.uniform(0.85, 1.15), h * rng.uniform(0.85, 1.15)
+                    dcls = cls if rng.random() < 0.9 else classes[1 - classes.index(cls)]
+                    dets.append(det(img, jx1, jy1, jx1 + jw, jy1 + jh, float(rng.uniform(0.2, 1.0)), cls=dcls))
+        for _ in range(rng.integers(0, 4)):  # random false positives
+            x1, y1 = rng.uniform(0, 220, 2)
+            w, h = rng.uniform(5, 60, 2)
+            dets.append(det(img, x1, y1, x1 + w, y1 + h, float(rng.uniform(0.0, 0.8)), cls=classes[rng.integers(0, 2)]))
+        gt[img] = objects
+    if crowded_image:  # > 100 detections of one class on one image: both sides cut to 100 per image
+        for _ in range(130):
+            x1, y1 = rng.uniform(0, 200, 2)
+            dets.append(det(1, x1, y1, x1 + rng.uniform(8, 80), y1 + rng.uniform(8, 80), float(rng.random())))
+    return classes, gt, dets
+
+
+def _pycocotools_stats(classes, gt, dets):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    cat_id = {c: k + 1 for k, c in enumerate(classes)}
+    anns = []
+    for img, objects in gt.items():
+        for o in objects:
+            w, h = o["x2"] - o["x1"], o["y2"] - o["y1"]
+            anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat_id[o["class"]],
+                         "bbox": [o["x1"], o["y1"], w, h], "area": w * h, "iscrowd": 0})
+    results = [{"image_id": d["image"], "category_id": cat_id[d["class"]], "score": d["score"],
+                "bbox": [d["x1"], d["y1"], d["x2"] - d["x1"], d["y2"] - d["y1"]]} for d in dets]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": [{"id": img} for img in gt], "annotations": anns,
+                           "categories": [{"id": cat_id[c], "name": c} for c in classes]}
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    precision = ev.eval["precision"]  # (T, R, K, A, M); area "all" = 0, maxDets 100 = 2
+    per_class = {c: precision[:, :, k, 0, 2].mean() for k, c in enumerate(classes)}
+    return ev.stats, per_class
+
+
+@pytest.mark.parametrize("seed,crowded", [(0, False), (1, False), (2, True)])
+def test_coco_ap_agrees_with_pycocotools(seed, crowded):
+    classes, gt, dets = _random_dataset(seed, crowded_image=crowded)
+    stats, per_class = _pycocotools_stats(classes, gt, dets)
+    res = evaluate(gt, dets, (0.5,), classes=classes)
+    assert res["mean"]["coco_ap"] == pytest.approx(stats[0], abs=1e-6)
+    assert res["mean"]["ap50"] == pytest.approx(stats[1], abs=1e-6)
+    assert res["mean"]["ap75"] == pytest.approx(stats[2], abs=1e-6)
+    for c in classes:
+        assert res["per_class"][c]["coco_ap"] == pytest.approx(per_class[c], abs=1e-6)
+    assert 0.05 < stats[0] < 0.95  # a non-trivial case

@@ -1,0 +1,89 @@
+"""Model assembly, checkpoints and the Detector's coordinate mapping."""
+import keras
+import numpy as np
+import pytest
+from conftest import toy_config
+
+from keras_frcnn_cryo import model as model_mod
+from keras_frcnn_cryo.errors import CryoError
+
+
+@pytest.fixture(scope="module")
+def models():
+    keras.utils.set_random_seed(0)
+    return model_mod.build_models(toy_config())
+
+
+def test_shapes(models):
+    x = np.random.default_rng(0).normal(size=(1, 96, 80, 3)).astype(np.float32)
+    rpn_cls, rpn_regr, feats = models.model_rpn(x)
+    assert rpn_cls.shape == (1, 6, 5, 6) and rpn_regr.shape == (1, 6, 5, 24) and feats.shape == (1, 6, 5, 1024)
+    rois = keras.ops.convert_to_tensor(np.array([[[0, 0, 2, 2], [1, 1, 5, 6], [0.5, 0.5, 1.0, 1.0]]], np.float32))
+    out_cls, out_regr = models.classifier_head([feats, rois])
+    assert out_cls.shape == (1, 3, 2) and out_regr.shape == (1, 3, 4)
+    np.testing.assert_allclose(np.sum(out_cls, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_checkpoint_round_trip(models, tmp_path):
+    path = str(tmp_path / "m.weights.h5")
+    model_mod.save_weights_atomic(models.model_all, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.weights.h5"]   # no temporary file left behind
+    other = model_mod.build_models(toy_config())
+    model_mod.load_model_weights(other, path)
+    x = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
+    rois = keras.ops.convert_to_tensor(np.array([[[0, 0, 3, 3], [1, 0, 4, 2]]], np.float32))
+    x = keras.ops.convert_to_tensor(x)
+    for a, b in zip(models.model_all([x, rois]), other.model_all([x, rois])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_checkpoint_for_other_classes_is_refused(models, tmp_path):
+    path = str(tmp_path / "m.weights.h5")
+    model_mod.save_weights_atomic(models.model_all, path)
+    three = model_mod.build_models(toy_config(class_mapping={"a": 0, "b": 1, "bg": 2}))
+    with pytest.raises(CryoError, match="do not fit"):
+        model_mod.load_model_weights(three, path)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("m.hdf5", None, "must end with"), ("missing.weights.h5", None, "not found"), ("empty.weights.h5", b"", "empty")])
+def test_bad_checkpoint_files(models, tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CryoError, match=message):
+        model_mod.load_model_weights(models, str(path))
+
+
+def test_group_norm_refuses_imagenet_weights(models, tmp_path):
+    with pytest.raises(CryoError, match="frozen_bn"):
+        model_mod.load_imagenet_weights(models, str(tmp_path / "x.h5"))
+
+
+def test_detector_maps_boxes_back_to_original_pixels(models, monkeypatch):
+    """A box found in the resized image comes back in the input image's own pixels (floats)."""
+    cfg = toy_config(im_size=48)
+    detector = model_mod.Detector(cfg, models=models)
+    seen = {}
+
+    def fake(x_img, min_score):
+        seen["shape"] = x_img.shape
+        return model_mod.Detections(np.array([[10.0, 5.0, 30.5, 20.25]]), np.array([0.9]), np.array([0]),
+                                    cfg.class_names)
+
+    monkeypatch.setattr(detector, "detect_prepared", fake)
+    image = np.zeros((96, 200), np.uint8)          # resized to 48 x 100: scale 0.5 on both axes
+    dets = detector.detect(image)
+    assert seen["shape"] == (1, 48, 100, 3)
+    np.testing.assert_allclose(dets.boxes, [[20.0, 10.0, 61.0, 40.5]])
+
+
+def test_detector_output_is_well_formed(models):
+    cfg = toy_config()
+    detector = model_mod.Detector(cfg, models=models)
+    image = np.random.default_rng(0).integers(0, 255, (90, 120)).astype(np.uint8)
+    dets = detector.detect(image, min_score=0.0)
+    assert dets.boxes.shape[1] == 4 and len(dets) <= cfg.max_detections
+    assert np.all(dets.boxes[:, 2] > dets.boxes[:, 0]) and np.all(dets.boxes[:, 3] > dets.boxes[:, 1])
+    assert np.all(dets.boxes >= 0) and np.all(dets.boxes[:, [0, 2]] <= 120) and np.all(dets.boxes[:, [1, 3]] <= 90)
+    assert np.all(np.diff(dets.scores) <= 0)

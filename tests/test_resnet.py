@@ -1,0 +1,218 @@
+"""ResNet-50 split: keras.applications layout, weight loading by name, heads, GroupNorm training."""
+from __future__ import annotations
+
+import math
+import os
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_frcnn_cryo import resnet
+from keras_frcnn_cryo.errors import CryoError
+
+REF_SIZE = 64
+# Keras' own legacy .h5 writer converts variables with np.array(x): noise under numpy 2, not ours
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
+
+def build_split(norm: str, groups: int = 32) -> keras.Model:
+    """nn_base + conv5 on the whole map: outputs [conv4_block6_out, avg_pool]."""
+    image = keras.Input((None, None, 3))
+    base = resnet.nn_base(image, norm=norm, groups=groups)
+    return keras.Model(image, [base, resnet.classifier_layers(base, norm=norm, groups=groups)])
+
+
+def write_keras2_notop(model: keras.Model, path: str) -> None:
+    """A keras.applications-style ``*_notop.h5``: top-level group per layer, Keras 2 weight names.
+
+    BatchNorm weights are listed in a shuffled order (moving statistics first) so that loading
+    must go by weight name, not by position.
+    """
+    with h5py.File(path, "w") as handle:
+        layers = [layer for layer in model.layers]
+        handle.attrs["layer_names"] = [layer.name.encode() for layer in layers]
+        handle.attrs["backend"] = b"tensorflow"
+        handle.attrs["keras_version"] = b"2.2.4"
+        for layer in layers:
+            group = handle.create_group(layer.name)
+            weights = list(layer.weights)
+            if isinstance(layer, keras.layers.BatchNormalization):
+                weights = weights[2:] + weights[:2]
+            names = [f"{layer.name}/{w.path.split('/')[-1]}:0" for w in weights]
+            group.attrs["weight_names"] = [n.encode() for n in names]
+            for name, weight in zip(names, weights):
+                group.create_dataset(name, data=np.asarray(weight.numpy()))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """keras.applications ResNet50 with random BN statistics, saved in three layouts."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    model = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(REF_SIZE, REF_SIZE, 3))
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype(np.float32))
+            layer.beta.assign(rng.normal(0.0, 0.1, channels).astype(np.float32))
+            layer.moving_mean.assign(rng.normal(0.0, 0.2, channels).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype(np.float32))
+    folder = tmp_path_factory.mktemp("weights")
+    legacy, modern, notop = (str(folder / "full.h5"), str(folder / "model.weights.h5"),
+                             str(folder / "resnet50_notop.h5"))
+    keras.saving.save_model(model, legacy)
+    model.save_weights(modern)
+    write_keras2_notop(model, notop)
+    image = rng.uniform(-100.0, 100.0, size=(1, REF_SIZE, REF_SIZE, 3)).astype(np.float32)
+    probe = keras.Model(model.input, [model.get_layer("conv4_block6_out").output, model.output])
+    conv4, conv5 = probe.predict(image, verbose=0)
+    return {"model": model, "files": {"legacy": legacy, "modern": modern, "notop": notop},
+            "image": image, "conv4": conv4, "avg_pool": conv5.mean(axis=(1, 2))}
+
+
+@pytest.fixture(scope="module")
+def group_model() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    return build_split("group")
+
+
+def test_layers_match_keras_applications(reference: dict) -> None:
+    ours = {layer.name: layer for layer in build_split("frozen_bn").layers}
+    keys = ("strides", "padding", "kernel_size", "use_bias", "epsilon", "filters", "pool_size", "activation")
+    for layer in reference["model"].layers[1:]:
+        assert layer.name in ours, layer.name
+        mine = ours[layer.name]
+        assert type(mine) is type(layer), layer.name
+        theirs, own = layer.get_config(), mine.get_config()
+        for key in keys:
+            assert own.get(key) == theirs.get(key), (layer.name, key)
+        if isinstance(mine, keras.layers.BatchNormalization):
+            assert not mine.trainable
+    assert "avg_pool" in ours
+
+
+@pytest.mark.parametrize("layout", ["legacy", "modern", "notop"])
+def test_load_by_name_reproduces_keras_applications(reference: dict, layout: str) -> None:
+    model = build_split("frozen_bn")
+    loaded = resnet.load_backbone_weights(model, reference["files"][layout])
+    with_weights = {layer.name for layer in model.layers if layer.weights}
+    assert set(loaded) == with_weights
+    assert len(loaded) == 53 + 53       # 53 conv and 53 batch-norm layers in ResNet-50 without top
+    conv4, pooled = model.predict(reference["image"], verbose=0)
+    assert conv4.shape == reference["conv4"].shape
+    scale = float(np.abs(reference["conv4"]).max())
+    np.testing.assert_allclose(conv4, reference["conv4"], rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(pooled, reference["avg_pool"], rtol=1e-5,
+                               atol=1e-5 * float(np.abs(reference["avg_pool"]).max()))
+
+
+def test_load_errors_name_the_file(tmp_path, reference: dict) -> None:
+    model = build_split("frozen_bn")
+    missing = str(tmp_path / "absent.h5")
+    with pytest.raises(CryoError, match="not found") as info:
+        resnet.load_backbone_weights(model, missing)
+    assert missing in str(info.value)
+    empty = tmp_path / "empty.h5"
+    empty.write_bytes(b"")
+    with pytest.raises(CryoError, match="empty"):
+        resnet.load_backbone_weights(model, str(empty))
+    text = tmp_path / "notes.h5"
+    text.write_text("these are not weights\n")
+    with pytest.raises(CryoError, match="not an HDF5"):
+        resnet.load_backbone_weights(model, str(text))
+
+    inputs = keras.Input((4,))
+    other = keras.Model(inputs, keras.layers.Dense(2, name="unrelated_dense")(inputs))
+    unrelated = str(tmp_path / "other.weights.h5")
+    other.save_weights(unrelated)
+    with pytest.raises(CryoError, match="no layer of the model"):
+        resnet.load_backbone_weights(model, unrelated)
+
+    image = keras.Input((16, 16, 3))
+    narrow = keras.Model(image, keras.layers.Conv2D(8, 7, name="conv1_conv")(image))
+    wrong_shape = str(tmp_path / "narrow.h5")
+    keras.saving.save_model(narrow, wrong_shape)
+    before = model.get_layer("conv1_conv").kernel.numpy().copy()
+    with pytest.raises(CryoError, match=r"conv1_conv.*\(7, 7, 3, 8\).*\(7, 7, 3, 64\)") as info:
+        resnet.load_backbone_weights(model, wrong_shape)
+    assert wrong_shape in str(info.value) and "\n" not in str(info.value)
+    np.testing.assert_array_equal(model.get_layer("conv1_conv").kernel.numpy(), before)
+
+
+def test_batchnorm_weights_refused_by_group_norm(tmp_path, group_model: keras.Model, reference: dict) -> None:
+    before = group_model.get_layer("conv1_conv").kernel.numpy().copy()
+    with pytest.raises(CryoError, match="frozen_bn"):
+        resnet.load_backbone_weights(group_model, reference["files"]["modern"])
+    with pytest.raises(CryoError, match="conv1_bn|_bn"):
+        resnet.load_backbone_weights(group_model, reference["files"]["notop"])
+    # nothing was assigned before the refusal
+    np.testing.assert_array_equal(group_model.get_layer("conv1_conv").kernel.numpy(), before)
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (17, 33), (31, 47), (49, 15)])
+def test_feature_map_is_ceil_of_a_sixteenth(group_model: keras.Model, height: int, width: int) -> None:
+    base = keras.Model(group_model.input, group_model.outputs[0])
+    out = base(np.zeros((1, height, width, 3), np.float32))
+    assert tuple(out.shape) == (1, math.ceil(height / 16), math.ceil(width / 16), 1024)
+
+
+def test_group_norm_backbone_trains(group_model: keras.Model) -> None:
+    # toy regression on two 32x32 images: a few Adam steps must lower the loss
+    rng = np.random.default_rng(2)
+    images = tf.constant(rng.normal(size=(2, 32, 32, 3)).astype(np.float32))
+    targets = tf.constant([[1.0], [-1.0]])
+    base = keras.Model(group_model.input, group_model.outputs[0])
+    head = keras.layers.Dense(1, kernel_initializer="zeros")     # starts at loss 1 exactly
+    optimizer = keras.optimizers.Adam(3e-5)
+
+    def step() -> float:
+        with tf.GradientTape() as tape:
+            pooled = tf.reduce_mean(base(images, training=True), axis=(1, 2))
+            loss = tf.reduce_mean((head(pooled) - targets) ** 2)
+        variables = base.trainable_variables + head.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return float(loss)
+
+    losses = [step() for _ in range(6)]
+    assert losses[0] == pytest.approx(1.0)
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:]))
+    assert losses[-1] < 0.95 * losses[0]
+    assert any(isinstance(layer, keras.layers.GroupNormalization) for layer in base.layers)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers)
+
+
+def test_heads_shapes_names_and_dynamic_rois() -> None:
+    keras.utils.set_random_seed(3)
+    image = keras.Input((None, None, 3))
+    rois = keras.Input((None, 4))
+    base = resnet.nn_base(image, norm="group", groups=16)
+    x_class, x_regr = resnet.rpn_layer(base, 9)
+    out_class, out_regr = resnet.classifier(base, rois, 3, pool_size=7, norm="group", groups=16)
+    model = keras.Model([image, rois], [x_class, x_regr, out_class, out_regr])
+    names = {layer.name for layer in model.layers}
+    assert {"rpn_conv1", "rpn_out_class", "rpn_out_regress", "roi_pooling_conv",
+            "dense_class_3", "dense_regress_3", "conv5_block3_out", "avg_pool"} <= names
+    picture = np.random.default_rng(3).uniform(0, 1, (1, 40, 56, 3)).astype(np.float32)
+    for count in (1, 4):
+        boxes = np.tile(np.array([[0.5, 0.0, 3.0, 2.5]], np.float32), (count, 1))[None]
+        objectness, deltas, probabilities, regression = model.predict([picture, boxes], verbose=0)
+        assert objectness.shape == (1, 3, 4, 9) and deltas.shape == (1, 3, 4, 36)
+        assert np.all((objectness > 0) & (objectness < 1))
+        assert probabilities.shape == (1, count, 3) and regression.shape == (1, count, 8)
+        np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_unknown_norm_is_refused() -> None:
+    with pytest.raises(CryoError, match="unknown backbone norm"):
+        resnet.nn_base(keras.Input((None, None, 3)), norm="layer")
+    with pytest.raises(CryoError, match="must divide 64"):
+        resnet.nn_base(keras.Input((None, None, 3)), norm="group", groups=48)
+
+
+def test_directory_instead_of_file_is_refused(tmp_path) -> None:
+    with pytest.raises(CryoError, match="not found"):
+        resnet.load_backbone_weights(keras.Sequential([keras.layers.Dense(1)]), str(tmp_path))
+    assert os.path.isdir(tmp_path)

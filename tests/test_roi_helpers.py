@@ -1,0 +1,300 @@
+"""Tests of keras_frcnn_cryo.roi_helpers against hand computations and brute-force references."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from keras_frcnn_cryo.config import Config
+from keras_frcnn_cryo.data_generators import calc_rpn, generate_anchors
+from keras_frcnn_cryo.roi_helpers import (
+    MAX_LOG_SCALE,
+    apply_regr,
+    calc_iou,
+    encode_boxes,
+    iou_matrix,
+    nms,
+    rpn_to_roi,
+    sample_rois,
+)
+
+
+def random_boxes(rng: np.random.Generator, count: int, size: float = 100.0) -> np.ndarray:
+    corner = rng.uniform(0, size, (count, 2))
+    extent = rng.uniform(1, size / 2, (count, 2))
+    return np.concatenate([corner, corner + extent], axis=1)
+
+
+def iou_reference(box_a: list[float], box_b: list[float]) -> float:
+    """Plain-Python IoU of two boxes (width = x2 - x1)."""
+    inter_w = max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0]))
+    inter_h = max(0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1]))
+    inter = inter_w * inter_h
+    area_a = max(0.0, box_a[2] - box_a[0]) * max(0.0, box_a[3] - box_a[1])
+    area_b = max(0.0, box_b[2] - box_b[0]) * max(0.0, box_b[3] - box_b[1])
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
+
+
+def nms_reference(boxes: list[list[float]], scores: list[float], thresh: float, max_boxes: int | None) -> list[int]:
+    """Textbook greedy NMS: visit boxes by descending score (ties: lower index first)."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    suppressed = [False] * len(scores)
+    keep: list[int] = []
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if max_boxes is not None and len(keep) == max_boxes:
+            break
+        for j in order[pos + 1:]:
+            if not suppressed[j] and iou_reference(boxes[i], boxes[j]) > thresh:
+                suppressed[j] = True
+    return keep
+
+
+def small_cfg(**overrides) -> Config:
+    cfg = Config(anchor_box_scales=[32.0], anchor_box_ratios=[[1.0, 1.0]], rpn_stride=16)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# iou_matrix
+# --------------------------------------------------------------------------------------------
+def test_iou_matrix_hand_values():
+    boxes_a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], dtype=float)
+    boxes_b = np.array([[0, 0, 10, 10], [10, 0, 20, 10], [0, 0, 5, 5]], dtype=float)
+    expected = np.array([[1.0, 0.0, 0.25], [25 / 175, 25 / 175, 0.0]])
+    np.testing.assert_allclose(iou_matrix(boxes_a, boxes_b), expected)
+
+
+def test_iou_matrix_matches_brute_force():
+    rng = np.random.default_rng(0)
+    boxes_a, boxes_b = random_boxes(rng, 17), random_boxes(rng, 11)
+    expected = [[iou_reference(list(a), list(b)) for b in boxes_b] for a in boxes_a]
+    np.testing.assert_allclose(iou_matrix(boxes_a, boxes_b), expected, rtol=1e-12)
+
+
+def test_iou_matrix_zero_area_and_empty():
+    degenerate = np.array([[3, 3, 3, 3], [0, 0, 0, 10]], dtype=float)
+    out = iou_matrix(degenerate, np.vstack([degenerate, [[0, 0, 10, 10]]]))
+    assert np.all(np.isfinite(out)) and np.all(out == 0.0)
+    assert iou_matrix(np.zeros((0, 4)), degenerate).shape == (0, 2)
+    assert iou_matrix(degenerate, []).shape == (2, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# box coding
+# --------------------------------------------------------------------------------------------
+def test_encode_hand_values():
+    deltas = encode_boxes(np.array([[0, 0, 10, 10.0]]), np.array([[5, 0, 15, 20.0]]))
+    np.testing.assert_allclose(deltas, [[0.5, 0.5, 0.0, math.log(2.0)]])
+
+
+def test_encode_apply_round_trip():
+    rng = np.random.default_rng(1)
+    reference, target = random_boxes(rng, 200), random_boxes(rng, 200)
+    np.testing.assert_allclose(apply_regr(reference, encode_boxes(reference, target)), target, atol=1e-5)
+
+
+def test_apply_regr_clamps_scale():
+    box = np.array([[0, 0, 16, 16.0]])
+    out = apply_regr(box, np.array([[0, 0, 1e4, 1e4]]))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[0, 2] - out[0, 0], 16 * math.exp(MAX_LOG_SCALE))
+    np.testing.assert_allclose(out[0, 2] - out[0, 0], 1000.0)
+
+
+# --------------------------------------------------------------------------------------------
+# NMS
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("thresh,max_boxes", [(0.3, None), (0.5, None), (0.7, 5), (0.0, None), (0.9, 40)])
+def test_nms_matches_brute_force(thresh, max_boxes):
+    rng = np.random.default_rng(int(thresh * 10) + 3)
+    boxes = random_boxes(rng, 60, size=60.0)
+    scores = np.round(rng.uniform(0, 1, 60), 1)  # many ties
+    got = nms(boxes, scores, thresh, max_boxes)
+    assert got.dtype.kind == "i"
+    assert got.tolist() == nms_reference(boxes.tolist(), scores.tolist(), thresh, max_boxes)
+    assert np.all(np.diff(scores[got]) <= 0)
+
+
+def test_nms_empty_and_identical():
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5, 10).shape == (0,)
+    same = np.tile([[0, 0, 10, 10.0]], (4, 1))
+    assert nms(same, np.array([0.1, 0.9, 0.5, 0.9]), 0.5, None).tolist() == [1]
+
+
+# --------------------------------------------------------------------------------------------
+# rpn_to_roi
+# --------------------------------------------------------------------------------------------
+def test_rpn_to_roi_zero_regression_returns_anchor_centred_on_cell():
+    cfg = small_cfg(rpn_max_proposals=1)
+    feat_h, feat_w = 4, 5
+    rpn_cls = np.zeros((feat_h, feat_w, 1))
+    rpn_cls[1, 2, 0] = 0.9  # row 1, column 2 -> centre ((2 + 0.5) * 16, (1 + 0.5) * 16) = (40, 24)
+    rpn_regr = np.zeros((feat_h, feat_w, 4))
+    rois, scores = rpn_to_roi(rpn_cls, rpn_regr, cfg, img_width=80, img_height=64)
+    np.testing.assert_allclose(rois, [[24.0, 8.0, 56.0, 40.0]])
+    np.testing.assert_allclose(scores, [0.9])
+
+
+def test_rpn_to_roi_decodes_scaled_regression_and_clips():
+    cfg = small_cfg()
+    rpn_cls = np.zeros((1, 2, 2, 1))  # batch axis accepted
+    rpn_cls[0, 0, 0, 0] = 0.8
+    rpn_cls[0, 1, 1, 0] = 0.6
+    rpn_regr = np.zeros((1, 2, 2, 4))
+    # anchor (0, 0) centred (8, 8), 32 x 32: move by +0.25 w in x, widen by e^0.5
+    rpn_regr[0, 0, 0] = np.array([0.25, 0.0, 0.5, 0.0]) * cfg.std_scaling
+    rois, scores = rpn_to_roi(rpn_cls, rpn_regr, cfg, img_width=32, img_height=32)
+    width = 32 * math.exp(0.5)
+    expected_first = [max(0.0, 16 - width / 2), 0.0, min(32.0, 16 + width / 2), 24.0]
+    np.testing.assert_allclose(rois[0], expected_first)
+    assert rois.min() >= 0 and rois[:, [0, 2]].max() <= 32 and rois[:, [1, 3]].max() <= 32
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_rpn_to_roi_min_size_top_n_and_max_proposals():
+    cfg = small_cfg(rpn_min_box_size=10.0, rpn_nms_overlap=1.0, rpn_pre_nms_top_n=6, rpn_max_proposals=4)
+    rng = np.random.default_rng(5)
+    rpn_cls = rng.uniform(0, 1, (3, 3, 1))
+    rpn_regr = np.zeros((3, 3, 4))
+    rpn_regr[0, 0, 2:] = math.log(0.25) * cfg.std_scaling  # shrinks to 8 x 8: dropped
+    rpn_cls[0, 0, 0] = 2.0
+    rois, scores = rpn_to_roi(rpn_cls, rpn_regr, cfg, img_width=48, img_height=48)
+    assert len(rois) == 4
+    expected_scores = np.sort(np.delete(rpn_cls.reshape(-1), 0))[::-1][:4]
+    np.testing.assert_allclose(scores, expected_scores)
+    assert np.all(rois[:, 2] - rois[:, 0] >= 10.0)
+
+
+def test_rpn_to_roi_nms_and_empty():
+    cfg = small_cfg(rpn_nms_overlap=0.4)
+    rpn_cls = np.full((2, 2, 1), 0.5)
+    rpn_regr = np.zeros((2, 2, 4))
+    # clipped anchors [0,0,24,24] [8,0,32,24] [0,8,24,32] [8,8,32,32]; equal scores keep cell order.
+    # The first suppresses its edge neighbours (IoU 0.5 > 0.4), not the diagonal one (IoU 2/7).
+    rois, _ = rpn_to_roi(rpn_cls, rpn_regr, cfg, img_width=32, img_height=32)
+    np.testing.assert_allclose(rois, [[0, 0, 24, 24], [8, 8, 32, 32]])
+    cfg.rpn_min_box_size = 100.0
+    rois, scores = rpn_to_roi(rpn_cls, rpn_regr, cfg, img_width=32, img_height=32)
+    assert rois.shape == (0, 4) and scores.shape == (0,)
+
+
+def test_calc_rpn_targets_decode_back_to_gt():
+    """Targets of calc_rpn, fed to rpn_to_roi as if predicted, give back the gt box (same anchor centres)."""
+    cfg = Config(anchor_box_scales=[32.0, 64.0], rpn_num_regions=1000, rpn_min_box_size=1.0)
+    gt = np.array([[37.3, 21.9, 90.2, 70.4]])
+    y_cls, y_regr = calc_rpn(gt, 160, 128, cfg, np.random.default_rng(0))
+    num_k = cfg.num_anchors
+    assert y_cls[..., num_k:].sum() >= 1
+    rois, _ = rpn_to_roi(y_cls[..., num_k:], y_regr[..., 4 * num_k:], cfg, 160, 128)
+    np.testing.assert_allclose(rois[0], gt[0], atol=1e-3)
+
+
+def test_rpn_to_roi_uses_generate_anchors():
+    cfg = Config(rpn_min_box_size=0.0, rpn_nms_overlap=1.0, rpn_pre_nms_top_n=10**6, rpn_max_proposals=10**6)
+    feat_h, feat_w = 3, 4
+    num_k = cfg.num_anchors
+    scores = np.arange(feat_h * feat_w * num_k, dtype=float)[::-1].reshape(feat_h, feat_w, num_k)
+    rois, _ = rpn_to_roi(scores, np.zeros((feat_h, feat_w, 4 * num_k)), cfg, 10**4, 10**4)
+    anchors = generate_anchors(feat_w, feat_h, cfg).reshape(-1, 4)
+    np.testing.assert_allclose(rois, np.clip(anchors, 0, None))
+
+
+# --------------------------------------------------------------------------------------------
+# calc_iou
+# --------------------------------------------------------------------------------------------
+def test_calc_iou_labels_and_targets():
+    cfg = Config()
+    gt = np.array([[0, 0, 10, 10], [100, 100, 140, 120]], dtype=float)
+    labels = np.array([0, 1])
+    rois = np.array(
+        [
+            [100, 100, 140, 120],  # exact match of gt 1 -> class 1, IoU 1
+            [1, 0, 11, 10],        # IoU 90/110 with gt 0 -> class 0
+            [5, 0, 15, 10],        # IoU 1/3 -> bg
+            [50, 50, 60, 60],      # IoU 0 -> dropped
+            [8, 8, 18, 18],        # IoU 4/196 < 0.1 -> dropped
+        ],
+        dtype=float,
+    )
+    kept, y_class, y_regr, ious = calc_iou(rois, gt, labels, cfg, num_classes=3)
+    np.testing.assert_allclose(kept, rois[:3])
+    np.testing.assert_allclose(ious, [1.0, 90 / 110, 1 / 3])
+    np.testing.assert_array_equal(y_class, [[0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    assert y_regr.shape == (3, 16)
+    np.testing.assert_array_equal(y_regr[:, :8], [[0, 0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0], [0] * 8])
+    # row 1: roi [1,0,11,10] -> gt [0,0,10,10]: tx = -1/10, ty = tw = th = 0, times std 8
+    np.testing.assert_allclose(y_regr[1, 8:], [-0.8, 0, 0, 0, 0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(y_regr[0, 8:], 0.0)
+    np.testing.assert_allclose(y_regr[2, 8:], 0.0)
+
+
+def test_calc_iou_scaled_targets_match_encode():
+    cfg = Config()
+    gt = np.array([[10, 20, 50, 80.0]])
+    roi = np.array([[12, 18, 55, 75.0]])
+    _, _, y_regr, _ = calc_iou(roi, gt, np.array([0]), cfg, num_classes=2)
+    expected = encode_boxes(roi, gt)[0] * np.array(cfg.classifier_regr_std)
+    np.testing.assert_allclose(y_regr[0], np.concatenate([[1, 1, 1, 1], expected]), rtol=1e-6)
+
+
+def test_calc_iou_without_gt_keeps_all_as_bg():
+    rois = np.array([[0, 0, 10, 10], [5, 5, 30, 30.0]])
+    kept, y_class, y_regr, ious = calc_iou(rois, np.zeros((0, 4)), np.zeros(0, int), Config(), num_classes=3)
+    np.testing.assert_allclose(kept, rois)
+    np.testing.assert_array_equal(y_class, [[0, 0, 1], [0, 0, 1]])
+    assert np.all(y_regr == 0) and y_regr.shape == (2, 16)
+    np.testing.assert_array_equal(ious, [0.0, 0.0])
+
+
+def test_calc_iou_rejects_bg_label():
+    with pytest.raises(ValueError):
+        calc_iou(np.array([[0, 0, 1, 1.0]]), np.array([[0, 0, 1, 1.0]]), np.array([2]), Config(), num_classes=3)
+
+
+# --------------------------------------------------------------------------------------------
+# sample_rois
+# --------------------------------------------------------------------------------------------
+def one_hot(classes: list[int], num_classes: int) -> np.ndarray:
+    return np.eye(num_classes)[classes]
+
+
+@pytest.mark.parametrize(
+    "num_pos,num_neg,num_rois,fraction,expect_pos",
+    [
+        (20, 40, 32, 0.5, 16),   # plenty of both
+        (3, 40, 32, 0.5, 3),     # few positives: rest negatives
+        (20, 5, 32, 0.5, 16),    # few negatives: negatives repeated
+        (0, 10, 8, 0.5, 0),      # no positives
+        (20, 40, 7, 0.5, 3),     # 3.5 -> 3 (integer arithmetic)
+        (2, 1, 8, 0.25, 2),      # too few in total
+    ],
+)
+def test_sample_rois_counts(num_pos, num_neg, num_rois, fraction, expect_pos):
+    y_class = one_hot([0] * num_pos + [2] * num_neg, 3)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        idx = sample_rois(y_class, num_rois, fraction, rng)
+        assert idx.shape == (num_rois,) and idx.dtype.kind == "i"
+        assert idx.min() >= 0 and idx.max() < len(y_class)
+        is_pos = idx < num_pos
+        assert is_pos.sum() == expect_pos
+        assert len(set(idx[is_pos].tolist())) == expect_pos  # positives distinct
+        distinct_neg = len(set(idx[~is_pos].tolist()))
+        assert distinct_neg == min(num_neg, num_rois - expect_pos)
+
+
+def test_sample_rois_no_negatives_and_empty():
+    rng = np.random.default_rng(0)
+    y_class = one_hot([0, 1, 0, 1, 1], 3)
+    idx = sample_rois(y_class, 4, 0.25, rng)
+    assert len(idx) == 4 and len(set(idx.tolist())) == 4
+    idx = sample_rois(y_class, 12, 0.5, rng)
+    assert len(idx) == 12 and set(idx.tolist()) == set(range(5))
+    assert sample_rois(np.zeros((0, 3)), 8, 0.5, rng).shape == (0,)

@@ -1,0 +1,92 @@
+"""Training: the loss falls on a tiny generated set and the model then finds its training objects."""
+import math
+import os
+
+import numpy as np
+import pytest
+from conftest import toy_config
+
+from keras_frcnn_cryo import data_generators, metrics, preprocessing, tomo_io, train
+from keras_frcnn_cryo.errors import CryoError
+from keras_frcnn_cryo.model import Detector
+from keras_frcnn_cryo.simple_parser import get_data
+
+STEPS = 90
+
+
+@pytest.fixture(scope="module")
+def trained(toy_dataset):
+    """Train from scratch (GroupNorm) on the toy images for STEPS alternating steps."""
+    from keras_frcnn_cryo.cli import set_seed
+    set_seed(0)
+    records, _, mapping = get_data(toy_dataset)
+    records = records[:8]
+    cfg = toy_config(class_mapping=mapping)
+    trainer = train.Trainer(cfg)
+    rng = np.random.default_rng(0)
+    gen = data_generators.iter_training_samples(records, cfg, rng, tomo_io.read_image, preprocessing.prepare_image)
+    history = [trainer.train_on_sample(next(gen), rng) for _ in range(STEPS)]
+    return cfg, trainer, records, history
+
+
+def test_loss_falls(trained):
+    _, _, _, history = trained
+    totals = [sum(0.0 if math.isnan(h[k]) else h[k] for k in train.LOSS_KEYS) for h in history]
+    first, last = np.mean(totals[:15]), np.mean(totals[-15:])
+    assert last < 0.6 * first, (first, last)
+
+
+def test_finds_its_training_objects(trained):
+    cfg, trainer, records, _ = trained
+    detector = Detector(cfg, models=trainer.models)
+    detections = []
+    for record in records:
+        dets = detector.detect(tomo_io.read_image(record["filepath"]), min_score=cfg.eval_min_score)
+        detections += train.detections_to_dicts(record["filepath"], dets)
+    results = metrics.evaluate(train.records_to_ground_truth(records), detections, (0.5,))
+    row = results["per_class"]["mitochondrion"]["thresholds"][0.5]
+    assert row["n_tp"] >= 0.9 * row["n_gt"], row["n_tp"]        # (nearly) every object found at IoU >= 0.5
+    assert results["mAP"][0.5] >= 0.5
+
+
+def test_image_without_objects_trains(trained):
+    """An image with no boxes gives all-negative RPN targets and an all-background classifier batch."""
+    cfg, trainer, _, _ = trained
+    x_img, _ = preprocessing.prepare_image(np.full((96, 96), 128, np.uint8), cfg)
+    y_cls, y_regr = data_generators.calc_rpn(np.zeros((0, 4)), 96, 96, cfg, np.random.default_rng(0))
+    sample = {"x_img": x_img[None], "y_rpn_cls": y_cls[None], "y_rpn_regr": y_regr[None],
+              "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros((0,), np.int64)}
+    out = trainer.train_on_sample(sample, np.random.default_rng(0))
+    assert math.isfinite(out["rpn_cls"]) and out["rpn_regr"] == 0.0
+    assert math.isnan(out["cls_cls"]) or math.isfinite(out["cls_cls"])
+
+
+def test_main_writes_config_weights_and_log(toy_dataset, tmp_path, capsys):
+    args = train.build_parser().parse_args([
+        "-p", toy_dataset, "--num_epochs", "2", "--epoch_length", "2", "--im-size", "96",
+        "--anchor-scales", "24", "48", "-n", "8", "--config_filename", str(tmp_path / "config.pickle"),
+        "--output_weight_path", str(tmp_path / "model.weights.h5"), "--val-split", "0.3",
+        "--split-file", str(tmp_path / "split.json")])
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    for name in ("config.pickle", "config.json", "model.weights.h5", "model_log.csv", "split.json",
+                 "model_bestval.weights.h5"):
+        assert (tmp_path / name).is_file(), name
+    assert "saving weights" in out and "validation: loss" in out
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+    log = (tmp_path / "model_log.csv").read_text().splitlines()
+    assert len(log) == 3 and "val_ap@0.7" in log[0]
+
+
+def test_bad_arguments(toy_dataset, tmp_path):
+    def run(*extra):
+        return train.main(train.build_parser().parse_args(["-p", toy_dataset, *extra]))
+    with pytest.raises(CryoError, match="unknown parser"):
+        run("-o", "coco")
+    with pytest.raises(CryoError, match="must end with"):
+        run("--output_weight_path", str(tmp_path / "model.hdf5"))
+    with pytest.raises(CryoError, match="not found"):
+        run("--input_weight_path", str(tmp_path / "nope.h5"), "--output_weight_path", str(tmp_path / "m.weights.h5"))
+    with pytest.raises(CryoError, match="not found"):
+        train.main(train.build_parser().parse_args(["-p", str(tmp_path / "none.txt"),
+                                                    "--output_weight_path", str(tmp_path / "m.weights.h5")]))
