@@ -13,6 +13,13 @@ from collections.abc import Iterator
 from .errors import CryoError
 
 
+def _default_file_mode() -> int:
+    """0o666 less the process umask: the mode open() would give a new file (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path`` (same extension); on success rename it to ``path``."""
@@ -32,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except OSError as exc:
         raise CryoError(f"cannot write ({exc.strerror or exc})", path) from None

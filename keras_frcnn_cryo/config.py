@@ -134,6 +134,14 @@ class Config:
     eval_min_score: float = 0.05              # measure_map keeps detections above this for AP
     eval_iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
 
+    # --- whole tomograms (tracking.py): boxes on consecutive slices linked into 3D objects --
+    track_min_iou: float = 0.3                # link a track's last box to a new box at IoU >= this
+    track_max_centre_distance_frac: float = 0.5  # ... or centre distance <= this x box size (0: off)
+    track_max_gap: int = 2                    # slices a mitochondrion may be missed and still continue
+    track_min_length: int = 3                 # objects seen on fewer slices are dropped
+    track_extent_quantile: float = 0.0        # 0: x/y extent = union of member boxes
+    tilt_consistency_min_iou: float = 0.3     # tilt series: a box needs a neighbour-tilt box at this IoU
+
     # ---------------------------------------------------------------------------------------
     @property
     def num_anchors(self) -> int:

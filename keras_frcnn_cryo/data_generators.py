@@ -72,6 +72,33 @@ def generate_anchors(feat_w: int, feat_h: int, cfg: Config) -> np.ndarray:
     )
 
 
+def propose_anchor_scales(records: list[dict[str, Any]], cfg: Config, n_scales: int | None = None) -> list[float]:
+    """Anchor sizes (px of the resized network input) that fit the labelled boxes.
+
+    Each box's size is sqrt(w * h) after the image is resized as in training (shorter side
+    ``cfg.im_size``). The scales are the box-size quantiles spaced evenly in log size between the
+    10th and 90th percentile (``n_scales`` of them, default ``len(cfg.anchor_box_scales)``), rounded to
+    multiples of 4 px and never below ``cfg.rpn_stride``. The paper's 128/256/512 px suit mitochondria
+    of 128-512 px; smaller objects (binned data, FIB-SEM) need smaller anchors.
+    """
+    n_scales = n_scales or len(cfg.anchor_box_scales)
+    sizes = []
+    for record in records:
+        width, height = float(record["width"]), float(record["height"])
+        scale = cfg.im_size / min(width, height)
+        if cfg.im_max_size and max(width, height) * scale > cfg.im_max_size:
+            scale = cfg.im_max_size / max(width, height)
+        for box in record["bboxes"]:
+            sizes.append(math.sqrt(max(box["x2"] - box["x1"], 1e-6) * max(box["y2"] - box["y1"], 1e-6)) * scale)
+    if not sizes:
+        raise CryoError("no labelled boxes to propose anchor scales from")
+    log_sizes = np.log(np.asarray(sizes))
+    lo, hi = np.percentile(log_sizes, [10.0, 90.0])
+    centres = np.exp(np.linspace(lo, hi, n_scales)) if n_scales > 1 else np.exp([np.median(log_sizes)])
+    scales = sorted({float(max(cfg.rpn_stride, 4.0 * round(c / 4.0))) for c in centres})
+    return scales
+
+
 def calc_rpn(
     gt_boxes: np.ndarray, img_width: int, img_height: int, cfg: Config, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:

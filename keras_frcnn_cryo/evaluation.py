@@ -1,9 +1,38 @@
-"""Evaluation (measure_map.py): AP at IoU 0.5..0.9, precision, recall, F1, mean IoU, per tomogram.
+"""Evaluation (measure_map.py): AP at IoU 0.5..0.9, COCO AP, F1, mean IoU, per tomogram, ablations, 3D.
 
-Either runs the trained detector itself on the chosen split of the annotations (the same
-:class:`~keras_frcnn_cryo.model.Detector` as test_frcnn.py), or reads a detections CSV written by
-test_frcnn.py (``--detections``), matching images by file name. All metric arithmetic lives in
-:mod:`keras_frcnn_cryo.metrics`.
+What Li et al. (2019) report, and where it appears here:
+
+* Fig. 6a, AP at IoU 0.5 ... 0.9 (``Config.eval_iou_thresholds``), per class and their mean ("mAP"),
+  with COCO-style AP 0.50:0.95, AP50 and AP75 beside it; the best F1 over score cuts and the score
+  threshold reaching it, at ``--table-iou`` (default 0.7); the mean IoU of the matched detections;
+* Fig. 6b, precision-recall curves at ``--pr-iou`` (one PNG per value);
+* Table 2, F1, AP and mIoU per tomogram (image group, as the split defines it) at ``--table-iou``;
+* the preprocessing ablation: ``--compare B.csv`` evaluates a second run on the same ground truth
+  and puts both side by side (table, Markdown, JSON ``"runs"``, one PR plot per IoU with both runs);
+* object level in 3D: ``--objects3d PRED.csv --gt3d GT.csv``, precision/recall/F1 at 3D IoU 0.5, 0.7.
+
+Detections come either from a CSV written by test_frcnn.py (``--detections``; every row counts,
+whatever its score: write it with ``test_frcnn.py --threshold 0`` for full PR curves) or from the
+model itself (config + weights, the same :class:`~keras_frcnn_cryo.model.Detector` as test_frcnn.py,
+keeping scores >= ``Config.eval_min_score``). CSV rows are matched to the annotations by image file
+name (by the trailing path components when two annotated images share a name). Rows of annotated
+images outside the evaluated split are dropped (and counted); a name that matches no annotated image
+is an error. All metric arithmetic lives in :mod:`keras_frcnn_cryo.metrics`.
+
+3D objects (``--objects3d PRED.csv --gt3d GT.csv``): the ground truth is the synthetic generator's
+``annotations_3d.csv`` (``tomogram,class,x1,y1,z1,x2,y2,z2,incomplete``); predictions need
+``class,score,x1,y1,z1,x2,y2,z2`` (writers.write_objects3d_csv's file qualifies; ``#`` lines are
+skipped). Boxes are voxels, 0-based, with exclusive upper edges (z2 = last slice + 1). When the
+ground truth holds several tomograms, the predictions need a ``tomogram`` column, or the file must
+be named after its tomogram (``tomo_03.csv``); with one tomogram neither is needed. Objects are
+matched per tomogram and class with :func:`keras_frcnn_cryo.tracking.match_objects_3d`.
+
+Outputs in ``--output``: ``metrics.json`` (also ``--json``), ``metrics.md``, ``pr_iou<t>.png``.
+JSON: :func:`metrics.results_to_json` of the (first) run, i.e. ``"classes": {name: row}`` and
+``"mAP": row`` where ``row["ap"]`` is keyed by the IoU thresholds as strings ("0.5" ... "0.9"),
+plus ``"per_group"`` (Table 2), ``"split"``, ``"n_images"``, ``"annotations"``, ``"label"``,
+``"source"``, ``"n_detections"``, ``"table_iou"``; with ``--compare`` also ``"runs": {label: the
+same for each run}``; with ``--objects3d`` also ``"objects3d"``.
 """
 from __future__ import annotations
 
@@ -11,140 +40,659 @@ import argparse
 import csv
 import math
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from . import metrics, splits
+import numpy as np
+
+from . import metrics, splits, tracking
 from .atomic import write_text_atomic
 from .cli import check_output_dir
 from .config import BG_CLASS, Config, load_config
 from .errors import CryoError
 from .predict import CSV_COLUMNS, detect_images, load_detector
+from .tomo_io import natural_sort_key
 from .train import detections_to_dicts, load_annotations, records_to_ground_truth
 
 SPLITS = ("test", "val", "train", "all")
+DEFAULT_CONFIG = "config.pickle"
+# Li et al. (2019), Table 2: per-tomogram F1, AP and mIoU at IoU 0.7; also their Fig. 6b PR curve.
+PAPER_TABLE_IOU = 0.7
+# 3D object-level matching thresholds reported by --objects3d.
+OBJECT3D_IOU_THRESHOLDS = (0.5, 0.7)
+GT3D_COLUMNS = ("tomogram", "class", "x1", "y1", "z1", "x2", "y2", "z2")
+PRED3D_COLUMNS = ("class", "score", "x1", "y1", "z1", "x2", "y2", "z2")
+_BOX3D_KEYS = ("x1", "y1", "z1", "x2", "y2", "z2")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of measure_map.py."""
-    p = argparse.ArgumentParser(description="Measure AP, precision, recall, F1 and mean IoU of a detector.")
+    p = argparse.ArgumentParser(
+        description="Measure AP (IoU 0.5-0.9, COCO), F1, mean IoU and per-tomogram metrics of a detector.")
     p.add_argument("-p", "--path", default=None,
                    help="ground-truth annotations (default: the ones the config was trained on)")
-    p.add_argument("-o", "--parser", default=None, help="simple or pascal_voc (default: the config's)")
-    p.add_argument("--config_filename", default="config.pickle")
+    p.add_argument("-o", "--parser", default=None, choices=("simple", "pascal_voc"),
+                   help="annotation format (default: the config's; with -p: pascal_voc for a folder, else simple)")
+    p.add_argument("--config_filename", default=None,
+                   help=f"config written by training (default: {DEFAULT_CONFIG}; not needed with --detections and -p)")
     p.add_argument("--model", default=None, help="weights (.weights.h5); default: the config's model_path")
-    p.add_argument("--detections", default=None, help="detections CSV from test_frcnn.py (skip prediction)")
+    p.add_argument("--detections", default=None,
+                   help="detections CSV from test_frcnn.py (image,x1,y1,x2,y2,class,score): skip prediction")
+    p.add_argument("--compare", default=None, metavar="CSV",
+                   help="a second detections CSV (e.g. a run without preprocessing) shown side by side")
+    p.add_argument("--labels", nargs=2, default=None, metavar=("FIRST", "SECOND"),
+                   help="names of the two runs with --compare (default: the CSV file names)")
     p.add_argument("--split", default="test", choices=SPLITS, help="which images to evaluate (default: test)")
     p.add_argument("--split-file", default=None, help="split JSON (default: beside the annotations)")
     p.add_argument("--output", default="evaluation", help="folder for metrics.json, metrics.md and PR plots")
     p.add_argument("--json", default=None, help="also write the JSON here")
-    p.add_argument("--pr-iou", type=float, default=0.7, help="IoU of the precision-recall plot")
+    p.add_argument("--pr-iou", type=float, nargs="+", default=[PAPER_TABLE_IOU],
+                   help="IoU(s) of the precision-recall plots, one PNG each (default: 0.7)")
+    p.add_argument("--table-iou", type=float, default=PAPER_TABLE_IOU,
+                   help="IoU of the F1 columns and of the per-tomogram table (paper: 0.7); "
+                        "one of the config's eval_iou_thresholds")
+    p.add_argument("--objects3d", default=None, metavar="CSV",
+                   help="3D objects found (class,score,x1,y1,z1,x2,y2,z2[,tomogram]) for object-level scores")
+    p.add_argument("--gt3d", default=None, metavar="CSV",
+                   help="3D ground truth (annotations_3d.csv: tomogram,class,x1,y1,z1,x2,y2,z2,incomplete)")
     return p
 
 
-def read_detections_csv(path: str, known_images: dict[str, str]) -> list[dict]:
-    """Rows of a test_frcnn.py CSV -> detection dicts keyed to ground-truth image ids by file name."""
+# ------------------------------------------------------------------------------------------
+# inputs: config, annotations, split
+# ------------------------------------------------------------------------------------------
+def resolve_config(args: argparse.Namespace) -> Config | None:
+    """The run's Config, or None when it is not needed (``--detections`` and ``-p`` without a config)."""
+    if args.config_filename is not None:
+        return load_config(args.config_filename)
+    if args.detections is None or args.path is None:
+        return load_config(DEFAULT_CONFIG)
+    return None
+
+
+def _config_name(args: argparse.Namespace) -> str:
+    return args.config_filename or DEFAULT_CONFIG
+
+
+def resolve_annotations(args: argparse.Namespace, cfg: Config | None) -> tuple[str, str]:
+    """(annotation path, parser name) from -p/-o, else from the config."""
+    ann_path = args.path or (cfg.annotation_path if cfg else None)
+    if not ann_path:
+        raise CryoError("no annotations given (-p) and the config records none", _config_name(args))
+    if args.parser:
+        return ann_path, args.parser
+    if args.path is None and cfg is not None:
+        return ann_path, cfg.parser
+    return ann_path, "pascal_voc" if os.path.isdir(ann_path) else "simple"
+
+
+def select_split(records: list[dict], split: str, ann_path: str, split_file: str | None,
+                 defaults: Config) -> list[dict]:
+    """The records of ``split`` (all of them for "all"); CryoError naming the split file when none."""
+    if split == "all":
+        return list(records)
+    split_path = split_file or splits.default_split_path(ann_path)
+    splits.assign_splits(records, split_path, defaults.test_fraction, defaults.val_fraction, defaults.seed)
+    chosen = [r for r in records if r.get("imageset") == split]
+    if not chosen:
+        raise CryoError(f"the {split} split has no images", split_path)
+    return chosen
+
+
+def check_ground_truth(gt: Mapping[str, Sequence[Mapping[str, Any]]], ann_path: str, split: str) -> int:
+    """Number of non-difficult objects; CryoError naming the annotations when there is none."""
+    n_objects = sum(1 for objects in gt.values() for obj in objects if not obj.get("difficult", False))
+    if n_objects == 0:
+        raise CryoError(f"no (non-difficult) objects in the {len(gt)} image(s) of the {split} split: "
+                        "nothing to evaluate", ann_path)
+    return n_objects
+
+
+# ------------------------------------------------------------------------------------------
+# detections CSV
+# ------------------------------------------------------------------------------------------
+def _path_parts(path: str) -> list[str]:
+    return [part for part in path.replace("\\", "/").split("/") if part not in ("", ".")]
+
+
+def _shared_tail(parts_a: Sequence[str], parts_b: Sequence[str]) -> int:
+    """Number of trailing path components two paths have in common."""
+    count = 0
+    for a, b in zip(reversed(parts_a), reversed(parts_b)):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+class ImageIndex:
+    """Finds the annotated image a CSV row names: by file name; among annotated images sharing that
+    name, the one sharing the most trailing path components with it.
+
+    ``all_paths``: every annotated image (file paths, the ground-truth ids); ``evaluated``: those of
+    the evaluated split.
+    """
+
+    def __init__(self, all_paths: Sequence[str], evaluated: Sequence[str]):
+        self.by_name: dict[str, list[str]] = {}
+        for path in all_paths:
+            self.by_name.setdefault(os.path.basename(path), []).append(path)
+        self.evaluated = set(evaluated)
+
+    def lookup(self, name: str, source: str, line: int) -> str | None:
+        """Ground-truth id of ``name``; None when no annotated image has that file name;
+        CryoError (``source:line``) when several do and its path does not single one out."""
+        parts = _path_parts(name)
+        candidates = self.by_name.get(parts[-1] if parts else "", [])
+        if len(candidates) > 1:
+            shared = [_shared_tail(_path_parts(c), parts) for c in candidates]
+            best = [c for c, n in zip(candidates, shared) if n == max(shared)]
+            if len(best) != 1:
+                raise CryoError(f"image {name!r} is ambiguous: several annotated images have this file name "
+                                "(write the path relative to a common folder)", source, line)
+            return best[0]
+        return candidates[0] if candidates else None
+
+
+@dataclass
+class DetectionsFile:
+    """Detections read from one CSV, keyed to ground-truth ids (image file paths)."""
+
+    path: str
+    detections: list[dict] = field(default_factory=list)
+    n_rows: int = 0
+    n_other_split: int = 0   # rows of annotated images outside the evaluated split (dropped)
+    min_score: float = math.nan
+
+
+def _csv_float(row: Mapping[str, str], key: str, source: str, line: int) -> float:
+    text = row[key]
+    try:
+        value = float(text)
+    except ValueError:
+        raise CryoError(f"column {key!r} is not a number: {text!r}", source, line) from None
+    if not math.isfinite(value):
+        raise CryoError(f"column {key!r} is not a finite number: {text!r}", source, line)
+    return value
+
+
+def read_csv_rows(path: str, columns: Sequence[str], what: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line number, {column: text})]) of a CSV whose header holds ``columns``.
+
+    Blank lines and ``#`` comment lines (the headers writers.py puts above its tables) are skipped;
+    line numbers are those of the file (1-based). CryoError naming ``path`` (and the line) for a
+    missing or non-UTF-8 file, a missing column, or a row with the wrong number of fields.
+    """
     if not os.path.isfile(path):
-        raise CryoError("detections file not found", path)
-    detections = []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise CryoError(f"detections CSV lacks columns: {', '.join(missing)}", path)
-        unmatched = set()
-        for line_no, row in enumerate(reader, start=2):
-            try:
-                values = [float(row[k]) for k in ("x1", "y1", "x2", "y2", "score")]
-            except (TypeError, ValueError):
-                raise CryoError("non-numeric box or score", path, line_no) from None
-            if not all(math.isfinite(v) for v in values):
-                raise CryoError("NaN or infinite box or score", path, line_no)
-            name = os.path.basename(row["image"])
-            if name not in known_images:
-                unmatched.add(name)
-                continue
-            detections.append({"image": known_images[name], "class": row["class"], "x1": values[0],
-                               "y1": values[1], "x2": values[2], "y2": values[3], "score": values[4]})
-    if unmatched and not detections:
-        raise CryoError(f"no image of the detections matches the ground truth (e.g. {sorted(unmatched)[0]})", path)
-    if unmatched:
-        print(f"warning: {len(unmatched)} images in {path} are not in the evaluated ground truth; ignored")
-    return detections
+        raise CryoError(f"{what} file not found", path)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CryoError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise CryoError(f"empty {what} file (expected a header {','.join(columns)})", path)
+    header_line, header_text = lines[0]
+    header = [name.strip() for name in next(csv.reader([header_text]))]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise CryoError(f"{what} CSV lacks column(s) {', '.join(missing)} (needs {','.join(columns)}; "
+                        f"header: {','.join(header)})", path, header_line)
+    rows = []
+    for number, line in lines[1:]:
+        values = next(csv.reader([line]))
+        if len(values) != len(header):
+            raise CryoError(f"expected {len(header)} comma-separated fields, found {len(values)}", path, number)
+        rows.append((number, {key: value.strip() for key, value in zip(header, values)}))
+    return header, rows
 
 
-def format_group_table(by_group: dict, markdown: bool = False) -> str:
-    """Per-tomogram table (the paper's Table 2): F1, AP, mIoU, precision, recall at IoU 0.7."""
-    header = ["group", "images", "objects", "F1", "AP", "mIoU", "precision", "recall"]
+def read_detections_csv(path: str, index: ImageIndex) -> DetectionsFile:
+    """Rows of a test_frcnn.py CSV (:data:`~keras_frcnn_cryo.predict.CSV_COLUMNS`) -> detection dicts.
 
-    def num(value) -> str:
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    Each dict: ``{"image": ground-truth id, "class": str, "x1", "y1", "x2", "y2", "score": float}``
+    (float pixels, x2/y2 exclusive). Rows of annotated images outside ``index.evaluated`` are
+    dropped and counted. CryoError naming ``path`` (and the line) for: a missing file or column, a
+    non-numeric or non-finite value (NaN score), x2 < x1 or y2 < y1, an empty class, an image name
+    that matches no annotated image.
+    """
+    out = DetectionsFile(path=path)
+    _, rows = read_csv_rows(path, CSV_COLUMNS, "detections")
+    scores = []
+    for line_no, row in rows:
+        out.n_rows += 1
+        x1, y1, x2, y2, score = (_csv_float(row, key, path, line_no) for key in ("x1", "y1", "x2", "y2", "score"))
+        if x2 < x1 or y2 < y1:
+            raise CryoError(f"box with x2 < x1 or y2 < y1: {(x1, y1, x2, y2)}", path, line_no)
+        class_name = row["class"]
+        if not class_name:
+            raise CryoError("empty class name", path, line_no)
+        name = row["image"]
+        image_id = index.lookup(name, path, line_no)
+        if image_id is None:
+            raise CryoError(f"image {name!r} matches no annotated image (by file name); evaluate only "
+                            "annotated images, or annotate an image without objects as 'path,,,,,'",
+                            path, line_no)
+        if image_id not in index.evaluated:
+            out.n_other_split += 1
+            continue
+        scores.append(score)
+        out.detections.append({"image": image_id, "class": class_name, "x1": x1, "y1": y1, "x2": x2,
+                               "y2": y2, "score": score})
+    out.min_score = min(scores) if scores else math.nan
+    return out
 
-    rows = [[str(name), str(v["n_images"]), str(v["n_gt"]), num(v["f1"]), num(v["ap"]), num(v["miou"]),
-             num(v["precision"]), num(v["recall"])] for name, v in sorted(by_group.items(), key=lambda kv: str(kv[0]))]
+
+# ------------------------------------------------------------------------------------------
+# one evaluated run
+# ------------------------------------------------------------------------------------------
+@dataclass
+class EvaluatedRun:
+    """The metrics of one set of detections: summary (metrics.evaluate), per group, extra PR IoUs."""
+
+    label: str
+    source: str
+    detections: list[dict]
+    results: dict[str, Any]
+    by_group: dict[Any, dict[str, Any]]
+    pr_results: dict[float, dict[str, Any]]
+
+
+def evaluate_run(label: str, source: str, gt: Mapping[str, Sequence[Mapping[str, Any]]], detections: list[dict],
+                 groups: Mapping[str, str], classes: Sequence[str], iou_thresholds: Sequence[float],
+                 table_iou: float, pr_ious: Sequence[float]) -> EvaluatedRun:
+    """Evaluate ``detections`` against ``gt``; per-group metrics at ``table_iou`` (AP, F1 and mIoU);
+    PR curves at each of ``pr_ious`` (evaluated separately when not among ``iou_thresholds``)."""
+    results = metrics.evaluate(gt, detections, iou_thresholds, classes=classes)
+    by_group = metrics.evaluate_by_group(gt, detections, groups, iou_threshold=table_iou, classes=classes,
+                                         miou_iou_threshold=table_iou)
+    pr_results = {}
+    for iou in pr_ious:
+        if any(math.isclose(iou, t, abs_tol=1e-9) for t in results["iou_thresholds"]):
+            pr_results[iou] = results
+        else:
+            pr_results[iou] = metrics.evaluate(gt, detections, [iou], classes=classes)
+    return EvaluatedRun(label, source, detections, results, by_group, pr_results)
+
+
+def run_payload(run: EvaluatedRun, table_iou: float) -> dict[str, Any]:
+    """JSON data of one run: :func:`metrics.results_to_json` plus ``per_group``, ``source``,
+    ``n_detections`` and ``table_iou``."""
+    payload = metrics.results_to_json(run.results)
+    payload["per_group"] = run.by_group
+    payload["table_iou"] = table_iou
+    payload["source"] = run.source
+    payload["n_detections"] = len(run.detections)
+    return payload
+
+
+# ------------------------------------------------------------------------------------------
+# tables
+# ------------------------------------------------------------------------------------------
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(float(value))):
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.3f}"
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False,
+                 text_columns: int = 1) -> str:
+    """Plain-text (aligned) or Markdown table; the first ``text_columns`` columns are left-aligned."""
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "Per tomogram (image group), IoU 0.7\n\n" + "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "Per tomogram (image group), IoU 0.7\n" + "\n".join(lines)
+        align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < text_columns else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _evaluated_iou(results: Mapping[str, Any], iou: float) -> float:
+    """The threshold of ``results`` equal to ``iou`` (as stored, a dict key); CryoError if not evaluated."""
+    for t in results["iou_thresholds"]:
+        if math.isclose(t, iou, abs_tol=1e-9):
+            return t
+    raise CryoError(f"IoU {iou:g} was not evaluated (evaluated: {', '.join(f'{t:g}' for t in results['iou_thresholds'])})")
+
+
+def _class_cells(results: Mapping[str, Any], name: str, table_iou: float) -> dict[str, str]:
+    """Cells of one class (or "mAP") row, keyed by column name."""
+    thresholds = results["iou_thresholds"]
+    t = _evaluated_iou(results, table_iou)
+    if name == "mAP":
+        mean = results["mean"]
+        cells = {f"AP@{u:g}": _num(mean["ap"][u]) for u in thresholds}
+        cells.update({"AP@.5:.95": _num(mean["coco_ap"]), "AP50": _num(mean["ap50"]), "AP75": _num(mean["ap75"]),
+                      f"F1@{t:g}": _num(mean["f1"][t]), "score@F1": "-", f"P@{t:g}": _num(mean["precision"][t]),
+                      f"R@{t:g}": _num(mean["recall"][t]), f"mIoU@{results['miou_iou_threshold']:g}": _num(mean["miou"]),
+                      "n_gt": str(sum(results["per_class"][c]["n_gt"] for c in results["classes"]))})
+        return cells
+    cls = results["per_class"][name]
+    entry = cls["thresholds"]
+    cells = {f"AP@{u:g}": _num(entry[u]["ap"]) for u in thresholds}
+    cells.update({"AP@.5:.95": _num(cls["coco_ap"]), "AP50": _num(cls["ap50"]), "AP75": _num(cls["ap75"]),
+                  f"F1@{t:g}": _num(entry[t]["f1"]), "score@F1": _num(entry[t]["best_threshold"]),
+                  f"P@{t:g}": _num(entry[t]["precision"]), f"R@{t:g}": _num(entry[t]["recall"]),
+                  f"mIoU@{results['miou_iou_threshold']:g}": _num(cls["miou"]), "n_gt": str(cls["n_gt"])})
+    return cells
+
+
+def format_summary(results: Mapping[str, Any], table_iou: float = PAPER_TABLE_IOU, markdown: bool = False) -> str:
+    """Table of :func:`metrics.evaluate` results: one row per class and "mAP" (mean over classes with
+    ground truth); AP at each IoU, COCO AP 0.50:0.95 / AP50 / AP75, best F1 at ``table_iou`` with its
+    score threshold, precision and recall there, mean IoU of the TPs, number of objects."""
+    names = list(results["classes"]) + ["mAP"]
+    rows_cells = [_class_cells(results, name, table_iou) for name in names]
+    header = ["class", *rows_cells[0].keys()]
+    rows = [[name, *cells.values()] for name, cells in zip(names, rows_cells)]
+    return render_table(header, rows, markdown)
+
+
+def format_group_table(by_group: Mapping[Any, Mapping[str, Any]], iou_threshold: float = PAPER_TABLE_IOU,
+                       markdown: bool = False) -> str:
+    """Per-tomogram table (the paper's Table 2): F1, AP, mIoU, precision, recall at ``iou_threshold``."""
+    t = f"{iou_threshold:g}"
+    header = ["group", "images", "objects", f"F1@{t}", f"AP@{t}", f"mIoU@{t}", f"P@{t}", f"R@{t}"]
+    rows = [[str(name), str(v["n_images"]), str(v["n_gt"]), *(_num(v[k]) for k in ("f1", "ap", "miou", "precision",
+                                                                                      "recall"))]
+            for name, v in sorted(by_group.items(), key=lambda kv: natural_sort_key(str(kv[0])))]
+    return render_table(header, rows, markdown)
+
+
+def format_comparison(runs: Sequence[EvaluatedRun], table_iou: float = PAPER_TABLE_IOU, markdown: bool = False) -> str:
+    """Runs side by side: for each class with ground truth and for "mAP", one row per run (AP at each
+    IoU, COCO AP, F1 and its score threshold at ``table_iou``, mean IoU) and, for two runs, a
+    "Δ first − second" row."""
+    first = runs[0].results
+    blocks = [c for c in first["classes"] if first["per_class"][c]["n_gt"] > 0] + ["mAP"]
+    keep = [f"AP@{u:g}" for u in first["iou_thresholds"]] + [
+        "AP@.5:.95", f"F1@{_evaluated_iou(first, table_iou):g}", "score@F1",
+        f"mIoU@{first['miou_iou_threshold']:g}"]
+    header = ["class", "run", *keep]
+    rows = []
+    for name in blocks:
+        cells = [_class_cells(run.results, name, table_iou) for run in runs]
+        rows += [[name, run.label, *(c[k] for k in keep)] for run, c in zip(runs, cells)]
+        if len(runs) == 2:
+            delta = []
+            for k in keep:
+                a, b = cells[0][k], cells[1][k]
+                delta.append("-" if k == "score@F1" or "-" in (a, b) else f"{float(a) - float(b):+.3f}")
+            rows.append([name, f"Δ {runs[0].label} − {runs[1].label}", *delta])
+    return render_table(header, rows, markdown, text_columns=2)
+
+
+# ------------------------------------------------------------------------------------------
+# 3D objects
+# ------------------------------------------------------------------------------------------
+def read_gt3d_csv(path: str) -> list[dict]:
+    """annotations_3d.csv -> ``[{"tomogram", "class", "box": float64 (6,) [x1, y1, z1, x2, y2, z2],
+    "incomplete": bool}]`` (voxels, 0-based, exclusive upper edges). CryoError naming file and line."""
+    _, rows = read_csv_rows(path, GT3D_COLUMNS, "3D ground-truth")
+    objects = [{"tomogram": row["tomogram"], "class": _class_3d(row, path, line_no),
+                "box": _box_3d(row, path, line_no),
+                "incomplete": row.get("incomplete", "0").lower() in ("1", "true", "yes")}
+               for line_no, row in rows]
+    if not objects:
+        raise CryoError("no 3D objects: nothing to evaluate", path)
+    return objects
+
+
+def read_objects3d_csv(path: str, tomograms: Sequence[str]) -> list[dict]:
+    """3D predictions CSV -> dicts as :func:`read_gt3d_csv` (without ``incomplete``) plus ``"score"``.
+
+    Columns ``class,score,x1,y1,z1,x2,y2,z2`` and optionally ``tomogram`` (others, such as the
+    ``n_slices`` of writers.write_objects3d_csv, are ignored; ``#`` comment lines are skipped). The
+    tomogram of a row is its ``tomogram`` column; without that column, the file name stem when it is
+    one of ``tomograms`` (``tomo_03.csv`` for tomogram ``tomo_03``), else the only tomogram when the
+    ground truth has one. Otherwise CryoError naming the file.
+    """
+    header, rows = read_csv_rows(path, PRED3D_COLUMNS, "3D objects")
+    known = sorted(set(tomograms))
+    default_tomogram = None
+    if "tomogram" not in header:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in known:
+            default_tomogram = stem
+        elif len(known) == 1:
+            default_tomogram = known[0]
+        else:
+            raise CryoError(f"no 'tomogram' column, and the file name does not name one of the {len(known)} "
+                            f"ground-truth tomograms ({', '.join(known[:3])}, ...): add the column or name the "
+                            "file after its tomogram", path)
+    objects = []
+    for line_no, row in rows:
+        tomogram = default_tomogram or row["tomogram"]
+        if tomogram not in known:
+            raise CryoError(f"tomogram {tomogram!r} is not in the 3D ground truth", path, line_no)
+        objects.append({"tomogram": tomogram, "class": _class_3d(row, path, line_no),
+                        "box": _box_3d(row, path, line_no), "score": _csv_float(row, "score", path, line_no)})
+    return objects
+
+
+def _class_3d(row: Mapping[str, str], path: str, line: int) -> str:
+    name = row["class"]
+    if not name:
+        raise CryoError("empty class name", path, line)
+    return name
+
+
+def _box_3d(row: Mapping[str, str], path: str, line: int) -> np.ndarray:
+    box = np.array([_csv_float(row, key, path, line) for key in _BOX3D_KEYS], dtype=np.float64)
+    if np.any(box[3:] < box[:3]):
+        raise CryoError(f"box with an upper edge below its lower edge: {box.tolist()}", path, line)
+    return box
+
+
+def evaluate_objects_3d(predictions: Sequence[Mapping[str, Any]], ground_truth: Sequence[Mapping[str, Any]],
+                        iou_thresholds: Sequence[float] = OBJECT3D_IOU_THRESHOLDS) -> dict[str, Any]:
+    """Object-level precision, recall and F1 of 3D boxes, per class and over all classes.
+
+    Within each (tomogram, class), predictions are matched one-to-one to ground-truth objects at
+    each 3D IoU threshold with :func:`keras_frcnn_cryo.tracking.match_objects_3d` (greedy, in
+    descending score, each taking the free object of highest 3D IoU; TP when >= the threshold);
+    unmatched predictions are FP, unmatched objects FN. All predictions count, whatever their score. Incomplete objects
+    (cut by the field of view) count like the others; ``n_incomplete`` says how many there are.
+    Returns ``{"iou_thresholds", "classes": {name: {t: counts}}, "all": {t: counts}}`` with counts
+    ``{"tp", "fp", "fn", "n_pred", "n_gt", "n_incomplete", "precision", "recall", "f1"}``.
+    """
+    keys = sorted({(o["tomogram"], o["class"]) for o in [*predictions, *ground_truth]})
+    classes = sorted({cls for _, cls in keys})
+    counts = {cls: {float(t): {"tp": 0, "fp": 0, "fn": 0} for t in iou_thresholds} for cls in classes}
+    n_gt = dict.fromkeys(classes, 0)
+    n_pred = dict.fromkeys(classes, 0)
+    n_incomplete = dict.fromkeys(classes, 0)
+    for tomogram, cls in keys:
+        pred = [o for o in predictions if o["tomogram"] == tomogram and o["class"] == cls]
+        gt = [o for o in ground_truth if o["tomogram"] == tomogram and o["class"] == cls]
+        n_gt[cls] += len(gt)
+        n_pred[cls] += len(pred)
+        n_incomplete[cls] += sum(bool(o["incomplete"]) for o in gt)
+        pred_objects = [_as_object3d(o) for o in pred]
+        gt_objects = [_as_object3d(o) for o in gt]
+        for t in iou_thresholds:
+            found = tracking.match_objects_3d(pred_objects, gt_objects, float(t), class_aware=True)
+            for key in ("tp", "fp", "fn"):
+                counts[cls][float(t)][key] += getattr(found, key)
+
+    def finish(tp: int, fp: int, fn: int, gt_total: int, pred_total: int, incomplete: int) -> dict[str, Any]:
+        precision = tp / (tp + fp) if tp + fp else math.nan
+        recall = tp / (tp + fn) if tp + fn else math.nan
+        f1 = (2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else math.nan
+        return {"tp": tp, "fp": fp, "fn": fn, "n_pred": pred_total, "n_gt": gt_total, "n_incomplete": incomplete,
+                "precision": precision, "recall": recall, "f1": f1}
+
+    per_class = {cls: {t: finish(**c, gt_total=n_gt[cls], pred_total=n_pred[cls], incomplete=n_incomplete[cls])
+                       for t, c in counts[cls].items()} for cls in classes}
+    overall = {float(t): finish(sum(counts[c][float(t)]["tp"] for c in classes),
+                                sum(counts[c][float(t)]["fp"] for c in classes),
+                                sum(counts[c][float(t)]["fn"] for c in classes),
+                                sum(n_gt.values()), sum(n_pred.values()), sum(n_incomplete.values()))
+               for t in iou_thresholds}
+    return {"iou_thresholds": [float(t) for t in iou_thresholds], "classes": per_class, "all": overall}
+
+
+def _as_object3d(obj: Mapping[str, Any]) -> tracking.Object3D:
+    """A row of :func:`read_gt3d_csv` / :func:`read_objects3d_csv` as a tracking.Object3D (its box as read)."""
+    x1, y1, z1, x2, y2, z2 = (float(v) for v in obj["box"])
+    return tracking.Object3D(class_index=-1, class_name=str(obj["class"]), x1=x1, y1=y1, z1=z1, x2=x2, y2=y2,
+                             z2=z2, score=float(obj.get("score", 1.0)))
+
+
+def format_objects_3d(result: Mapping[str, Any], markdown: bool = False) -> str:
+    """Table of :func:`evaluate_objects_3d`: one row per class and threshold, then "all"."""
+    header = ["class", "IoU3D", "objects", "incomplete", "found", "TP", "FP", "FN", "precision", "recall", "F1"]
+    rows = []
+    for name, per_t in [*result["classes"].items(), ("all", result["all"])]:
+        for t, c in per_t.items():
+            rows.append([name, f"{t:g}", str(c["n_gt"]), str(c["n_incomplete"]), str(c["n_pred"]), str(c["tp"]),
+                         str(c["fp"]), str(c["fn"]), _num(c["precision"]), _num(c["recall"]), _num(c["f1"])])
+    return render_table(header, rows, markdown)
+
+
+# ------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------
+def _check_iou(value: float, flag: str) -> float:
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise CryoError(f"{flag} must lie in (0, 1], got {value:g}")
+    return float(value)
+
+
+def _run_labels(args: argparse.Namespace) -> list[str]:
+    """Names of the evaluated runs (one, or two with --compare)."""
+    if args.labels is not None and args.compare is None:
+        raise CryoError("--labels names the two runs of --compare; give --compare B.csv too")
+    if args.compare is None:
+        return [os.path.basename(args.detections) if args.detections else "model"]
+    if args.labels is not None:
+        labels = [str(label).strip() for label in args.labels]
+    else:
+        first = args.detections or "model"
+        labels = [os.path.basename(first), os.path.basename(args.compare)]
+        if labels[0] == labels[1]:
+            labels = [first, args.compare]
+    if not all(labels) or labels[0] == labels[1]:
+        raise CryoError(f"the two runs need two different, non-empty labels, got {labels}")
+    return labels
 
 
 def main(args: argparse.Namespace) -> int:
-    """measure_map.py."""
-    cfg: Config | None = None
-    if args.detections is None or args.path is None or args.parser is None:
-        cfg = load_config(args.config_filename)
-    ann_path = args.path or (cfg.annotation_path if cfg else None)
-    if not ann_path:
-        raise CryoError("no annotations given (-p) and the config records none", args.config_filename)
-    parser = args.parser or (cfg.parser if cfg else "simple")
-    records, _, class_mapping = load_annotations(ann_path, parser)
-    if args.split != "all":
-        split_path = args.split_file or splits.default_split_path(ann_path)
-        seed = cfg.seed if cfg else Config().seed
-        test_fraction = cfg.test_fraction if cfg else Config().test_fraction
-        val_fraction = cfg.val_fraction if cfg else Config().val_fraction
-        splits.assign_splits(records, split_path, test_fraction, val_fraction, seed)
-        records = [r for r in records if r.get("imageset") == args.split]
-        if not records:
-            raise CryoError(f"the {args.split} split has no images", split_path)
-    out_dir = check_output_dir(args.output)
-    classes = [c for c in (cfg.class_names if cfg else sorted(class_mapping)) if c != BG_CLASS]
-    thresholds = list(cfg.eval_iou_thresholds if cfg else Config().eval_iou_thresholds)
+    """measure_map.py (see the module docstring)."""
+    table_iou = _check_iou(args.table_iou, "--table-iou")
+    pr_ious = list(dict.fromkeys(_check_iou(v, "--pr-iou") for v in args.pr_iou))
+    if (args.objects3d is None) != (args.gt3d is None):
+        raise CryoError("--objects3d and --gt3d go together (3D predictions and 3D ground truth)")
+    labels = _run_labels(args)
+    cfg = resolve_config(args)
+    defaults = cfg or Config()
+    thresholds = [float(t) for t in defaults.eval_iou_thresholds]
+    if not any(math.isclose(table_iou, t, abs_tol=1e-9) for t in thresholds):
+        raise CryoError(f"--table-iou {table_iou:g} is not one of the evaluated IoU thresholds "
+                        f"({', '.join(f'{t:g}' for t in thresholds)})")
 
+    ann_path, parser_name = resolve_annotations(args, cfg)
+    all_records, _, class_mapping = load_annotations(ann_path, parser_name)
+    group_of = dict(zip((r["filepath"] for r in all_records), splits.record_groups(all_records)))
+    records = select_split(all_records, args.split, ann_path, args.split_file, defaults)
     gt = records_to_ground_truth(records)
+    n_objects = check_ground_truth(gt, ann_path, args.split)
+    out_dir = check_output_dir(args.output)
+    groups = {r["filepath"]: group_of[r["filepath"]] for r in records}
+    print(f"{len(records)} images ({args.split} split) in {len(set(groups.values()))} group(s), "
+          f"{n_objects} objects, from {ann_path}")
+
+    # detections of each run
+    index = ImageIndex([r["filepath"] for r in all_records], [r["filepath"] for r in records])
+    sources: list[tuple[str, list[dict]]] = []
     if args.detections:
-        by_name = {os.path.basename(r["filepath"]): r["filepath"] for r in records}
-        detections = read_detections_csv(args.detections, by_name)
+        sources.append((args.detections, _load_csv_run(args.detections, index, defaults)))
     else:
-        detector = load_detector(args.config_filename, args.model)
-        results = detect_images(detector, [r["filepath"] for r in records], detector.cfg.eval_min_score,
-                                desc=f"evaluate {args.split}")
-        detections = [d for path, dets in results.items() for d in detections_to_dicts(path, dets)]
+        detector = load_detector(_config_name(args), args.model)
+        found = detect_images(detector, [r["filepath"] for r in records], detector.cfg.eval_min_score,
+                              desc=f"evaluate {args.split}")
+        sources.append(("model", [d for path, dets in found.items() for d in detections_to_dicts(path, dets)]))
+    if args.compare:
+        sources.append((args.compare, _load_csv_run(args.compare, index, defaults)))
 
-    results = metrics.evaluate(gt, detections, thresholds, classes=classes)
-    groups = {r["filepath"]: r.get("group") or splits.image_group(r["filepath"]) for r in records}
-    by_group = metrics.evaluate_by_group(gt, detections, groups, iou_threshold=0.7)
-    print(f"{len(records)} images ({args.split} split), {sum(len(v) for v in gt.values())} objects, "
-          f"{len(detections)} detections")
-    print(metrics.format_table(results))
-    print(format_group_table(by_group))
+    gt_classes = [c for c in (cfg.class_names if cfg else sorted(class_mapping)) if c != BG_CLASS]
+    extra = sorted({d["class"] for _, dets in sources for d in dets} - set(gt_classes) - {BG_CLASS})
+    if extra:
+        print(f"note: class(es) {', '.join(extra)} of the detections have no ground truth (left out of the means)")
+    classes = gt_classes + extra
+    runs = [evaluate_run(label, source, gt, dets, groups, classes, thresholds, table_iou, pr_ious)
+            for label, (source, dets) in zip(labels, sources)]
 
-    payload = metrics.results_to_json(results)
-    payload["per_group"] = by_group
-    payload["split"] = args.split
-    payload["n_images"] = len(records)
+    # text outputs
+    md: list[str] = [f"# Evaluation\n\n{len(records)} images ({args.split} split), {n_objects} objects; "
+                     f"annotations `{ann_path}`."]
+    for run in runs:
+        print(f"\n== {run.label}: {len(run.detections)} detections ({run.source}) ==")
+        print(format_summary(run.results, table_iou))
+        print(f"\nPer tomogram (image group), IoU {table_iou:g}")
+        print(format_group_table(run.by_group, table_iou))
+        md.append(f"## {run.label}\n\nDetections: `{run.source}` ({len(run.detections)}).\n\n"
+                  + format_summary(run.results, table_iou, markdown=True)
+                  + f"\n\n### Per tomogram (image group), IoU {table_iou:g}\n\n"
+                  + format_group_table(run.by_group, table_iou, markdown=True))
+    if len(runs) > 1:
+        print(f"\nComparison ({' vs '.join(r.label for r in runs)})")
+        print(format_comparison(runs, table_iou))
+        md.insert(1, "## Comparison\n\n" + format_comparison(runs, table_iou, markdown=True))
+
+    payload = run_payload(runs[0], table_iou)
+    payload.update(split=args.split, n_images=len(records), annotations=ann_path, label=runs[0].label)
+    if len(runs) > 1:
+        payload["runs"] = {run.label: run_payload(run, table_iou) for run in runs}
+
+    if args.objects3d:
+        gt3d = read_gt3d_csv(args.gt3d)
+        pred3d = read_objects3d_csv(args.objects3d, [o["tomogram"] for o in gt3d])
+        result3d = evaluate_objects_3d(pred3d, gt3d)
+        print(f"\n3D objects ({args.objects3d} against {args.gt3d})")
+        print(format_objects_3d(result3d))
+        md.append(f"## 3D objects\n\n`{args.objects3d}` against `{args.gt3d}`.\n\n"
+                  + format_objects_3d(result3d, markdown=True))
+        payload["objects3d"] = {"predictions": args.objects3d, "ground_truth": args.gt3d, **result3d}
+
     json_path = os.path.join(out_dir, "metrics.json")
     metrics.write_json_atomic(payload, json_path)
     if args.json:
         metrics.write_json_atomic(payload, args.json)
     md_path = os.path.join(out_dir, "metrics.md")
-    write_text_atomic(md_path, metrics.format_markdown(results) + "\n\n" + format_group_table(by_group, markdown=True))
-    pr_path = os.path.join(out_dir, f"pr_iou{args.pr_iou:g}.png")
-    metrics.plot_pr_curves(results, args.pr_iou, pr_path)
-    print(f"written: {json_path}, {md_path}, {pr_path}")
+    write_text_atomic(md_path, "\n\n".join(md) + "\n")
+    written = [json_path, md_path] + ([args.json] if args.json else [])
+    for iou in pr_ious:
+        pr_path = os.path.join(out_dir, f"pr_iou{iou:g}.png")
+        if len(runs) == 1:
+            metrics.plot_pr_curves(runs[0].pr_results[iou], iou, pr_path)
+        else:
+            metrics.plot_pr_runs({run.label: run.pr_results[iou] for run in runs}, iou, pr_path)
+        written.append(pr_path)
+    print(f"\nwritten: {', '.join(written)}")
     return 0
+
+
+def _load_csv_run(path: str, index: ImageIndex, defaults: Config) -> list[dict]:
+    """Detections of one CSV with the notes a user needs (dropped rows, truncated score range)."""
+    found = read_detections_csv(path, index)
+    if found.n_other_split:
+        print(f"{path}: {found.n_other_split} of {found.n_rows} detections are on images outside the "
+              "evaluated split; ignored")
+    if not found.detections:
+        print(f"{path}: no detections on the evaluated images (AP 0)")
+    elif found.min_score > defaults.eval_min_score:
+        print(f"note: {path} holds no score below {found.min_score:.3g}: AP and PR curves stop there "
+              f"(write it with test_frcnn.py --threshold {defaults.eval_min_score:g} for the full curves)")
+    return found.detections
 
 
 def console_main() -> None:

@@ -64,6 +64,7 @@ __all__ = [
     "format_table",
     "format_markdown",
     "plot_pr_curves",
+    "plot_pr_runs",
     "write_json_atomic",
 ]
 
@@ -727,6 +728,57 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plot_pr_runs(runs: Mapping[str, Mapping[str, Any]], iou_threshold: float, out_png: str | os.PathLike) -> None:
+    """Precision-recall curves of several runs (``{label: evaluate() results}``) in one PNG.
+
+    One colour per class, one line style per run (the ablation with and without preprocessing);
+    classes without ground truth are left out. Headless; written to a temporary name then renamed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    styles = ["-", "--", ":", "-."]
+    colours = [f"C{k}" for k in range(10)]
+    class_names: list[str] = []
+    for results in runs.values():
+        class_names += [c for c in results["classes"] if c not in class_names]
+    for r, (label, results) in enumerate(runs.items()):
+        t = _threshold_key(results, iou_threshold)
+        for c, name in enumerate(class_names):
+            if name not in results["per_class"]:
+                continue
+            entry = results["per_class"][name]["thresholds"][t]
+            if entry["n_gt"] == 0:
+                continue
+            recall = np.concatenate(([0.0], entry["recall_curve"]))
+            precision = np.concatenate(([1.0 if entry["precision_curve"].size else 0.0], entry["precision_curve"]))
+            ax.step(recall, precision, where="post", linestyle=styles[r % len(styles)],
+                    color=colours[c % len(colours)], label=f"{label}: {name} (AP {entry['ap']:.3f})")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"precision-recall at IoU {iou_threshold:g}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize="small")
+    ax.grid(True, alpha=0.3)
+    path = os.fspath(out_png)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

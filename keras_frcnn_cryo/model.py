@@ -27,7 +27,6 @@ from .atomic import atomic_path
 from .config import BG_CLASS, Config
 from .errors import CryoError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -153,39 +152,32 @@ class Detector:
         self.class_names = cfg.class_names
         self._rpn_fn = tf.function(
             lambda x: self.models.model_rpn(x, training=False),
-            input_signature=[tf.TensorSpec((1, None, None, 3), tf.float32)], reduce_retracing=True)
+            input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)], reduce_retracing=True,
+            autograph=False)
         self._cls_fn = tf.function(
             lambda f, r: self.models.classifier_head([f, r], training=False),
             input_signature=[tf.TensorSpec((1, None, None, BASE_CHANNELS), tf.float32),
-                             tf.TensorSpec((1, None, 4), tf.float32)], reduce_retracing=True)
+                             tf.TensorSpec((1, None, 4), tf.float32)], reduce_retracing=True, autograph=False)
 
-    def propose(self, x_img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """RPN on a prepared image (1, H, W, 3) -> (features, rois (M, 4) resized px, scores (M,))."""
-        rpn_cls, rpn_regr, features = self._rpn_fn(tf.convert_to_tensor(x_img, tf.float32))
-        height, width = x_img.shape[1:3]
-        rois, scores = roi_helpers.rpn_to_roi(rpn_cls[0].numpy(), rpn_regr[0].numpy(), self.cfg, width, height)
-        return features, rois, scores
+    def _classify(self, features, rois: np.ndarray, width: int, height: int, min_score: float) -> Detections:
+        """conv5 head on all proposals of one image (one batched call), per-class decoding and NMS.
 
-    def detect_prepared(self, x_img: np.ndarray, min_score: float) -> Detections:
-        """Detections on a prepared image (1, H, W, 3), boxes in that (resized) image's pixels."""
+        features: (1, h, w, 1024); rois: (M, 4) in network-input pixels. Boxes returned in those pixels.
+        """
         cfg = self.cfg
-        features, rois, _ = self.propose(x_img)
-        n_fg = cfg.num_classes - 1
         if rois.shape[0] == 0:
             return _empty(self.class_names)
         rois_feat = (rois / float(cfg.rpn_stride)).astype(np.float32)[None]
         probs, regr = self._cls_fn(features, tf.convert_to_tensor(rois_feat))
         probs, regr = probs[0].numpy(), regr[0].numpy()
-        height, width = x_img.shape[1:3]
         std = np.asarray(cfg.classifier_regr_std, np.float32)
         all_boxes, all_scores, all_labels = [], [], []
-        for cls in range(n_fg):
+        for cls in range(cfg.num_classes - 1):
             scores = probs[:, cls]
             keep = scores >= min_score
             if not np.any(keep):
                 continue
-            deltas = regr[keep, 4 * cls:4 * cls + 4] / std
-            boxes = roi_helpers.apply_regr(rois[keep], deltas)
+            boxes = roi_helpers.apply_regr(rois[keep], regr[keep, 4 * cls:4 * cls + 4] / std)
             boxes = np.clip(boxes, 0.0, [width, height, width, height])
             valid = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3)
             boxes, scores = boxes[valid], scores[keep][valid]
@@ -200,17 +192,44 @@ class Detector:
         return Detections(boxes[top].astype(np.float64), scores[top].astype(np.float64), labels[top],
                           self.class_names)
 
-    def detect(self, image: np.ndarray, min_score: float | None = None) -> Detections:
-        """Detections on a 2D image of any dtype; boxes in the image's own pixels (floats)."""
+    def detect_prepared(self, x_batch: np.ndarray, min_score: float) -> list[Detections]:
+        """Detections on prepared images (B, H, W, 3): backbone and RPN run once on the whole batch,
+        then each image's proposals go through the head. Boxes in network-input pixels."""
+        rpn_cls, rpn_regr, features = self._rpn_fn(tf.convert_to_tensor(x_batch, tf.float32))
+        height, width = x_batch.shape[1:3]
+        rpn_cls, rpn_regr = rpn_cls.numpy(), rpn_regr.numpy()
+        out = []
+        for i in range(x_batch.shape[0]):
+            rois, _ = roi_helpers.rpn_to_roi(rpn_cls[i], rpn_regr[i], self.cfg, width, height)
+            out.append(self._classify(features[i:i + 1], rois, width, height, min_score))
+        return out
+
+    def detect_many(self, images: list[np.ndarray], min_score: float | None = None) -> list[Detections]:
+        """Detections on several 2D images (e.g. consecutive slices); same-sized ones share one batch.
+
+        Each image is preprocessed as in training; boxes come back in each image's own pixels.
+        """
         if min_score is None:
             min_score = self.cfg.detection_threshold
-        x_img, (sx, sy) = preprocessing.prepare_image(image, self.cfg)
-        dets = self.detect_prepared(x_img[None].astype(np.float32), min_score)
-        if len(dets):
-            dets.boxes = dets.boxes / np.array([sx, sy, sx, sy], np.float64)
-            height, width = image.shape[:2]
-            dets.boxes = np.clip(dets.boxes, 0.0, [width, height, width, height])
-        return dets
+        prepared = [preprocessing.prepare_image(image, self.cfg) for image in images]
+        results: list[Detections | None] = [None] * len(images)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, (x_img, _) in enumerate(prepared):
+            by_shape.setdefault(x_img.shape, []).append(index)
+        for indices in by_shape.values():
+            batch = np.stack([prepared[i][0] for i in indices]).astype(np.float32)
+            for index, dets in zip(indices, self.detect_prepared(batch, min_score)):
+                sx, sy = prepared[index][1]
+                if len(dets):
+                    height, width = images[index].shape[:2]
+                    dets.boxes = np.clip(dets.boxes / np.array([sx, sy, sx, sy], np.float64), 0.0,
+                                         [width, height, width, height])
+                results[index] = dets
+        return results  # type: ignore[return-value]
+
+    def detect(self, image: np.ndarray, min_score: float | None = None) -> Detections:
+        """Detections on one 2D image of any dtype; boxes in the image's own pixels (floats)."""
+        return self.detect_many([image], min_score)[0]
 
 
 def _empty(class_names: list[str]) -> Detections:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
+import sys
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from . import tomo_io
+from . import tomo_io, tracking, writers
 from .atomic import atomic_path
 from .cli import check_output_dir
-from .config import Config, load_config
+from .config import load_config
 from .errors import CryoError
 from .model import Detections, Detector
 
@@ -27,13 +29,28 @@ CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "class", "score")
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of test_frcnn.py."""
     p = argparse.ArgumentParser(description="Detect organelles in images with a trained model.")
-    p.add_argument("-p", "--path", required=True, help="an image or a folder of images (png, tif, jpg)")
+    p.add_argument("-p", "--path", required=True,
+                   help="an image, an MRC tomogram or tilt series (.mrc .rec .st ...), or a folder of either")
     p.add_argument("--config_filename", default="config.pickle", help="config written by training")
     p.add_argument("--model", default=None, help="weights (.weights.h5); default: the config's model_path")
     p.add_argument("--threshold", type=float, default=None,
                    help="minimum score of a detection (default: the config's detection_threshold)")
     p.add_argument("--output", default="results", help="output folder (detections.csv, overlays/)")
-    p.add_argument("--no-overlays", action="store_true", help="write only the CSV")
+    p.add_argument("--no-overlays", action="store_true", help="write no overlay pictures")
+    volumes = p.add_argument_group("tomograms and tilt series (MRC input)")
+    volumes.add_argument("--kind", default="auto", choices=["auto", "tomogram", "tilt_series"],
+                         help="auto: .st/.mrcs/.ali or a .tlt beside the file mean a tilt series")
+    volumes.add_argument("--z-range", type=int, nargs=2, metavar=("FIRST", "STOP"), default=None,
+                         help="slices FIRST <= z < STOP only (0-based)")
+    volumes.add_argument("--step", type=int, default=1, help="every n-th slice")
+    volumes.add_argument("--slab", type=int, default=1, help="average N neighbouring slices (raises SNR)")
+    volumes.add_argument("--bin", type=int, default=1, dest="binning", help="bin slices by B in x and y")
+    volumes.add_argument("--apix", type=float, default=None, help="pixel size (A), overrides the MRC header")
+    volumes.add_argument("--batch-size", type=int, default=4, help="slices per backbone batch")
+    volumes.add_argument("--overlay-slices", type=int, default=8, help="overlay pictures per tomogram")
+    volumes.add_argument("--labelimg", action="store_true",
+                         help="also write PNG + LabelImg XML of every slice with detections (to correct and retrain)")
+    volumes.add_argument("--resume", action="store_true", help="skip inputs whose outputs are already complete")
     return p
 
 
@@ -59,30 +76,6 @@ def detect_images(detector: Detector, paths: list[str], min_score: float,
     return results
 
 
-def draw_detections(image: np.ndarray, dets: Detections, cfg: Config | None = None) -> np.ndarray:
-    """8-bit BGR picture of ``image`` with the boxes, class names and scores drawn."""
-    from .preprocessing import standardize, to_uint8
-    grey = image if image.dtype == np.uint8 else to_uint8(standardize(image))
-    canvas = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    thickness = max(1, round(max(image.shape[:2]) / 400))
-    palette = [(0, 255, 0), (0, 128, 255), (255, 0, 255), (255, 255, 0), (0, 0, 255)]
-    for box, score, label in zip(dets.boxes, dets.scores, dets.labels):
-        colour = palette[int(label) % len(palette)]
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), colour, thickness)
-        text = f"{dets.class_names[int(label)]} {score:.2f}"
-        cv2.putText(canvas, text, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, colour,
-                    thickness, cv2.LINE_AA)
-    return canvas
-
-
-def write_png_atomic_bgr(path: str, picture: np.ndarray) -> None:
-    """cv2.imwrite to a temporary name in the same folder, then rename."""
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(tmp, picture):
-            raise CryoError("cannot write image", path)
-
-
 def write_detections_csv(path: str, results: dict[str, Detections], relative_to: str | None = None) -> int:
     """One row per box (image, x1, y1, x2, y2, class, score); written atomically. Returns the row count."""
     rows = 0
@@ -97,30 +90,200 @@ def write_detections_csv(path: str, results: dict[str, Detections], relative_to:
     return rows
 
 
-def main(args: argparse.Namespace) -> int:
-    """test_frcnn.py: detect in every image of --path, write detections.csv and overlays."""
-    paths = tomo_io.list_images(args.path)
-    out_dir = check_output_dir(args.output)
-    detector = load_detector(args.config_filename, args.model)
-    threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
+def predict_images(detector: Detector, paths: list[str], out_dir: str, threshold: float,
+                   root: str | None = None, overlays: bool = True) -> str:
+    """Detect in ``paths``; write ``out_dir``/detections.csv and ``out_dir``/overlays/*.png. Returns the CSV path.
+
+    CSV image names are relative to ``root`` (default: absolute paths).
+    """
     if not 0.0 <= threshold <= 1.0:
         raise CryoError(f"--threshold must lie in [0, 1], got {threshold}")
+    check_output_dir(out_dir)
     overlay_dir = os.path.join(out_dir, "overlays")
-    if not args.no_overlays:
+    if overlays:
         os.makedirs(overlay_dir, exist_ok=True)
 
     def save_overlay(path: str, image: np.ndarray, dets: Detections) -> None:
-        if not args.no_overlays:
-            name = os.path.splitext(os.path.basename(path))[0] + ".png"
-            write_png_atomic_bgr(os.path.join(overlay_dir, name), draw_detections(image, dets))
+        name = os.path.splitext(os.path.basename(path))[0] + ".png"
+        writers.write_png(os.path.join(overlay_dir, name),
+                          writers.render_overlay(image, dets.boxes, dets.labels, dets.scores, dets.class_names))
 
-    results = detect_images(detector, paths, threshold, on_result=save_overlay)
-    root = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))
+    results = detect_images(detector, paths, threshold, on_result=save_overlay if overlays else None)
     csv_path = os.path.join(out_dir, "detections.csv")
     rows = write_detections_csv(csv_path, results, relative_to=root)
     print(f"{rows} detections (score >= {threshold:g}) in {len(paths)} images -> {csv_path}")
-    if not args.no_overlays:
+    if overlays:
         print(f"overlays -> {overlay_dir}")
+    return csv_path
+
+
+DONE_SUFFIX = ".done.json"
+
+
+def split_inputs(path: str) -> tuple[list[str], list[str]]:
+    """(MRC volumes, images) named by ``path``: one file, or the files of a folder (sorted)."""
+    if not os.path.exists(path):
+        raise CryoError("input not found", path)
+    if os.path.isdir(path):
+        names = sorted(os.listdir(path), key=tomo_io.natural_sort_key)
+        volumes = [os.path.join(path, n) for n in names if tomo_io.is_mrc_file(n)]
+        images = [os.path.join(path, n) for n in names if n.lower().endswith(tomo_io.IMAGE_EXTENSIONS)
+                  and not n.startswith(".")]
+        if not volumes and not images:
+            raise CryoError("no images or MRC files in this folder", path)
+        return volumes, images
+    if tomo_io.is_mrc_file(path):
+        return [path], []
+    return [], tomo_io.list_images(path)
+
+
+@dataclass
+class VolumeOptions:
+    """How a tomogram or tilt series is read and what is written for it."""
+
+    kind: str = "auto"
+    z_range: tuple[int, int] | None = None
+    step: int = 1
+    slab: int = 1
+    binning: int = 1
+    apix: float | None = None
+    batch_size: int = 4
+    overlay_slices: int = 8
+    labelimg: bool = False
+    overlays: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "VolumeOptions":
+        """From test_frcnn.py's parsed options."""
+        if args.step < 1 or args.batch_size < 1 or args.overlay_slices < 0:
+            raise CryoError("--step and --batch-size must be >= 1, --overlay-slices >= 0")
+        return cls(args.kind, tuple(args.z_range) if args.z_range else None, args.step, args.slab, args.binning,
+                   args.apix, args.batch_size, args.overlay_slices, args.labelimg, not args.no_overlays)
+
+
+def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float,
+                   options: VolumeOptions | None = None) -> dict:
+    """Detect on every chosen slice (or tilt image) of an MRC file, streamed from the memory map.
+
+    Writes, in ``out_dir``, files named after the input (NAME): NAME_boxes2d.csv/.json (slice, box,
+    class, score); for tomograms NAME_objects3d.csv/.json (boxes linked across slices), NAME.cbox
+    (crYOLO / napari-boxmanager), NAME.coords (IMOD, 0-based), NAME.star (RELION); NAME_overlays/
+    (chosen slices) and NAME_overview.png (z projection with the 3D boxes); with ``labelimg``,
+    NAME_labelimg/ (PNG + LabelImg XML per slice with detections). Coordinates are pixels of the
+    input file (binning undone). NAME.done.json is written last: without it the outputs are not complete.
+    """
+    options = options or VolumeOptions()
+    cfg = detector.cfg
+    name = os.path.splitext(os.path.basename(path))[0]
+    with tomo_io.open_volume(path, kind=options.kind, apix=options.apix, slab=options.slab,
+                             binning=options.binning) as volume:
+        n = volume.n_slices
+        first, stop = options.z_range if options.z_range else (0, n)
+        if not (0 <= first < stop <= n):
+            raise CryoError(f"--z-range {first} {stop} is outside the volume's {n} slices (0..{n})", path)
+        indices = list(range(first, stop, options.step))
+        overlay_at = set(np.unique(np.linspace(0, len(indices) - 1, options.overlay_slices).round().astype(int))
+                         ) if options.overlays and options.overlay_slices else set()
+        per_slice: dict[int, Detections] = {}
+        overlays: dict[int, np.ndarray] = {}
+        projection = None
+        bar = tqdm(total=len(indices), desc=name, unit="slice" if volume.kind == "tomogram" else "tilt")
+        for start in range(0, len(indices), options.batch_size):
+            batch = indices[start:start + options.batch_size]
+            images = [volume.slice(i) for i in batch]
+            for offset, (index, image, dets) in enumerate(zip(batch, images, detector.detect_many(images, threshold))):
+                per_slice[index] = dets
+                projection = image.astype(np.float64) if projection is None else projection + image
+                if start + offset in overlay_at:
+                    overlays[index] = writers.render_overlay(image, dets.boxes, dets.labels, dets.scores,
+                                                             dets.class_names)
+            bar.update(len(batch))
+        bar.close()
+        kind, pixel_size, angles = volume.kind, volume.pixel_size_a, volume.angles
+    return write_volume_outputs(path, out_dir, name, kind, per_slice, overlays, projection, pixel_size, angles,
+                                cfg, threshold, options)
+
+
+def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slice: dict[int, Detections],
+                         overlays: dict[int, np.ndarray], projection: np.ndarray | None,
+                         pixel_size: float | None, angles, cfg, threshold: float, options: VolumeOptions) -> dict:
+    """Every output file of one volume (see :func:`predict_volume`); NAME.done.json last."""
+    class_names = cfg.class_names
+    binning = options.binning
+    # boxes in the input file's pixels (undo binning); overlays were drawn in the binned slices
+    full = {z: (d.boxes * binning, d.scores, d.labels) for z, d in per_slice.items()}
+    base = os.path.join(out_dir, name)
+    rows = writers.boxes2d_rows(full, class_names)
+    writers.write_boxes2d_csv(base + "_boxes2d.csv", rows, pixel_size_a=pixel_size, source=path)
+    summary = {"input": os.path.abspath(path), "kind": kind, "slices_processed": len(per_slice),
+               "detections": len(rows), "threshold": threshold, "pixel_size_a": pixel_size,
+               "binning": binning, "slab": options.slab, "coordinates": "pixels of the input file, 0-based"}
+    json_payload: dict = {"boxes": rows}
+    if kind == "tilt_series":
+        flags = tracking.flag_isolated_tilt_detections(full, cfg.tilt_consistency_min_iou)
+        json_payload["angles"] = list(angles) if angles is not None else None
+        json_payload["isolated"] = [{"tilt": t, "box": b} for t, b in flags]
+        summary["isolated_detections"] = len(flags)
+        if flags:
+            print(f"{name}: {len(flags)} detections seen on one tilt but on neither neighbour "
+                  f"(listed under 'isolated' in {name}_boxes2d.json)")
+    else:
+        objects = tracking.link_boxes(full, tracking.TrackingParams.from_config(cfg), class_names)
+        writers.write_objects3d_csv(base + "_objects3d.csv", objects, pixel_size_a=pixel_size, source=path)
+        writers.write_objects3d_json(base + "_objects3d.json", objects, pixel_size_a=pixel_size, source=path)
+        writers.write_cbox(base + ".cbox", objects, pixel_size_a=pixel_size, source=path)
+        writers.write_imod_coords(base + ".coords", objects)
+        writers.write_star(base + ".star", objects, pixel_size_a=pixel_size, source=path)
+        summary["objects3d"] = len(objects)
+        if projection is not None and options.overlays:
+            mean = (projection / max(len(per_slice), 1)).astype(np.float32)
+            binned = [dataclasses.replace(o, x1=o.x1 / binning, y1=o.y1 / binning, x2=o.x2 / binning,
+                                          y2=o.y2 / binning) for o in objects]
+            writers.write_png(base + "_overview.png", writers.render_z_projection(mean, binned))
+    writers.write_json(base + "_boxes2d.json", {**summary, **json_payload})
+    tag = "z" if kind == "tomogram" else "t"
+    for index, picture in overlays.items():
+        writers.write_png(os.path.join(base + "_overlays", f"{name}_{tag}{index:04d}.png"), picture)
+    if options.labelimg:
+        with_dets = sorted(z for z, d in per_slice.items() if len(d))
+        if with_dets:
+            lab_dir = base + "_labelimg"
+            pngs = tomo_io.export_slices_for_labelling(path, lab_dir, with_dets, kind=kind, slab=options.slab,
+                                                       binning=binning, apix=options.apix)
+            writers.write_labelimg_for_slices(lab_dir, dict(zip(with_dets, pngs)),
+                                              {z: per_slice[z] for z in with_dets}, class_names,
+                                              width=int(projection.shape[1]), height=int(projection.shape[0]))
+    writers.write_json(base + DONE_SUFFIX, summary)
+    print(f"{name}: {len(rows)} boxes on {len(per_slice)} {'slices' if kind == 'tomogram' else 'tilts'}"
+          + (f", {summary['objects3d']} 3D objects" if "objects3d" in summary else "") + f" -> {base}_*")
+    return summary
+
+
+def main(args: argparse.Namespace) -> int:
+    """test_frcnn.py: images -> detections.csv + overlays; MRC volumes -> per-volume 2D/3D outputs."""
+    volumes, images = split_inputs(args.path)
+    check_output_dir(args.output)
+    detector = load_detector(args.config_filename, args.model)
+    threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
+    if images:
+        root = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))
+        predict_images(detector, images, args.output, threshold, root=root, overlays=not args.no_overlays)
+    failures = []
+    for path in volumes:
+        name = os.path.splitext(os.path.basename(path))[0]
+        if args.resume and os.path.isfile(os.path.join(args.output, name + DONE_SUFFIX)):
+            print(f"{name}: outputs complete, skipped (--resume)")
+            continue
+        try:
+            predict_volume(detector, path, args.output, threshold, VolumeOptions.from_args(args))
+        except CryoError as exc:
+            if len(volumes) == 1:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            failures.append(path)
+    if failures:
+        raise CryoError(f"{len(failures)} of {len(volumes)} volumes failed (first: {failures[0]}); "
+                        "the others are complete (rerun with --resume to retry only the failed ones)")
     return 0
 
 

@@ -233,10 +233,12 @@ def _reuse(
 
 
 def assign_splits(
-    records: list[dict], split_path: str, test_fraction: float, val_fraction: float, seed: int
+    records: list[dict], split_path: str, test_fraction: float, val_fraction: float | None, seed: int
 ) -> dict[str, str]:
     """Set ``record['imageset']`` to 'train', 'val' or 'test' for every record, by group.
 
+    ``val_fraction=None`` takes the validation share stored in an existing split file (0 for a new
+    one); a different value keeps the persisted test images and redraws validation among the rest.
     Reuses ``split_path`` when it exists and covers the same groups, otherwise computes the split
     (module docstring) and writes it there atomically. Returns ``{image key: split}`` (key: base
     name, see :func:`image_keys`). Raises CryoError on bad fractions, no records, or a split file
@@ -244,18 +246,33 @@ def assign_splits(
     """
     if not records:
         raise CryoError("no images to split")
-    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction or 0.0)):
         if not (0.0 <= value < 1.0):
             raise CryoError(f"{name} must be in [0, 1), got {value}")
-    if test_fraction + val_fraction >= 1.0:
-        raise CryoError(f"test_fraction + val_fraction must be below 1, got {test_fraction + val_fraction}")
+    if test_fraction + (val_fraction or 0.0) >= 1.0:
+        raise CryoError(f"test_fraction + val_fraction must be below 1, got {test_fraction + (val_fraction or 0.0)}")
     groups = record_groups(records)
     keys = image_keys(records)
     split_path = str(split_path)
-    if os.path.exists(split_path):
-        splits = _reuse(_load_split(split_path), split_path, records, groups, keys, test_fraction, val_fraction, seed)
+    stored = _load_split(split_path) if os.path.exists(split_path) else None
+    if stored is not None and val_fraction is None:
+        val_fraction = stored.get("val_fraction", 0.0)
+    val_fraction = 0.0 if val_fraction is None else val_fraction
+    if stored is not None:
+        splits = _reuse(stored, split_path, records, groups, keys, test_fraction, val_fraction, seed)
+        if stored.get("val_fraction") != val_fraction:
+            # the test set stays as persisted; only the validation share of the rest is redrawn
+            fixed = [{**r, "imageset": "test" if s == "test" else "trainval"} for r, s in zip(records, splits)]
+            method, splits = _compute(fixed, groups, keys, test_fraction, val_fraction, seed)
+            method = stored.get("method", method)
+            test_fraction = stored.get("test_fraction", test_fraction)
+            logger.warning("%s: validation share changed from %s to %s; test images kept, validation redrawn",
+                           split_path, stored.get("val_fraction"), val_fraction)
+        else:
+            method = None
     else:
         method, splits = _compute(records, groups, keys, test_fraction, val_fraction, seed)
+    if method is not None:
         payload = {
             "seed": seed,
             "method": method,

@@ -18,7 +18,9 @@ Conventions
 * Slice numbers and tilt indices are 0-based everywhere (IMOD's viewer counts from 1).
 * Pixel size: ``DEFAULT_PIXEL_SIZE_A`` = 30 A/px, so a 512-px slice covers 1.5 um and mitochondria
   (200-500 nm wide, 300-1000 nm long) span about 65-330 px: the anchors (128-512 px at a 600-px
-  shorter side) fit them after the usual resize. The paper's 2.6 A/px images binned ~11x look alike.
+  shorter side) fit them after the usual resize. (The paper's images are 2.6 A/px; a coarser default
+  keeps whole mitochondria inside a 512-px slice. Set ``pixel_size_a`` / ``--apix`` to change it.)
+* Scale: tomograms are standardised (mean 0, std 1); tilts are divided by the noisy series' std.
 * SNR: signal variance / noise variance of the tilt images (signal = the noise-free image after the
   CTF-like transfer); one noise level for the whole series, set from the series' mean signal variance.
 
@@ -974,6 +976,8 @@ def generate_tomogram(shape: Sequence[int] = DEFAULT_SHAPE, pixel_size_a: float 
     nz, ny, nx = _check_shape(shape)
     if not pixel_size_a > 0:
         raise CryoError(f"pixel size must be > 0 A, got {pixel_size_a}")
+    if not snr > 0:
+        raise CryoError(f"snr must be > 0, got {snr}")
     if n_mito is not None and not 0 <= int(n_mito) <= 50:
         raise CryoError(f"n_mito must be in 0..50, got {n_mito}")
     angles = tilt_angles(tilt_range, tilt_step)
@@ -1122,17 +1126,21 @@ def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def _split(names: Sequence[str], seed: int, test_fraction: float) -> dict[str, Any]:
-    """Seeded split of whole groups (tomograms) into train/test; at least one of each when there are two."""
-    order = list(np.random.default_rng(seed).permutation(len(names)))
-    n_test = int(round(len(names) * test_fraction))
-    if len(names) >= 2:
-        n_test = min(max(n_test, 1), len(names) - 1)
-    else:
-        n_test = 0
-    test = sorted(names[i] for i in order[:n_test])
-    train = sorted(names[i] for i in order[n_test:])
-    return {"seed": int(seed), "by": "tomogram", "test_fraction": float(test_fraction), "train": train, "test": test}
+def _write_split(annotations_path: str, seed: int) -> dict[str, Any]:
+    """Split whole tomograms (image groups) into train/test exactly as train_frcnn.py will.
+
+    Written with :func:`keras_frcnn_cryo.splits.assign_splits` to its default path beside the
+    annotations (``annotations.split.json``), so training and measure_map reuse it. Returns
+    {"path", "train": [groups], "test": [groups]}.
+    """
+    from . import simple_parser, splits
+    records, _, _ = simple_parser.get_data(annotations_path)
+    split_path = splits.default_split_path(annotations_path)
+    splits.assign_splits(records, split_path, Config().test_fraction, 0.0, seed)
+    with open(split_path) as fh:
+        groups = json.load(fh)["groups"]
+    return {"path": split_path, "train": sorted(g for g, v in groups.items() if v == "train"),
+            "test": sorted(g for g, v in groups.items() if v == "test")}
 
 
 def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence[int] = DEFAULT_SHAPE,
@@ -1148,7 +1156,7 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
       annotations.txt         ``path,x1,y1,x2,y2,class``; an image without objects as ``path,,,,,``
       annotations_3d.csv      tomogram,class,x1,y1,z1,x2,y2,z2,incomplete (exclusive upper edges)
       tilt_annotations.csv    tomogram,tilt_index,angle,class,x1,y1,x2,y2 (boxes on the tilt images)
-      split.json              whole tomograms to train/test (seeded; Config.test_fraction)
+      annotations.split.json  whole tomograms to train/test (seeded; Config.test_fraction; splits.py format)
       metadata.json           per tomogram: snr, seed, objects; generator settings
     Returns a summary dict (paths and counts).
     """
@@ -1210,18 +1218,17 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
         names.append(name)
         tomo_paths.append(tomo_path)
         tilt_paths.append(tilt_path)
-    split = _split(names, seed, Config().test_fraction)
     paths = {
         "annotations": os.path.join(out_dir, "annotations.txt"),
         "annotations_3d": os.path.join(out_dir, "annotations_3d.csv"),
         "tilt_annotations": os.path.join(out_dir, "tilt_annotations.csv"),
-        "split": os.path.join(out_dir, "split.json"),
         "metadata": os.path.join(out_dir, "metadata.json"),
     }
     _atomic_write(paths["annotations"], ("\n".join(ann_lines) + "\n").encode())
     _atomic_write(paths["annotations_3d"], ("\n".join(csv3d) + "\n").encode())
     _atomic_write(paths["tilt_annotations"], ("\n".join(csv_tilt) + "\n").encode())
-    _atomic_write(paths["split"], (json.dumps(split, indent=2) + "\n").encode())
+    split = _write_split(paths["annotations"], seed)
+    paths["split"] = split["path"]
     _atomic_write(paths["metadata"], (json.dumps(meta, indent=2) + "\n").encode())
     return {**paths, "out_dir": out_dir, "tomograms": tomo_paths, "tilt_series": tilt_paths, "names": names,
             "n_images": n_images, "n_boxes": n_boxes, "class_counts": class_counts,
@@ -1295,7 +1302,7 @@ def make_toy_image(size: int = 128, n_objects: int = 2, seed: int = 0,
 
 def write_toy_dataset(out_dir: str, n_images: int, size: int = 128, seed: int = 0, snr: float = 1.0) -> str:
     """Write ``n_images`` toy PNGs (images/toy_g{group}_z{index}.png, 4 per group: one layout, shrinking
-    slightly slice to slice, fresh noise), annotations.txt (paths relative to out_dir) and split.json
+    slightly slice to slice, fresh noise), annotations.txt (paths relative to out_dir) and annotations.split.json
     (whole groups). Returns the annotations.txt path."""
     if n_images < 1:
         raise CryoError(f"need at least one image, got {n_images}")
@@ -1319,9 +1326,7 @@ def write_toy_dataset(out_dir: str, n_images: int, size: int = 128, seed: int = 
             written += 1
     path = os.path.join(out_dir, "annotations.txt")
     _atomic_write(path, ("\n".join(lines) + "\n").encode())
-    split = _split(groups, seed, Config().test_fraction)
-    split["by"] = "group"
-    _atomic_write(os.path.join(out_dir, "split.json"), (json.dumps(split, indent=2) + "\n").encode())
+    _write_split(path, seed)
     return path
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import time
@@ -25,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import data_generators, metrics, roi_helpers, splits, tomo_io
+from .atomic import atomic_path
 from .cli import check_output_dir, set_seed
 from .config import BG_CLASS, Config, save_config
 from .errors import CryoError
@@ -59,11 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--im-size", type=int, default=defaults.im_size, help="shorter image side (px)")
     p.add_argument("--no-preprocess", action="store_true",
                    help="skip bilateral filter and histogram equalisation (ablation)")
-    p.add_argument("--anchor-scales", type=float, nargs="+", default=None,
-                   help="anchor sizes in px of the resized image (paper: 128 256 512)")
+    p.add_argument("--anchor-scales", nargs="+", default=None,
+                   help="anchor sizes in px of the resized image (paper: 128 256 512), or 'auto' to "
+                        "propose them from the labelled box sizes")
     p.add_argument("--backbone-norm", default=defaults.backbone_norm, choices=["auto", "frozen_bn", "group", "batch"],
                    help="auto: frozen_bn with --input_weight_path, GroupNorm from scratch")
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last completed epoch (*_state.npz)")
     return p
 
 
@@ -89,8 +94,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     cfg.val_fraction, cfg.test_fraction = args.val_split, args.test_split
     cfg.im_size = args.im_size
     cfg.preprocess = not args.no_preprocess
-    if args.anchor_scales:
-        cfg.anchor_box_scales = [float(s) for s in args.anchor_scales]
+    if args.anchor_scales and args.anchor_scales != ["auto"]:
+        try:
+            cfg.anchor_box_scales = [float(s) for s in args.anchor_scales]
+        except ValueError:
+            raise CryoError(f"--anchor-scales takes numbers or 'auto', got {' '.join(args.anchor_scales)}") from None
+        if min(cfg.anchor_box_scales) <= 0:
+            raise CryoError("--anchor-scales must be positive")
     cfg.backbone_norm = args.backbone_norm
     cfg.learning_rate = args.learning_rate
     return cfg
@@ -204,8 +214,10 @@ class Trainer:
 
         self.rpn_train_step = tf.function(rpn_train, input_signature=rpn_specs)
         self.cls_train_step = tf.function(cls_train, input_signature=cls_specs)
-        self.rpn_eval_step = tf.function(lambda x, c, r: rpn_forward(x, c, r, False), input_signature=rpn_specs)
-        self.cls_eval_step = tf.function(lambda x, r, c, g: cls_forward(x, r, c, g, False), input_signature=cls_specs)
+        self.rpn_eval_step = tf.function(lambda x, c, r: rpn_forward(x, c, r, False), input_signature=rpn_specs,
+                                         autograph=False)
+        self.cls_eval_step = tf.function(lambda x, r, c, g: cls_forward(x, r, c, g, False), input_signature=cls_specs,
+                                         autograph=False)
 
     def classifier_targets(self, sample: dict, p_cls: np.ndarray, p_regr: np.ndarray,
                            rng: np.random.Generator) -> tuple[np.ndarray, ...] | None:
@@ -312,6 +324,9 @@ def main(args: argparse.Namespace) -> int:
     if BG_CLASS not in class_mapping:
         class_mapping[BG_CLASS] = len(class_mapping)
     cfg.class_mapping = dict(class_mapping)
+    if args.anchor_scales == ["auto"]:
+        cfg.anchor_box_scales = data_generators.propose_anchor_scales(records, cfg)
+        print(f"anchor scales proposed from the labelled boxes: {cfg.anchor_box_scales}")
     split_path = args.split_file or splits.default_split_path(cfg.annotation_path)
     splits.assign_splits(records, split_path, cfg.test_fraction, cfg.val_fraction, cfg.seed)
     train_records = [r for r in records if r.get("imageset") == "train"]
@@ -328,9 +343,16 @@ def main(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(cfg.seed)
     gen = data_generators.iter_training_samples(train_records, cfg, rng, tomo_io.read_image, prepare_image,
                                                 augment_images=True)
-    best_loss, best_val = math.inf, -math.inf
+    best_loss, best_val, first_epoch = math.inf, -math.inf, 0
     log_rows: list[dict] = []
-    for epoch in range(cfg.num_epochs):
+    if args.resume:
+        state = load_training_state(state_path(cfg.model_path), trainer, rng)
+        first_epoch, best_loss, best_val, log_rows = (state["epoch"], state["best_loss"], state["best_val"],
+                                                      state["log_rows"])
+        print(f"resuming after epoch {first_epoch} (best loss so far {best_loss:.4f})")
+        gen = data_generators.iter_training_samples(train_records, cfg, rng, tomo_io.read_image, prepare_image,
+                                                    augment_images=True)
+    for epoch in range(first_epoch, cfg.num_epochs):
         stats = EpochStats()
         start = time.time()
         bar = tqdm(range(cfg.epoch_length), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
@@ -367,19 +389,63 @@ def main(args: argparse.Namespace) -> int:
                 print(f"  best validation AP@0.7 so far ({score:.3f}): saved {bestval_path(cfg.model_path)}")
         log_rows.append(row)
         _write_log(_log_path(cfg.model_path), log_rows)
+        save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng, log_rows)
     return 0
+
+
+def state_path(model_path: str) -> str:
+    """Where the resumable training state goes (weights, optimiser, epoch, best loss, random state)."""
+    return model_path[: -len(".weights.h5")] + "_state.npz"
+
+
+def save_training_state(path: str, trainer: Trainer, epoch: int, best_loss: float, best_val: float,
+                        rng: np.random.Generator, log_rows: list[dict]) -> None:
+    """Checkpoint everything needed to resume after ``epoch`` completed epochs, atomically."""
+    arrays = {f"w{i}": w for i, w in enumerate(trainer.models.model_all.get_weights())}
+    for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls)):
+        arrays.update({f"{name}{i}": np.asarray(v) for i, v in enumerate(opt.variables)})
+    meta = {"epoch": epoch, "best_loss": best_loss, "best_val": best_val, "rng": rng.bit_generator.state,
+            "log_rows": log_rows, "class_mapping": trainer.cfg.class_mapping,
+            "n_weights": len(trainer.models.model_all.get_weights())}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator) -> dict:
+    """Restore weights, optimiser slots and random state; return epoch, best losses and the log."""
+    if not os.path.isfile(path):
+        raise CryoError("no training state to resume from (was the run started with this --output_weight_path?)",
+                        path)
+    try:
+        with np.load(path) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            weights = [data[f"w{i}"] for i in range(meta["n_weights"])]
+            slots = {name: [data[f"{name}{i}"] for i in range(len(opt.variables))]
+                     for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls))}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise CryoError(f"training state is unreadable ({exc.__class__.__name__})", path) from None
+    if meta["class_mapping"] != trainer.cfg.class_mapping:
+        raise CryoError("training state was made for other classes than these annotations", path)
+    try:
+        trainer.models.model_all.set_weights(weights)
+        for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls)):
+            for var, value in zip(opt.variables, slots[name]):
+                var.assign(value)
+    except ValueError as exc:
+        raise CryoError(f"training state does not fit this model ({str(exc).splitlines()[0][:150]})", path) from None
+    rng.bit_generator.state = meta["rng"]
+    return meta
 
 
 def _write_log(path: str, rows: list[dict]) -> None:
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def console_main() -> None:

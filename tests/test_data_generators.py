@@ -374,3 +374,18 @@ def test_iter_training_samples_bad_input():
         list(itertools.islice(stream, 3))
     with pytest.raises(CryoError):
         next(iter_training_samples([], cfg, np.random.default_rng(0), load_image, prepare_image))
+
+
+def test_propose_anchor_scales_follows_box_sizes():
+    from keras_frcnn_cryo.data_generators import propose_anchor_scales
+    cfg = Config(im_size=300)
+    rng = np.random.default_rng(0)
+    records = [{"width": 600, "height": 600, "bboxes": [
+        {"x1": 0.0, "y1": 0.0, "x2": float(s), "y2": float(s)} for s in rng.uniform(60, 200, 40)]}]
+    scales = propose_anchor_scales(records, cfg)
+    assert len(scales) == 3 and scales == sorted(scales)
+    # boxes of 60-200 px at half scale are 30-100 px: the scales must lie inside that range
+    assert 30 <= scales[0] < scales[-1] <= 100
+    assert all(s % 4 == 0 for s in scales)
+    with pytest.raises(CryoError):
+        propose_anchor_scales([{"width": 10, "height": 10, "bboxes": []}], cfg)

@@ -66,16 +66,32 @@ def test_detector_maps_boxes_back_to_original_pixels(models, monkeypatch):
     detector = model_mod.Detector(cfg, models=models)
     seen = {}
 
-    def fake(x_img, min_score):
-        seen["shape"] = x_img.shape
-        return model_mod.Detections(np.array([[10.0, 5.0, 30.5, 20.25]]), np.array([0.9]), np.array([0]),
-                                    cfg.class_names)
+    def fake(x_batch, min_score):
+        seen["shape"] = x_batch.shape
+        return [model_mod.Detections(np.array([[10.0, 5.0, 30.5, 20.25]]), np.array([0.9]), np.array([0]),
+                                     cfg.class_names) for _ in range(x_batch.shape[0])]
 
     monkeypatch.setattr(detector, "detect_prepared", fake)
     image = np.zeros((96, 200), np.uint8)          # resized to 48 x 100: scale 0.5 on both axes
     dets = detector.detect(image)
     assert seen["shape"] == (1, 48, 100, 3)
     np.testing.assert_allclose(dets.boxes, [[20.0, 10.0, 61.0, 40.5]])
+    many = detector.detect_many([image, image, np.zeros((48, 60), np.uint8)])
+    assert seen["shape"] == (1, 48, 60, 3)           # the odd-sized image ran in its own batch, last
+    np.testing.assert_allclose(many[1].boxes, [[20.0, 10.0, 61.0, 40.5]])
+    np.testing.assert_allclose(many[2].boxes, [[10.0, 5.0, 30.5, 20.25]])
+
+
+def test_batched_detection_equals_one_by_one(models):
+    cfg = toy_config()
+    detector = model_mod.Detector(cfg, models=models)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (96, 96)).astype(np.uint8) for _ in range(3)]
+    batched = detector.detect_many(images, min_score=0.0)
+    for image, dets in zip(images, batched):
+        single = detector.detect(image, min_score=0.0)
+        np.testing.assert_allclose(dets.scores, single.scores, atol=1e-4)
+        np.testing.assert_allclose(dets.boxes, single.boxes, atol=1e-2)
 
 
 def test_detector_output_is_well_formed(models):

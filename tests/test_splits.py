@@ -82,7 +82,7 @@ def test_persisted_file_is_reused_exactly(tmp_path, caplog):
     first = assign_splits(_stack(tomos), path, 1 / 6, 0.0, seed=1)
     before = (tmp_path / "split.json").read_bytes()
     with caplog.at_level(logging.INFO, logger="keras_frcnn_cryo.splits"):
-        again = assign_splits(_stack(tomos), path, 0.5, 0.2, seed=99)  # other seed and fractions
+        again = assign_splits(_stack(tomos), path, 0.5, None, seed=99)  # other seed and test fraction
     assert again == first
     assert (tmp_path / "split.json").read_bytes() == before
     assert "reusing" in caplog.text
@@ -90,6 +90,19 @@ def test_persisted_file_is_reused_exactly(tmp_path, caplog):
     grown = _stack(tomos) + _records(["tc_z999.png"])
     mapping = assign_splits(grown, path, 1 / 6, 0.0, seed=1)
     assert mapping["tc_z999.png"] == first["tc_z000.png"]
+
+
+def test_new_validation_share_keeps_the_persisted_test_set(tmp_path):
+    path = str(tmp_path / "split.json")
+    tomos = [f"t{i}" for i in range(12)]
+    first = assign_splits(_stack(tomos), path, 1 / 6, 0.0, seed=1)
+    second = assign_splits(_stack(tomos), path, 1 / 6, 0.25, seed=1)
+    assert {k for k, v in first.items() if v == "test"} == {k for k, v in second.items() if v == "test"}
+    val_groups = {k.split("_")[0] for k, v in second.items() if v == "val"}
+    assert len(val_groups) == 3                                  # ceil(0.25 * 12) groups, whole tomograms
+    assert json.loads((tmp_path / "split.json").read_text())["val_fraction"] == 0.25
+    # None means "whatever the file says"
+    assert assign_splits(_stack(tomos), path, 1 / 6, None, seed=1) == second
 
 
 def test_persisted_file_with_other_groups_is_refused(tmp_path):

@@ -219,7 +219,8 @@ def test_write_dataset_files_parse(tmp_path) -> None:
         x1, y1, z1, x2, y2, z2 = (float(v) for v in fields[2:8])
         assert x1 < x2 and y1 < y2 and z1 < z2 <= 12
     with open(summary["split"]) as fh:
-        split = json.load(fh)
+        groups = json.load(fh)["groups"]
+    split = {k: [g for g, v in groups.items() if v == k] for k in ("train", "test")}
     assert sorted(split["train"] + split["test"]) == names and not set(split["train"]) & set(split["test"])
     assert len(split["test"]) == 1
     leftovers = [f for _, _, files in os.walk(out) for f in files if f.startswith(".tmp_")]
@@ -257,8 +258,9 @@ def test_toy_dataset(tmp_path) -> None:
         name, x1, y1, x2, y2, cls = line.split(",")
         assert cls == synthetic.MITO_CLASS and 0 <= float(x1) < float(x2) <= 96 and 0 <= float(y1) < float(y2) <= 96
         assert cv2.imread(os.path.join(str(tmp_path), name), cv2.IMREAD_UNCHANGED).shape == (96, 96)
-    with open(os.path.join(str(tmp_path), "split.json")) as fh:
-        split = json.load(fh)
+    with open(os.path.join(str(tmp_path), "annotations.split.json")) as fh:
+        groups_split = json.load(fh)["groups"]
+    split = {k: [g for g, v in groups_split.items() if v == k] for k in ("train", "test")}
     assert sorted(split["train"] + split["test"]) == sorted(groups)
 
 

@@ -90,3 +90,19 @@ def test_bad_arguments(toy_dataset, tmp_path):
     with pytest.raises(CryoError, match="not found"):
         train.main(train.build_parser().parse_args(["-p", str(tmp_path / "none.txt"),
                                                     "--output_weight_path", str(tmp_path / "m.weights.h5")]))
+
+
+def test_resume_continues_from_the_last_epoch(toy_dataset, tmp_path, capsys):
+    base = ["-p", toy_dataset, "--epoch_length", "2", "--im-size", "96", "--anchor-scales", "24", "48", "-n", "8",
+            "--config_filename", str(tmp_path / "config.pickle"), "--split-file", str(tmp_path / "split.json"),
+            "--output_weight_path", str(tmp_path / "model.weights.h5")]
+    with pytest.raises(CryoError, match="no training state"):
+        train.main(train.build_parser().parse_args(base + ["--num_epochs", "1", "--resume"]))
+    assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "1"])) == 0
+    assert (tmp_path / "model_state.npz").is_file()
+    capsys.readouterr()
+    assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "2", "--resume"])) == 0
+    out = capsys.readouterr().out
+    assert "resuming after epoch 1" in out and "epoch 2:" in out and "epoch 1:" not in out
+    log = (tmp_path / "model_log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == ["1", "2"]

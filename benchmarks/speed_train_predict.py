@@ -1,0 +1,92 @@
+"""Per-image training-iteration time and prediction time at given input sizes, on this machine.
+
+    python benchmarks/speed_train_predict.py --sizes 600 300 --steps 8 --predict 10
+
+For each size: a synthetic cryo-ET slice (from keras_frcnn_cryo.synthetic) resized to that shorter
+side; the detector's alternating training iteration (RPN step + proposals + classifier step) timed
+over ``--steps`` images after warm-up; prediction (Detector.detect: preprocessing, backbone, RPN,
+300 proposals through the conv5 head, NMS) timed over ``--predict`` calls after warm-up; and, as a
+reference measured in the same run, one Adam training step of a bare keras.applications ResNet-50
+(include_top=False, weights=None) at the same size. Medians are printed in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_frcnn_cryo import data_generators, preprocessing, synthetic  # noqa: E402
+from keras_frcnn_cryo.cli import set_seed  # noqa: E402
+from keras_frcnn_cryo.config import Config  # noqa: E402
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def bare_resnet_step(size: int):
+    """One Adam step of keras.applications ResNet-50 (no top) on a size x size image, compiled."""
+    import keras
+    import tensorflow as tf
+    net = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))
+    opt = keras.optimizers.Adam(1e-5)
+    x = tf.random.normal((1, size, size, 3))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(net(x, training=True)))
+        grads = tape.gradient(loss, net.trainable_variables)
+        opt.apply_gradients(zip(grads, net.trainable_variables))
+        return loss
+    return lambda: step().numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[600, 300])
+    parser.add_argument("--steps", type=int, default=8, help="timed training iterations per size")
+    parser.add_argument("--predict", type=int, default=10, help="timed predictions per size")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare ResNet-50 reference")
+    args = parser.parse_args()
+    set_seed(0)
+    from keras_frcnn_cryo.model import Detector
+    from keras_frcnn_cryo.train import Trainer
+
+    volume = synthetic.generate_tomogram(shape=(12, 640, 640), seed=1, n_mito=3)
+    z = max(volume["slice_boxes"], key=lambda k: len(volume["slice_boxes"][k]))
+    image = volume["tomogram"][z]
+    boxes = volume["slice_boxes"][z]
+    record = {"filepath": "slice", "width": image.shape[1], "height": image.shape[0], "imageset": "train",
+              "bboxes": [dict(b, difficult=False) for b in boxes]}
+    import tensorflow as tf
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; image {image.shape[1]}x{image.shape[0]} "
+          f"float32 with {len(boxes)} mitochondria")
+    print(f"{'size':>5} {'train iter (s)':>15} {'bare ResNet-50 step (s)':>24} {'ratio':>6} {'predict (s)':>12}")
+    for size in args.sizes:
+        cfg = Config(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=size)
+        trainer = Trainer(cfg)
+        rng = np.random.default_rng(0)
+        gen = data_generators.iter_training_samples([record], cfg, rng, lambda _: image, preprocessing.prepare_image,
+                                                    augment_images=False)
+        train_s = median_time(lambda: trainer.train_on_sample(next(gen), rng), args.steps)
+        detector = Detector(cfg, models=trainer.models)
+        predict_s = median_time(lambda: detector.detect(image, min_score=0.0), args.predict)
+        bare_s = float("nan") if args.no_bare else median_time(bare_resnet_step(size), args.steps)
+        print(f"{size:>5} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} {predict_s:>12.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
