@@ -1,0 +1,115 @@
+"""Prediction on images and on MRC volumes: outputs, completeness marker, bad input."""
+import csv
+import os
+
+import numpy as np
+import pytest
+from conftest import toy_config
+
+from keras_frcnn_cryo import predict, tomo_io, writers
+from keras_frcnn_cryo.errors import CryoError
+from keras_frcnn_cryo.model import Detector
+
+
+@pytest.fixture(scope="module")
+def detector():
+    import keras
+    keras.utils.set_random_seed(0)
+    return Detector(toy_config(rpn_max_proposals=16))
+
+
+@pytest.fixture()
+def tomogram(tmp_path):
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "cell.mrc")
+    tomo_io.write_volume(path, rng.normal(size=(6, 64, 64)).astype(np.float32), pixel_size_a=20.0)
+    return path
+
+
+def volume_options(**kw):
+    return predict.VolumeOptions(**{"batch_size": 4, "overlay_slices": 2, **kw})
+
+
+def test_tomogram_outputs(detector, tomogram, tmp_path):
+    out = str(tmp_path / "out")
+    summary = predict.predict_volume(detector, tomogram, out, threshold=0.0, options=volume_options(labelimg=True))
+    names = set(os.listdir(out))
+    for suffix in ("_boxes2d.csv", "_boxes2d.json", "_objects3d.csv", "_objects3d.json", ".cbox", ".coords",
+                   ".star", "_overview.png", ".done.json"):
+        assert "cell" + suffix in names, suffix
+    assert len(os.listdir(os.path.join(out, "cell_overlays"))) == 2
+    rows = writers.read_boxes2d_csv(os.path.join(out, "cell_boxes2d.csv"))
+    assert summary["slices_processed"] == 6 and len(rows) == summary["detections"] > 0
+    assert {r["slice"] for r in rows} <= set(range(6))
+    assert all(0 <= r["x1"] < r["x2"] <= 64 and 0 <= r["y1"] < r["y2"] <= 64 for r in rows)
+    assert writers.read_json(os.path.join(out, "cell.done.json"))["pixel_size_a"] == 20.0
+    lab = os.listdir(os.path.join(out, "cell_labelimg"))
+    assert any(n.endswith(".xml") for n in lab) and any(n.endswith(".png") for n in lab)
+
+
+def test_binning_maps_boxes_to_input_pixels(detector, tomogram, tmp_path, monkeypatch):
+    """Detections made on 2x-binned slices are written in the pixels of the file itself."""
+    from keras_frcnn_cryo.model import Detections
+
+    def fake_many(images, min_score=None):
+        assert images[0].shape == (32, 32)
+        return [Detections(np.array([[4.0, 5.0, 10.0, 12.0]]), np.array([0.9]), np.array([0]), ["m", "bg"])
+                for _ in images]
+    monkeypatch.setattr(detector, "detect_many", fake_many)
+    out = str(tmp_path / "binned")
+    predict.predict_volume(detector, tomogram, out, 0.5, volume_options(binning=2))
+    rows = writers.read_boxes2d_csv(os.path.join(out, "cell_boxes2d.csv"))
+    assert [(r["x1"], r["y1"], r["x2"], r["y2"]) for r in rows[:1]] == [(8.0, 10.0, 20.0, 24.0)]
+    objects = writers.read_objects3d_csv(os.path.join(out, "cell_objects3d.csv"))
+    assert len(objects) == 1 and (objects[0]["z1"], objects[0]["z2"]) == (0, 6)
+
+
+def test_tilt_series_gets_boxes_per_tilt(detector, tmp_path):
+    path = str(tmp_path / "ts.st")
+    tomo_io.write_volume(path, np.random.default_rng(1).normal(size=(3, 64, 64)).astype(np.float32),
+                         image_stack=True)
+    (tmp_path / "ts.tlt").write_text("-3\n0\n3\n")
+    out = str(tmp_path / "out")
+    summary = predict.predict_volume(detector, path, out, 0.0, volume_options())
+    assert summary["kind"] == "tilt_series" and "ts_objects3d.csv" not in os.listdir(out)
+    assert writers.read_json(os.path.join(out, "ts_boxes2d.json"))["angles"] == [-3.0, 0.0, 3.0]
+
+
+def test_bad_z_range_writes_nothing(detector, tomogram, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(CryoError, match="outside the volume"):
+        predict.predict_volume(detector, tomogram, str(out), 0.5, volume_options(z_range=(4, 9)))
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_folder_goes_past_a_bad_file_and_resumes(detector, tomogram, tmp_path, monkeypatch, capsys):
+    folder = os.path.dirname(tomogram)
+    (tmp_path / "broken.mrc").write_bytes(b"not an mrc file at all")
+    monkeypatch.setattr(predict, "load_detector", lambda *a: detector)
+    parser = predict.build_parser()
+    out = str(tmp_path / "res")
+    args = parser.parse_args(["-p", folder, "--output", out, "--threshold", "0.0", "--overlay-slices", "1"])
+    with pytest.raises(CryoError, match="1 of 2 volumes failed"):
+        predict.main(args)
+    assert os.path.isfile(os.path.join(out, "cell.done.json"))
+    assert "broken.mrc" in capsys.readouterr().err
+    os.remove(tmp_path / "broken.mrc")
+    args = parser.parse_args(["-p", folder, "--output", out, "--resume"])
+    assert predict.main(args) == 0
+    assert "skipped (--resume)" in capsys.readouterr().out
+
+
+def test_images_csv(detector, tmp_path, monkeypatch):
+    import cv2
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"s_{i}.png"), np.random.default_rng(i).integers(0, 255, (40, 50)).astype(np.uint8))
+    csv_path = predict.predict_images(detector, tomo_io.list_images(str(folder)), str(tmp_path / "o"), 0.0,
+                                      root=str(folder))
+    with open(csv_path) as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["image"] for r in rows} <= {"s_0.png", "s_1.png"} and rows
+    assert sorted(os.listdir(tmp_path / "o" / "overlays")) == ["s_0.png", "s_1.png"]
+    with pytest.raises(CryoError, match="threshold"):
+        predict.predict_images(detector, [], str(tmp_path / "o"), 1.5)
