@@ -24,9 +24,11 @@ import numpy as np
 
 from . import preprocessing, roi_helpers
 from .atomic import atomic_path
+from .cli import import_tensorflow_quietly
 from .config import BG_CLASS, Config
 from .errors import CryoError
 
+import_tensorflow_quietly()  # TensorFlow's start-up notices are noise for users
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
