@@ -539,6 +539,12 @@ class Volume:
                 kind = "tomogram"
             else:  # a tilt file beside it (header ispg 0, image stack, is what such stacks carry)
                 kind = "tilt_series" if tilt_file is not None else "tomogram"
+        elif kind == "tomogram" and (extension in TILT_SERIES_EXTENSIONS
+                                     or (extension not in TOMOGRAM_EXTENSIONS and tilt_file is not None)):
+            why = f"its extension {extension}" if extension in TILT_SERIES_EXTENSIONS else \
+                f"{os.path.basename(tilt_file)} beside it"
+            raise CryoError(f"is a tilt series ({why}), not a tomogram: use kind 'tilt_series' (--kind "
+                            "tilt_series), or rename the file if it really is a reconstruction", path)
         self.kind = kind
         data = mrc.data
         if data.ndim == 4:

@@ -179,8 +179,8 @@ def test_tilt_series_with_tlt(tmp_path):
         assert vol.kind == "tilt_series" and vol.angles == (-60.0, -30.5, 0.0, 30.5, 60.0)
         assert vol.tilt_file == str(tmp_path / "ts.tlt")
         np.testing.assert_array_equal(vol.slice(4), data[4])
-    with open_volume(path, kind="tomogram") as vol:
-        assert vol.kind == "tomogram" and vol.angles is None
+    with pytest.raises(CryoError, match="is a tilt series"):   # a tilt series passed as a tomogram
+        open_volume(path, kind="tomogram")
     with pytest.raises(CryoError, match="slab"):
         open_volume(path, slab=3)
 
@@ -462,3 +462,15 @@ def test_no_warning_for_clean_files(tmp_path):
         warnings.simplefilter("error")
         with open_volume(path) as vol:
             vol.slice(0)
+
+
+def test_tilt_series_given_as_tomogram_is_refused(tmp_path):
+    path = str(tmp_path / "stack.st")
+    tomo_io.write_volume(path, np.zeros((3, 8, 8), np.float32), image_stack=True)
+    with pytest.raises(CryoError, match="is a tilt series .*extension .st"):
+        tomo_io.open_volume(path, kind="tomogram")
+    other = str(tmp_path / "stack2.mrc")
+    tomo_io.write_volume(other, np.zeros((3, 8, 8), np.float32))
+    (tmp_path / "stack2.tlt").write_text("-1\n0\n1\n")
+    with pytest.raises(CryoError, match="stack2.tlt beside it"):
+        tomo_io.open_volume(other, kind="tomogram")
