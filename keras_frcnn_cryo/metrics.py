@@ -42,12 +42,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path, write_text_atomic
 from .errors import CryoError
 
 __all__ = [
@@ -680,65 +680,19 @@ def plot_pr_curves(results: Mapping[str, Any], iou_threshold: float, out_png: st
 
     Headless (Agg canvas, no pyplot state); written to a temporary name then renamed.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    t = _threshold_key(results, iou_threshold)
-    fig = Figure(figsize=(5.0, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name in results["classes"]:
-        entry = results["per_class"][name]["thresholds"][t]
-        if entry["n_gt"] == 0:
-            continue
-        recall = np.concatenate(([0.0], entry["recall_curve"]))
-        precision = np.concatenate(([1.0 if entry["precision_curve"].size else 0.0], entry["precision_curve"]))
-        ax.step(recall, precision, where="post", label=f"{name} (AP {entry['ap']:.3f})")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.05)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(f"precision-recall at IoU {t:g}")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower left")
-    ax.grid(True, alpha=0.3)
-    path = os.fspath(out_png)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    plot_pr_runs({"": results}, iou_threshold, out_png)
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` as indented strict JSON (numpy values converted, nan -> null) via temp + rename."""
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
 def plot_pr_runs(runs: Mapping[str, Mapping[str, Any]], iou_threshold: float, out_png: str | os.PathLike) -> None:
     """Precision-recall curves of several runs (``{label: evaluate() results}``) in one PNG.
 
-    One colour per class, one line style per run (the ablation with and without preprocessing);
+    One colour per class, one line style per run (the ablation with and without preprocessing; a run
+    labelled "" is drawn without a label prefix);
     classes without ground truth are left out. Headless; written to a temporary name then renamed.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -763,7 +717,8 @@ def plot_pr_runs(runs: Mapping[str, Mapping[str, Any]], iou_threshold: float, ou
             recall = np.concatenate(([0.0], entry["recall_curve"]))
             precision = np.concatenate(([1.0 if entry["precision_curve"].size else 0.0], entry["precision_curve"]))
             ax.step(recall, precision, where="post", linestyle=styles[r % len(styles)],
-                    color=colours[c % len(colours)], label=f"{label}: {name} (AP {entry['ap']:.3f})")
+                    color=colours[c % len(colours)],
+                    label=f"{label + ': ' if label else ''}{name} (AP {entry['ap']:.3f})")
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.05)
     ax.set_xlabel("recall")
@@ -772,15 +727,5 @@ def plot_pr_runs(runs: Mapping[str, Mapping[str, Any]], iou_threshold: float, ou
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower left", fontsize="small")
     ax.grid(True, alpha=0.3)
-    path = os.fspath(out_png)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")

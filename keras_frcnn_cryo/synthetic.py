@@ -36,16 +36,16 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import cv2
-import mrcfile
 import numpy as np
 from tqdm import tqdm
 
+from . import tomo_io
+from .atomic import write_bytes_atomic
 from .config import Config
 from .errors import CryoError
 
@@ -1077,49 +1077,15 @@ def render_montage(result: dict[str, Any], n_slices: int = 4, n_tilts: int = 3,
 # ------------------------------------------------------------------------------------------
 # files (every write is atomic: temp name in the same folder, then os.replace)
 # ------------------------------------------------------------------------------------------
-def _temp_path(path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="_" + os.path.basename(path), dir=directory)
-    os.close(fd)
-    return tmp
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_mrc(path: str, data: np.ndarray, pixel_size_a: float, image_stack: bool = False) -> None:
     """Write float32 ``data`` (z, y, x) as MRC with voxel_size = pixel_size_a (A), atomically.
 
     image_stack=True marks it a stack of 2D images (a tilt series) rather than a volume.
     """
-    tmp = _temp_path(path)
-    try:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
-            if image_stack:
-                mrc.set_image_stack()
-            mrc.voxel_size = pixel_size_a
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tomo_io.write_volume(path, np.asarray(data, dtype=np.float32), pixel_size_a, image_stack=image_stack)
 
 
-def write_png(path: str, image: np.ndarray) -> None:
-    """Write a uint8 (y, x) or (y, x, 3) image as PNG, atomically."""
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise CryoError("PNG encoding failed", path)
-    _atomic_write(path, buf.tobytes())
+write_png = tomo_io.write_png_atomic
 
 
 def _fmt(value: float) -> str:
@@ -1192,7 +1158,7 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
         tilt_path = os.path.join(out_dir, "tilts", name + ".mrc")
         write_mrc(tomo_path, result["tomogram"], pixel_size_a)
         write_mrc(tilt_path, result["tilts"], pixel_size_a, image_stack=True)
-        _atomic_write(os.path.join(out_dir, "tilts", name + ".tlt"),
+        write_bytes_atomic(os.path.join(out_dir, "tilts", name + ".tlt"),
                       "".join(f"{a:.2f}\n" for a in result["angles"]).encode())
         low, high = robust_range(result["tomogram"])
         for z in range(slice_step // 2, nz, slice_step):
@@ -1224,12 +1190,12 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
         "tilt_annotations": os.path.join(out_dir, "tilt_annotations.csv"),
         "metadata": os.path.join(out_dir, "metadata.json"),
     }
-    _atomic_write(paths["annotations"], ("\n".join(ann_lines) + "\n").encode())
-    _atomic_write(paths["annotations_3d"], ("\n".join(csv3d) + "\n").encode())
-    _atomic_write(paths["tilt_annotations"], ("\n".join(csv_tilt) + "\n").encode())
+    write_bytes_atomic(paths["annotations"], ("\n".join(ann_lines) + "\n").encode())
+    write_bytes_atomic(paths["annotations_3d"], ("\n".join(csv3d) + "\n").encode())
+    write_bytes_atomic(paths["tilt_annotations"], ("\n".join(csv_tilt) + "\n").encode())
     split = _write_split(paths["annotations"], seed)
     paths["split"] = split["path"]
-    _atomic_write(paths["metadata"], (json.dumps(meta, indent=2) + "\n").encode())
+    write_bytes_atomic(paths["metadata"], (json.dumps(meta, indent=2) + "\n").encode())
     return {**paths, "out_dir": out_dir, "tomograms": tomo_paths, "tilt_series": tilt_paths, "names": names,
             "n_images": n_images, "n_boxes": n_boxes, "class_counts": class_counts,
             "n_objects": sum(len(v["objects"]) for v in meta["tomograms"].values()),
@@ -1325,7 +1291,7 @@ def write_toy_dataset(out_dir: str, n_images: int, size: int = 128, seed: int = 
                 lines.append(f"{rel},{_fmt(box[0])},{_fmt(box[1])},{_fmt(box[2])},{_fmt(box[3])},{MITO_CLASS}")
             written += 1
     path = os.path.join(out_dir, "annotations.txt")
-    _atomic_write(path, ("\n".join(lines) + "\n").encode())
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
     _write_split(path, seed)
     return path
 

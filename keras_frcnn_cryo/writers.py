@@ -39,7 +39,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .atomic import write_bytes_atomic, write_text_atomic
+from . import tomo_io
+from .atomic import write_text_atomic
 from .errors import CryoError
 from .pascal_voc_parser import write_labelimg_xml
 from .tracking import Object3D, as_slice_detections
@@ -701,12 +702,4 @@ def render_z_projection(volume_slices_mean: np.ndarray, objects: Sequence[Object
 
 def write_png(path: str | os.PathLike, bgr: np.ndarray) -> None:
     """Encode a uint8/uint16 (H, W), (H, W, 3) BGR or (H, W, 4) image as PNG and write it atomically."""
-    image = np.asarray(bgr)
-    if image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"write_png needs uint8 or uint16, got {image.dtype}")
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))) or image.size == 0:
-        raise ValueError(f"write_png needs (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image))
-    if not ok:
-        raise ValueError(f"OpenCV could not encode an image of shape {image.shape} as PNG")
-    write_bytes_atomic(path, encoded.tobytes())
+    tomo_io.write_png_atomic(os.fspath(path), bgr)
