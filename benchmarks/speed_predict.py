@@ -1,0 +1,279 @@
+"""Per-slice prediction latency of our Detector against torchvision's Faster R-CNN, in the same run.
+
+    python benchmarks/speed_predict.py                      # about 3.5 minutes on 2 loaded cores
+    python benchmarks/speed_predict.py --norms frozen_bn --repeats 20 --extras
+
+Input: one 600 x 600 float32 slice of the synthetic tomogram of benchmarks/tomogram.py (so
+Config.im_size 600 means no resizing). Ours: ``Detector.detect`` on that slice with untrained
+weights (latency does not depend on them), i.e. the whole per-slice path: preprocessing (grid
+bilateral filter, histogram equalisation), ResNet-50 conv1-4, RPN, proposals (NMS 0.7), RoI max
+pooling and the conv5 head on every proposal, per-class NMS. The head runs conv5 once per proposal,
+so the number of proposals reaching it matters: timed with the paper's 300
+(``Config.rpn_max_proposals``) and with a smaller cap (``--proposals``), for each backbone
+normalisation in ``--norms`` ("frozen_bn": what ImageNet-initialised training gives, the paper's
+setting; "group": the from-scratch default). The number of RoIs the RPN actually passed to the head
+is printed beside each figure. Each figure is the median of ``--repeats`` calls after ``--warmup``.
+
+Peer: torchvision ``fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)`` in eval mode,
+transform min_size 600, torch.set_num_threads(2), on the same slice, run by
+benchmarks/speed_predict_peer.py with the peer virtual environment's python (``--peer-python``,
+default benchmarks/.venv-peer/bin/python; see benchmarks/README.md) as a subprocess of this run;
+if that environment is missing only our figures are printed. Its default 1000 proposals and 300.
+
+Targets from the issue: <= 0.3 s per slice for ours, and at least 2x faster than torchvision.
+
+``--extras`` (optional, separate section): the backbone and the head alone, as the Detector runs
+them (tf.function) and with XLA (``jit_compile=True``); the whole model built under Keras'
+"mixed_bfloat16" policy; and per-slice latency of a batch of 4 slices (predict_volume's default).
+These change no package code: they show what a change there could give.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from tomogram import random_ellipsoids, render_slab
+
+TARGET_SECONDS_PER_SLICE = 0.3
+TARGET_SPEEDUP = 2.0
+PEER_SCRIPT = os.path.join(HERE, "speed_predict_peer.py")
+DEFAULT_PEER_PYTHON = os.path.join(HERE, ".venv-peer", "bin", "python")
+CLASS_MAPPING = {"mitochondrion": 0, "bg": 1}
+EXTRA_BATCH = 4                      # predict_volume's default batch (VolumeOptions.batch_size)
+PEER_LINE = re.compile(r"^RESULT proposals=(\d+) median_s=([0-9.]+) cpu_s=([0-9.]+) runs=(\d+)$")
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int) -> tuple[float, float]:
+    """Medians of the wall time and of the process CPU time (all threads; s) of ``repeats`` calls of
+    ``fn`` after ``warmup`` untimed calls. CPU time is less sensitive than wall time to other jobs."""
+    for _ in range(warmup):
+        fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return float(np.median(walls)), float(np.median(cpus))
+
+
+def load_text() -> str:
+    """'load average a b c' of the last 1, 5, 15 minutes."""
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def make_slice(size: int, seed: int) -> np.ndarray:
+    """(size, size) float32 synthetic tomogram slice (noise + dark membrane-bounded ellipsoids)."""
+    rng = np.random.default_rng(seed)
+    shape = (64, size, size)
+    return render_slab(rng, shape, shape[0] // 2, shape[0] // 2 + 1, random_ellipsoids(rng, shape, 6))[0]
+
+
+def rois_to_head(detector, image: np.ndarray) -> int:
+    """Number of proposals the RPN passes to the head for ``image`` (as Detector.detect makes them)."""
+    from keras_frcnn_cryo import preprocessing, roi_helpers
+    x_img, _ = preprocessing.prepare_image(image, detector.cfg)
+    rpn_cls, rpn_regr, _ = detector.models.model_rpn(x_img[None].astype(np.float32), training=False)
+    rois, _ = roi_helpers.rpn_to_roi(np.asarray(rpn_cls[0]), np.asarray(rpn_regr[0]), detector.cfg,
+                                     x_img.shape[1], x_img.shape[0])
+    return int(rois.shape[0])
+
+
+def run_peer(python: str, image_path: str, size: int, max_size: int, proposals: list[int], repeats: int,
+             warmup: int, threads: int) -> dict[int, tuple[float, float]]:
+    """Run speed_predict_peer.py in the peer environment; {proposals: (median wall s, median cpu s)}."""
+    command = [python, PEER_SCRIPT, "--image", image_path, "--size", str(size), "--max-size", str(max_size),
+               "--repeats", str(repeats), "--warmup", str(warmup), "--threads", str(threads),
+               "--proposals", *[str(p) for p in proposals]]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    results = {}
+    for line in done.stdout.splitlines():
+        match = PEER_LINE.match(line.strip())
+        if match:
+            results[int(match.group(1))] = (float(match.group(2)), float(match.group(3)))
+        else:
+            print(f"  peer: {line}")
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-5:]
+        print(f"  peer failed (exit {done.returncode}): " + " | ".join(tail))
+    return results
+
+
+def manual_path(models, cfg) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Detector.detect's steps written out (prepare, backbone + RPN, proposals, head), casting the
+    features and outputs to float32 between them, so a model of any dtype policy runs; per-class
+    decoding and NMS (milliseconds) are left out. Returns image -> (objectness map, class probabilities)."""
+    import tensorflow as tf
+
+    from keras_frcnn_cryo import preprocessing, roi_helpers
+
+    rpn_fn = tf.function(lambda x: models.model_rpn(x, training=False), reduce_retracing=True)
+    head_fn = tf.function(lambda f, r: models.classifier_head([f, r], training=False), reduce_retracing=True)
+
+    def run(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x_img, _ = preprocessing.prepare_image(image, cfg)
+        rpn_cls, rpn_regr, features = rpn_fn(tf.constant(x_img[None], tf.float32))
+        rpn_cls = tf.cast(rpn_cls, tf.float32).numpy()
+        rois, _ = roi_helpers.rpn_to_roi(rpn_cls[0], tf.cast(rpn_regr, tf.float32).numpy()[0], cfg,
+                                         x_img.shape[1], x_img.shape[0])
+        rois_feat = tf.constant((rois / float(cfg.rpn_stride))[None], tf.float32)
+        probs, _ = head_fn(features, rois_feat)
+        return rpn_cls, tf.cast(probs, tf.float32).numpy()[0]
+    return run
+
+
+def extras(image: np.ndarray, size: int, proposals: int, repeats: int, warmup: int) -> None:
+    """Optional section: XLA on backbone and head, mixed bfloat16, batch of 4; no package code changed."""
+    import keras
+    import tensorflow as tf
+
+    from keras_frcnn_cryo.config import Config
+    from keras_frcnn_cryo.model import BASE_CHANNELS, Detector, build_models
+
+    failures = (tf.errors.OpError, ValueError, TypeError, NotImplementedError)
+    cfg = Config(class_mapping=CLASS_MAPPING, im_size=size, backbone_norm="frozen_bn", rpn_max_proposals=proposals)
+    print(f"\nextras ({load_text()}), backbone_norm frozen_bn, rpn_max_proposals {proposals}; wall (cpu) s:")
+    x_img = tf.random.normal((1, size, size, 3))
+    feat = tf.random.normal((1, -(-size // cfg.rpn_stride), -(-size // cfg.rpn_stride), BASE_CHANNELS))
+    rng = np.random.default_rng(0)
+    corner = rng.uniform(0, feat.shape[1] * 0.7, (proposals, 2))
+    rois = tf.constant(np.concatenate([corner, corner + rng.uniform(2, feat.shape[1] * 0.3, (proposals, 2))],
+                                      axis=1)[None].astype(np.float32))
+
+    def timed(label: str, fn: Callable[[], object], per: int = 1) -> None:
+        try:
+            wall, cpu = median_seconds(fn, repeats, warmup)
+        except failures as exc:
+            print(f"  {label:<58} failed: {exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:160]}")
+            return
+        print(f"  {label:<58} {wall / per:7.3f} ({cpu / per:.3f})", flush=True)
+
+    def parts(models, tag: str) -> None:
+        for jit in (False, True):
+            base = tf.function(lambda x: models.base(x, training=False), jit_compile=jit)
+            head = tf.function(lambda f, r: models.classifier_head([f, r], training=False), jit_compile=jit)
+            kind = "XLA jit_compile" if jit else "tf.function"
+            timed(f"backbone conv1-4 {size}x{size}, {tag}, {kind}", lambda fn=base: fn(x_img)[0, 0, 0, 0].numpy())
+            timed(f"head alone ({proposals} RoIs), {tag}, {kind}", lambda fn=head: fn(feat, rois)[0].numpy())
+
+    models = build_models(cfg)
+    parts(models, "float32")
+    detector = Detector(cfg, models=models)
+    timed(f"Detector.detect_many, batch of {EXTRA_BATCH}, per slice, float32",
+          lambda: detector.detect_many([image] * EXTRA_BATCH, 0.0), per=EXTRA_BATCH)
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        bf16_models = build_models(cfg)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    bf16_models.model_all.set_weights(models.model_all.get_weights())   # same weights as the float32 model
+    parts(bf16_models, "mixed_bfloat16")
+    bf16_detector = Detector(cfg, models=bf16_models)
+    timed("Detector.detect with a mixed_bfloat16 model (as is)", lambda: bf16_detector.detect(image, 0.0))
+    f32_path, bf16_path = manual_path(models, cfg), manual_path(bf16_models, cfg)
+    timed("detect steps by hand, float32", lambda: f32_path(image))
+    timed("detect steps by hand, mixed_bfloat16 (+ casts)", lambda: bf16_path(image))
+    (obj32, probs32), (obj16, probs16) = f32_path(image), bf16_path(image)
+    shared = min(len(probs32), len(probs16))
+    print(f"  bfloat16 vs float32, same weights: max |objectness difference| {np.abs(obj32 - obj16).max():.3g}, "
+          f"max |class probability difference| over the first {shared} RoIs "
+          f"{np.abs(probs32[:shared] - probs16[:shared]).max():.3g} (untrained weights; RoIs may differ)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--im-size", type=int, default=600, help="Config.im_size; the slice is this size")
+    parser.add_argument("--proposals", type=int, nargs="+", default=[300, 64],
+                        help="Config.rpn_max_proposals values for ours (300 is the paper's)")
+    parser.add_argument("--norms", nargs="+", default=["frozen_bn", "group"], help="Config.backbone_norm values")
+    parser.add_argument("--peer-proposals", type=int, nargs="+", default=[1000, 300],
+                        help="torchvision rpn_post_nms_top_n_test values (1000 is its default)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON)
+    parser.add_argument("--peer-threads", type=int, default=2, help="torch.set_num_threads for the peer")
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--extras", action="store_true", help="also XLA, bfloat16 and batch-of-4 timings")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    import tensorflow as tf
+
+    from keras_frcnn_cryo import preprocessing
+    from keras_frcnn_cryo.cli import set_seed
+    from keras_frcnn_cryo.config import Config
+    from keras_frcnn_cryo.model import Detector
+
+    set_seed(args.seed)
+    print(f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__} "
+          f"(intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}), "
+          f"{load_text()} (1/5/15 min), {time.strftime('%Y-%m-%d %H:%M')}")
+    image = make_slice(args.im_size, args.seed)
+    print(f"input: one {args.im_size}x{args.im_size} float32 synthetic slice; median of {args.repeats} calls "
+          f"after {args.warmup} warm-up calls; untrained weights")
+    prep_cfg = Config(class_mapping=CLASS_MAPPING, im_size=args.im_size)
+    prep, prep_cpu = median_seconds(lambda: preprocessing.prepare_image(image, prep_cfg), args.repeats, 1)
+    print(f"\nours: keras_frcnn_cryo Detector.detect (preprocessing included: prepare_image alone {prep:.3f} s, "
+          f"cpu {prep_cpu:.3f} s)")
+    print(f"  {'backbone_norm':<14} {'rpn_max_proposals':>17} {'RoIs to head':>13} {'s per slice':>12} {'cpu s':>7}")
+    ours: dict[tuple[str, int], tuple[float, float]] = {}
+    for norm in args.norms:
+        cfg = Config(class_mapping=CLASS_MAPPING, im_size=args.im_size, backbone_norm=norm)
+        detector = Detector(cfg)
+        for cap in args.proposals:
+            detector.cfg.rpn_max_proposals = cap
+            ours[(norm, cap)] = median_seconds(lambda det=detector: det.detect(image, 0.0), args.repeats, args.warmup)
+            print(f"  {norm:<14} {cap:>17} {rois_to_head(detector, image):>13} {ours[(norm, cap)][0]:>12.3f} "
+                  f"{ours[(norm, cap)][1]:>7.3f}", flush=True)
+
+    peer: dict[int, tuple[float, float]] = {}
+    if args.no_peer:
+        print("\npeer: skipped (--no-peer)")
+    elif not os.path.isfile(args.peer_python):
+        print(f"\npeer: {args.peer_python} not found, so no torchvision figure (set it up as benchmarks/README.md "
+              "says)")
+    else:
+        print(f"\npeer: torchvision fasterrcnn_resnet50_fpn, eval, min_size {args.im_size}, "
+              f"{args.peer_threads} threads ({load_text()})")
+        with tempfile.TemporaryDirectory(prefix="frcnn_speed_") as tmp:
+            image_path = os.path.join(tmp, "slice.npy")
+            np.save(image_path, image)
+            peer = run_peer(args.peer_python, image_path, args.im_size, prep_cfg.im_max_size, args.peer_proposals,
+                            args.repeats, args.warmup, args.peer_threads)
+        print(f"  {'rpn_post_nms_top_n_test':>32} {'':>13} {'s per slice':>12} {'cpu s':>7}")
+        for proposals, (seconds, cpu) in peer.items():
+            print(f"  {proposals:>32} {'':>13} {seconds:>12.3f} {cpu:>7.3f}")
+
+    print(f"\nsummary ({load_text()}):")
+    paper_cap = Config().rpn_max_proposals
+    for (norm, cap), (seconds, cpu) in ours.items():
+        verdict = "met" if seconds <= TARGET_SECONDS_PER_SLICE else "NOT met"
+        line = f"  ours {norm}, {cap} proposals: {seconds:.3f} s/slice (target <= {TARGET_SECONDS_PER_SLICE} s: {verdict})"
+        for proposals, (peer_seconds, peer_cpu) in peer.items():
+            line += f"; vs torchvision@{proposals}: {peer_seconds / seconds:.2f}x wall, {peer_cpu / cpu:.2f}x cpu"
+        print(line + (" [paper setting]" if cap == paper_cap and norm == "frozen_bn" else ""))
+    if peer:
+        print(f"  speed-up target: >= {TARGET_SPEEDUP:.0f}x faster than torchvision (ratios: torchvision time / ours; "
+              "> 1 means ours is faster)")
+    if args.extras:
+        extras(image, args.im_size, args.proposals[0], args.repeats, args.warmup)
+
+
+if __name__ == "__main__":
+    main()
