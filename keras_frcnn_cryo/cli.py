@@ -55,12 +55,22 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
     except CryoError as exc:
         if args.debug:
             raise
+        _close_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an exception left open, so that the message starts a line of its own
+    (an open bar ends in a carriage return, not a newline)."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def set_seed(seed: int) -> None:

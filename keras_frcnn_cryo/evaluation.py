@@ -17,7 +17,8 @@ model itself (config + weights, the same :class:`~keras_frcnn_cryo.model.Detecto
 keeping scores >= ``Config.eval_min_score``). CSV rows are matched to the annotations by image file
 name (by the trailing path components when two annotated images share a name). Rows of annotated
 images outside the evaluated split are dropped (and counted); a name that matches no annotated image
-is an error. All metric arithmetic lives in :mod:`keras_frcnn_cryo.metrics`.
+is an error, and so is an annotated class the config's model was not trained on. All metric
+arithmetic lives in :mod:`keras_frcnn_cryo.metrics`.
 
 3D objects (``--objects3d PRED.csv --gt3d GT.csv``): the ground truth is the synthetic generator's
 ``annotations_3d.csv`` (``tomogram,class,x1,y1,z1,x2,y2,z2,incomplete``); predictions need
@@ -125,6 +126,19 @@ def resolve_annotations(args: argparse.Namespace, cfg: Config | None) -> tuple[s
     if args.path is None and cfg is not None:
         return ann_path, cfg.parser
     return ann_path, "pascal_voc" if os.path.isdir(ann_path) else "simple"
+
+
+def check_classes_known(gt: Mapping[str, Sequence[Mapping[str, Any]]], cfg: Config, ann_path: str,
+                        config_name: str) -> None:
+    """CryoError naming the annotations when they hold a class the model's config does not know."""
+    known = set(cfg.class_mapping) - {BG_CLASS}
+    if not known:
+        return
+    for image, boxes in gt.items():
+        unknown = sorted({box["class"] for box in boxes} - known)
+        if unknown:
+            raise CryoError(f"class {unknown[0]!r} (image {image}) is not a class of the model in {config_name} "
+                            f"(it knows: {', '.join(sorted(known))})", ann_path)
 
 
 def select_split(records: list[dict], split: str, ann_path: str, split_file: str | None,
@@ -604,6 +618,8 @@ def main(args: argparse.Namespace) -> int:
     group_of = dict(zip((r["filepath"] for r in all_records), splits.record_groups(all_records)))
     records = select_split(all_records, args.split, ann_path, args.split_file, defaults)
     gt = records_to_ground_truth(records)
+    if cfg is not None:
+        check_classes_known(gt, cfg, ann_path, _config_name(args))
     n_objects = check_ground_truth(gt, ann_path, args.split)
     out_dir = check_output_dir(args.output)
     groups = {r["filepath"]: group_of[r["filepath"]] for r in records}

@@ -78,6 +78,8 @@ def read_xml(path: str) -> etree._Element:
         data = fh.read()
     if not data.strip():
         raise CryoError("XML file is empty", path)
+    if b"<!ENTITY" in data:  # refused before parsing: no expansion work at all (billion laughs)
+        raise CryoError("XML declares entities (DTD); refused for safety", path)
     try:
         root = etree.fromstring(data, make_safe_parser())
     except etree.XMLSyntaxError as exc:

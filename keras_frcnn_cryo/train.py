@@ -107,16 +107,24 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def load_annotations(path: str, parser: str) -> tuple[list[dict], dict[str, int], dict[str, int]]:
-    """(records, classes_count, class_mapping) from either annotation format."""
+    """(records, classes_count, class_mapping) from either annotation format; one record per image."""
     if not os.path.exists(path):
         raise CryoError("annotation path not found", path)
     if parser == "simple":
         from . import simple_parser
-        return simple_parser.get_data(path)
-    if parser == "pascal_voc":
+        found = simple_parser.get_data(path)
+    elif parser == "pascal_voc":
         from . import pascal_voc_parser
-        return pascal_voc_parser.get_data(path)
-    raise CryoError(f"unknown parser {parser!r} (use simple or pascal_voc)")
+        found = pascal_voc_parser.get_data(path)
+    else:
+        raise CryoError(f"unknown parser {parser!r} (use simple or pascal_voc)")
+    seen: set[str] = set()
+    for record in found[0]:
+        if record["filepath"] in seen:  # two XML files for one image: each would hide the other's boxes
+            raise CryoError(f"image {record['filepath']} is annotated twice (by two annotation files); "
+                            "keep one annotation file per image", path)
+        seen.add(record["filepath"])
+    return found
 
 
 def record_boxes(record: dict, class_mapping: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -321,6 +329,8 @@ def main(args: argparse.Namespace) -> int:
     records, classes_count, class_mapping = load_annotations(cfg.annotation_path, cfg.parser)
     if not records:
         raise CryoError("no annotated images found", cfg.annotation_path)
+    if not any(r["bboxes"] for r in records):
+        raise CryoError("no boxes in any image: nothing to train on", cfg.annotation_path)
     if BG_CLASS not in class_mapping:
         class_mapping[BG_CLASS] = len(class_mapping)
     cfg.class_mapping = dict(class_mapping)
@@ -336,14 +346,14 @@ def main(args: argparse.Namespace) -> int:
     print(f"classes: {', '.join(f'{k} ({v})' for k, v in classes_count.items() if k != BG_CLASS)}")
     print(f"images: {len(train_records)} train, {len(val_records)} val, "
           f"{sum(r.get('imageset') == 'test' for r in records)} test (split: {split_path})")
-    save_config(cfg, args.config_filename)
-    print(f"config written to {args.config_filename}")
-
     trainer = Trainer(cfg)
     rng = np.random.default_rng(cfg.seed)
     gen = data_generators.iter_training_samples(train_records, cfg, rng, tomo_io.read_image, prepare_image,
                                                 augment_images=True)
     best_loss, best_val, first_epoch = math.inf, -math.inf, 0
+    # The config is written right after this run's first weights save, so that a run failing or
+    # killed before it leaves an earlier run's config and weights as they were (a matching pair).
+    config_saved = False
     log_rows: list[dict] = []
     if args.resume:
         state = load_training_state(state_path(cfg.model_path), trainer, rng)
@@ -358,10 +368,13 @@ def main(args: argparse.Namespace) -> int:
         bar = tqdm(range(cfg.epoch_length), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
         for _ in bar:
             step = trainer.train_on_sample(next(gen), rng)
+            classifier_ran = not math.isnan(step["pos_fraction"])  # nan classifier losses: step skipped
             if not all(math.isfinite(step[k]) for k in ("rpn_cls", "rpn_regr")) or \
-                    any(math.isinf(step[k]) for k in ("cls_cls", "cls_regr")):
-                raise CryoError(f"loss became NaN/Inf in epoch {epoch + 1} ({step}); the last good weights "
-                                f"are kept in {cfg.model_path} (try a lower --learning-rate)")
+                    (classifier_ran and not all(math.isfinite(step[k]) for k in ("cls_cls", "cls_regr"))):
+                kept = (f"the last good weights are kept in {cfg.model_path}" if math.isfinite(best_loss)
+                        else "no weights were saved yet")
+                raise CryoError(f"loss became NaN/Inf in epoch {epoch + 1} ({step}); {kept} (try a lower "
+                                "--learning-rate; --resume restarts after the last completed epoch)")
             stats.add(**step)
             bar.set_postfix(rpn_cls=f"{stats.mean('rpn_cls'):.3f}", rpn_regr=f"{stats.mean('rpn_regr'):.3f}",
                             cls=f"{stats.mean('cls_cls'):.3f}", regr=f"{stats.mean('cls_regr'):.3f}",
@@ -377,6 +390,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"total loss decreased from {best_loss:.4f} to {curr:.4f}, saving weights to {cfg.model_path}")
             best_loss = curr
             save_weights_atomic(trainer.models.model_all, cfg.model_path)
+            if not config_saved:
+                save_config(cfg, args.config_filename)
+                config_saved = True
+                print(f"config written to {args.config_filename}")
         if val_records:
             val = validate(trainer, val_records, cfg.seed)
             row.update(val)
@@ -432,6 +449,7 @@ def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator) -
         for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls)):
             for var, value in zip(opt.variables, slots[name]):
                 var.assign(value)
+            opt.learning_rate = trainer.cfg.learning_rate  # this run's --learning-rate, not the saved one
     except ValueError as exc:
         raise CryoError(f"training state does not fit this model ({str(exc).splitlines()[0][:150]})", path) from None
     rng.bit_generator.state = meta["rng"]
