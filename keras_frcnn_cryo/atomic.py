@@ -13,6 +13,29 @@ from collections.abc import Iterator
 from .errors import CryoError
 
 
+TMP_PREFIX = ".tmp_"
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Delete temporary files that a killed writer of ``path`` left beside it; return their names.
+
+    Only files named like :func:`atomic_path`'s temporaries for this very ``path`` are touched.
+    Call it when no other process is writing ``path`` (e.g. at the start of a training run).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    stem, suffix = (base[:base.index(".")], base[base.index("."):]) if "." in base else (base, "")
+    removed = []
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.startswith(f"{TMP_PREFIX}{stem}_") and name.endswith(suffix) \
+                    and len(name) == len(TMP_PREFIX) + len(stem) + 1 + 8 + len(suffix):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
+
 def _default_file_mode() -> int:
     """0o666 less the process umask: the mode open() would give a new file (mkstemp gives 0o600)."""
     mask = os.umask(0)
@@ -30,10 +53,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     except OSError as exc:
         raise CryoError(f"cannot create folder ({exc.strerror})", directory) from None
     base = os.path.basename(path)
-    # keep the full suffix (".weights.h5", ".png") so libraries that look at it still work
-    suffix = base[base.index("."):] if "." in base else ""
+    # keep the full suffix (".weights.h5", ".png") so libraries that look at it still work, and the
+    # stem, so a leftover from a killed process says whose it was (see remove_stale_temporaries)
+    stem, suffix = (base[:base.index(".")], base[base.index("."):]) if "." in base else (base, "")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{stem}_", suffix=suffix, dir=directory)
     except OSError as exc:
         raise CryoError(f"cannot write ({exc.strerror})", path) from None
     os.close(fd)

@@ -119,9 +119,15 @@ def load_model_weights(models: FrcnnModels, path: str) -> None:
     try:
         models.model_all.load_weights(path)
     except (ValueError, OSError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise CryoError(f"weights do not fit this model (trained for other classes or settings?): "
-                        f"{first[:200]}", path) from None
+        text = " ".join(str(exc).split())
+        detail = f" ({text[:160]})" if text and "Example error message" not in text else ""
+        raise CryoError(f"weights do not fit this model: trained for other classes ({cfg_classes(models)} expected) "
+                        f"or other settings, or not a detector checkpoint{detail}", path) from None
+
+
+def cfg_classes(models: FrcnnModels) -> str:
+    """'2 classes incl. bg' for messages, from the classifier head's output size."""
+    return f"{int(models.classifier_head.outputs[0].shape[-1])} classes incl. bg"
 
 
 @dataclass

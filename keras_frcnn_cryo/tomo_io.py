@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import mmap
 import os
 import re
 import struct
@@ -628,13 +629,29 @@ class Volume:
         return max(start, 0), min(start + self.slab, self.n_slices)
 
     def _read_plane(self, z: int) -> np.ndarray:
-        plane = np.asarray(self.data[z])
+        plane = np.array(self.data[z])  # a copy: the mapped pages can then be released
+        self._release_pages(z)
         if plane.dtype.kind == "f":
             finite = np.isfinite(plane)
             if not finite.all():
                 bad = int(plane.size - np.count_nonzero(finite))
                 raise CryoError(f"slice {z} (0-based) holds {bad} NaN/Inf voxel(s)", self.path)
         return plane
+
+    def _release_pages(self, z: int) -> None:
+        """Let the kernel drop the file pages of plane ``z`` (already copied), so that resident memory
+        does not grow with the part of the file read so far. Best effort: a no-op where unsupported."""
+        root = self._mrc.data if self._mrc is not None else None
+        base = getattr(root, "_mmap", None)
+        if base is None or not hasattr(base, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        plane_bytes = int(np.prod(self.data.shape[1:])) * self.data.dtype.itemsize
+        start = int(root.offset) % mmap.ALLOCATIONGRANULARITY + z * plane_bytes
+        first = start - start % mmap.PAGESIZE
+        stop = min(start + plane_bytes, len(base))
+        stop -= stop % mmap.PAGESIZE  # whole pages inside the plane only
+        if stop > first:
+            base.madvise(mmap.MADV_DONTNEED, first, stop - first)
 
     def slice(self, index: int) -> np.ndarray:
         """Image ``index`` (0-based) as float32 ``(y // binning, x // binning)``.

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import data_generators, metrics, roi_helpers, splits, tomo_io
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_stale_temporaries
 from .cli import check_output_dir, set_seed
 from .config import BG_CLASS, Config, save_config
 from .errors import CryoError
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-norm", default=defaults.backbone_norm, choices=["auto", "frozen_bn", "group", "batch"],
                    help="auto: frozen_bn with --input_weight_path, GroupNorm from scratch")
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="stop after the epoch during which this much wall time has passed")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last completed epoch (*_state.npz)")
     return p
@@ -346,6 +348,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"classes: {', '.join(f'{k} ({v})' for k, v in classes_count.items() if k != BG_CLASS)}")
     print(f"images: {len(train_records)} train, {len(val_records)} val, "
           f"{sum(r.get('imageset') == 'test' for r in records)} test (split: {split_path})")
+    for target in (cfg.model_path, bestval_path(cfg.model_path), state_path(cfg.model_path), args.config_filename):
+        for name in remove_stale_temporaries(target):
+            print(f"removed {name}, a partial file left by an interrupted run")
+    started = time.time()
     trainer = Trainer(cfg)
     rng = np.random.default_rng(cfg.seed)
     gen = data_generators.iter_training_samples(train_records, cfg, rng, tomo_io.read_image, prepare_image,
@@ -407,6 +413,9 @@ def main(args: argparse.Namespace) -> int:
         log_rows.append(row)
         _write_log(_log_path(cfg.model_path), log_rows)
         save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng, log_rows)
+        if args.time_budget is not None and time.time() - started > 60.0 * args.time_budget:
+            print(f"time budget of {args.time_budget:g} min used after epoch {epoch + 1}: stopping")
+            break
     return 0
 
 

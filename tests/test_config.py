@@ -80,3 +80,22 @@ def test_bad_pickles(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(CryoError, match="not found"):
         load_config(str(tmp_path / "nope.pickle"))
+
+
+def test_stale_temporaries_of_one_file_are_removed(tmp_path):
+    from keras_frcnn_cryo.atomic import atomic_path, remove_stale_temporaries
+    target = tmp_path / "model.weights.h5"
+    names = []
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            names.append(os.path.basename(tmp))
+            raise RuntimeError("a failure inside the writer")
+    assert names[0].startswith(".tmp_model_") and names[0].endswith(".weights.h5")
+    assert os.listdir(tmp_path) == []                      # a failing writer cleans up after itself
+    # a killed process cannot: its temporary stays; only that one is removed later
+    stale = tmp_path / names[0]
+    stale.write_bytes(b"partial")
+    other = tmp_path / ".tmp_other_abcd1234.weights.h5"
+    other.write_bytes(b"someone else's")
+    assert remove_stale_temporaries(target) == [stale.name]
+    assert not stale.exists() and other.exists()

@@ -216,6 +216,8 @@ def test_training_survives_sigkill_and_stops_on_nan(mixed_type_dataset, tmp_path
     run = Watched(train_command(mixed_type_dataset, work, "--num_epochs", "2", "--resume"), work)
     assert run.finish() == 0, run.stderr[-3000:]
     assert "resuming after epoch 1" in run.stdout and "epoch 2:" in run.stdout and "epoch 1:" not in run.stdout
+    assert f"removed {leftovers[0]}, a partial file" in run.stdout               # the killed save's leftover
+    assert not [n for n in os.listdir(work) if n.startswith(".tmp_")]
     assert state_meta(state)["epoch"] == 2 and log_epochs() == ["1", "2"]
     load_model_weights(models, str(weights))
     if "saving weights" in run.stdout:

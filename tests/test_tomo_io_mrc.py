@@ -474,3 +474,26 @@ def test_tilt_series_given_as_tomogram_is_refused(tmp_path):
     (tmp_path / "stack2.tlt").write_text("-1\n0\n1\n")
     with pytest.raises(CryoError, match="stack2.tlt beside it"):
         tomo_io.open_volume(other, kind="tomogram")
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    return -1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_streaming_does_not_keep_the_file_resident(tmp_path):
+    """Reading every slice of a 96 MB tomogram must not leave the file's pages counted in our memory."""
+    path = str(tmp_path / "big.mrc")
+    data = np.random.default_rng(0).normal(size=(96, 512, 512)).astype(np.float32)
+    tomo_io.write_volume(path, data)
+    del data
+    before = _rss_file_kib()
+    with open_volume(path) as vol:
+        checksum = sum(float(vol.slice(z)[::64, ::64].sum()) for z in range(vol.n_slices))
+        grown = _rss_file_kib() - before
+    assert np.isfinite(checksum)
+    assert grown < 24 * 1024, f"file pages resident after streaming: {grown} KiB of a 98304 KiB file"

@@ -106,3 +106,13 @@ def test_resume_continues_from_the_last_epoch(toy_dataset, tmp_path, capsys):
     assert "resuming after epoch 1" in out and "epoch 2:" in out and "epoch 1:" not in out
     log = (tmp_path / "model_log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log[1:]] == ["1", "2"]
+
+
+def test_time_budget_stops_after_the_epoch(toy_dataset, tmp_path, capsys):
+    args = train.build_parser().parse_args([
+        "-p", toy_dataset, "--num_epochs", "50", "--epoch_length", "1", "--im-size", "96", "--anchor-scales", "24",
+        "48", "-n", "8", "--time-budget", "0.001", "--config_filename", str(tmp_path / "config.pickle"),
+        "--split-file", str(tmp_path / "split.json"), "--output_weight_path", str(tmp_path / "model.weights.h5")])
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert "time budget of 0.001 min used after epoch 1: stopping" in out and "epoch 2:" not in out
