@@ -129,13 +129,6 @@ def load_annotations(path: str, parser: str) -> tuple[list[dict], dict[str, int]
     return found
 
 
-def record_boxes(record: dict, class_mapping: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes (N, 4) float and labels (N,) of a record (original-image pixels)."""
-    boxes = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in record["bboxes"]], np.float32).reshape(-1, 4)
-    labels = np.array([class_mapping[b["class"]] for b in record["bboxes"]], np.int64)
-    return boxes, labels
-
-
 def records_to_ground_truth(records: list[dict]) -> dict[str, list[dict]]:
     """image id (file path) -> list of gt dicts, as metrics.evaluate expects."""
     return {r["filepath"]: [dict(b, difficult=bool(b.get("difficult", False))) for b in r["bboxes"]]
@@ -230,8 +223,12 @@ class Trainer:
                                          autograph=False)
 
     def classifier_targets(self, sample: dict, p_cls: np.ndarray, p_regr: np.ndarray,
-                           rng: np.random.Generator) -> tuple[np.ndarray, ...] | None:
-        """Sampled RoIs (1, R, 4) in feature units with their targets, or None if there is no RoI."""
+                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+        """Classifier batch from this image's RPN outputs, or None if no RoI overlaps enough to be labelled.
+
+        Returns (RoIs (1, R, 4) in feature-map units, one-hot classes (1, R, C), regression targets
+        (1, R, 8(C-1)), fraction of positives), R = ``cfg.num_rois``.
+        """
         cfg = self.cfg
         height, width = sample["x_img"].shape[1:3]
         rois, _ = roi_helpers.rpn_to_roi(p_cls[0], p_regr[0], cfg, width, height)
