@@ -1,8 +1,12 @@
-"""Prediction (test_frcnn.py): images in, one detections CSV and one overlay PNG per image out.
+"""Prediction (test_frcnn.py) with the one :class:`~keras_frcnn_cryo.model.Detector`.
 
-Boxes are floats in each input image's own pixels ([x1, y1, x2, y2], 0-based, x2/y2 exclusive).
-The CSV is written under a temporary name and renamed when every image is done, so a CSV that
-exists is complete.
+* Images: one ``detections.csv`` (image, x1, y1, x2, y2, class, score) and one overlay PNG each.
+* MRC tomograms and tilt series (:func:`predict_volume`): slices streamed from the memory map and
+  batched through the backbone; 2D boxes, 3D objects linked across slices (tracking.py), crYOLO
+  .cbox, IMOD .coords, STAR, overlays, LabelImg files; ``NAME.done.json`` marks a complete set.
+
+Boxes are floats in the input's own pixels ([x1, y1, x2, y2], 0-based, x2/y2 exclusive). Every
+file is written under a temporary name and renamed when complete (atomic.py).
 """
 from __future__ import annotations
 
