@@ -52,6 +52,7 @@ from .atomic import write_text_atomic
 from .cli import check_output_dir
 from .config import BG_CLASS, Config, load_config
 from .errors import CryoError
+from .simple_parser import parse_float
 from .predict import CSV_COLUMNS, detect_images, load_detector
 from .tomo_io import natural_sort_key
 from .train import detections_to_dicts, load_annotations, records_to_ground_truth
@@ -221,14 +222,7 @@ class DetectionsFile:
 
 
 def _csv_float(row: Mapping[str, str], key: str, source: str, line: int) -> float:
-    text = row[key]
-    try:
-        value = float(text)
-    except ValueError:
-        raise CryoError(f"column {key!r} is not a number: {text!r}", source, line) from None
-    if not math.isfinite(value):
-        raise CryoError(f"column {key!r} is not a finite number: {text!r}", source, line)
-    return value
+    return parse_float(row[key], f"column {key!r}", source, line)
 
 
 def read_csv_rows(path: str, columns: Sequence[str], what: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:

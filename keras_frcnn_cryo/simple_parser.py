@@ -92,7 +92,8 @@ def summarize(records: list[dict], source: str) -> tuple[list[dict], dict[str, i
     return records, classes_count, class_mapping
 
 
-def _parse_float(text: str, what: str, source: str, line: int) -> float:
+def parse_float(text: str, what: str, source: str, line: int) -> float:
+    """``float(text)``, or CryoError naming ``source:line`` and ``what`` if not a finite number."""
     try:
         value = float(text)
     except ValueError:
@@ -168,7 +169,7 @@ def get_data(input_path: str) -> tuple[list[dict], dict[str, int], dict[str, int
         if any(empty):
             raise CryoError("box fields must be all given or all empty (image without objects)", source, line_no)
         x1, y1, x2, y2 = (
-            _parse_float(value, name, source, line_no) for value, name in zip(coord_texts, ("x1", "y1", "x2", "y2"))
+            parse_float(value, name, source, line_no) for value, name in zip(coord_texts, ("x1", "y1", "x2", "y2"))
         )
         if min(x1, y1, x2, y2) < 0:
             raise CryoError(f"negative coordinate in box {(x1, y1, x2, y2)}", source, line_no)
