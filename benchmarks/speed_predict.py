@@ -9,7 +9,7 @@ weights (latency does not depend on them), i.e. the whole per-slice path: prepro
 bilateral filter, histogram equalisation), ResNet-50 conv1-4, RPN, proposals (NMS 0.7), RoI max
 pooling and the conv5 head on every proposal, per-class NMS. The head runs conv5 once per proposal,
 so the number of proposals reaching it matters: timed with the paper's 300
-(``Config.rpn_max_proposals``) and with a smaller cap (``--proposals``), for each backbone
+(``Config.rpn_max_proposals_test``) and with a smaller cap (``--proposals``), for each backbone
 normalisation in ``--norms`` ("frozen_bn": what ImageNet-initialised training gives, the paper's
 setting; "group": the from-scratch default). The number of RoIs the RPN actually passed to the head
 is printed beside each figure. Each figure is the median of ``--repeats`` calls after ``--warmup``.
@@ -88,7 +88,7 @@ def rois_to_head(detector, image: np.ndarray) -> int:
     x_img, _ = preprocessing.prepare_image(image, detector.cfg)
     rpn_cls, rpn_regr, _ = detector.models.model_rpn(x_img[None].astype(np.float32), training=False)
     rois, _ = roi_helpers.rpn_to_roi(np.asarray(rpn_cls[0]), np.asarray(rpn_regr[0]), detector.cfg,
-                                     x_img.shape[1], x_img.shape[0])
+                                     x_img.shape[1], x_img.shape[0], max_proposals=detector.cfg.rpn_max_proposals_test)
     return int(rois.shape[0])
 
 
@@ -128,7 +128,7 @@ def manual_path(models, cfg) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndar
         rpn_cls, rpn_regr, features = rpn_fn(tf.constant(x_img[None], tf.float32))
         rpn_cls = tf.cast(rpn_cls, tf.float32).numpy()
         rois, _ = roi_helpers.rpn_to_roi(rpn_cls[0], tf.cast(rpn_regr, tf.float32).numpy()[0], cfg,
-                                         x_img.shape[1], x_img.shape[0])
+                                         x_img.shape[1], x_img.shape[0], max_proposals=cfg.rpn_max_proposals_test)
         rois_feat = tf.constant((rois / float(cfg.rpn_stride))[None], tf.float32)
         probs, _ = head_fn(features, rois_feat)
         return rpn_cls, tf.cast(probs, tf.float32).numpy()[0]
@@ -144,7 +144,7 @@ def extras(image: np.ndarray, size: int, proposals: int, repeats: int, warmup: i
     from keras_frcnn_cryo.model import BASE_CHANNELS, Detector, build_models
 
     failures = (tf.errors.OpError, ValueError, TypeError, NotImplementedError)
-    cfg = Config(class_mapping=CLASS_MAPPING, im_size=size, backbone_norm="frozen_bn", rpn_max_proposals=proposals)
+    cfg = Config(class_mapping=CLASS_MAPPING, im_size=size, backbone_norm="frozen_bn", rpn_max_proposals_test=proposals)
     print(f"\nextras ({load_text()}), backbone_norm frozen_bn, rpn_max_proposals {proposals}; wall (cpu) s:")
     x_img = tf.random.normal((1, size, size, 3))
     feat = tf.random.normal((1, -(-size // cfg.rpn_stride), -(-size // cfg.rpn_stride), BASE_CHANNELS))
@@ -199,7 +199,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--im-size", type=int, default=600, help="Config.im_size; the slice is this size")
     parser.add_argument("--proposals", type=int, nargs="+", default=[300, 64],
-                        help="Config.rpn_max_proposals values for ours (300 is the paper's)")
+                        help="Config.rpn_max_proposals_test values for ours (300 is the paper's)")
     parser.add_argument("--norms", nargs="+", default=["frozen_bn", "group"], help="Config.backbone_norm values")
     parser.add_argument("--peer-proposals", type=int, nargs="+", default=[1000, 300],
                         help="torchvision rpn_post_nms_top_n_test values (1000 is its default)")
@@ -237,7 +237,7 @@ def main() -> None:
         cfg = Config(class_mapping=CLASS_MAPPING, im_size=args.im_size, backbone_norm=norm)
         detector = Detector(cfg)
         for cap in args.proposals:
-            detector.cfg.rpn_max_proposals = cap
+            detector.cfg.rpn_max_proposals_test = cap
             ours[(norm, cap)] = median_seconds(lambda det=detector: det.detect(image, 0.0), args.repeats, args.warmup)
             print(f"  {norm:<14} {cap:>17} {rois_to_head(detector, image):>13} {ours[(norm, cap)][0]:>12.3f} "
                   f"{ours[(norm, cap)][1]:>7.3f}", flush=True)
@@ -261,7 +261,7 @@ def main() -> None:
             print(f"  {proposals:>32} {'':>13} {seconds:>12.3f} {cpu:>7.3f}")
 
     print(f"\nsummary ({load_text()}):")
-    paper_cap = Config().rpn_max_proposals
+    paper_cap = Config().rpn_max_proposals_test
     for (norm, cap), (seconds, cpu) in ours.items():
         verdict = "met" if seconds <= TARGET_SECONDS_PER_SLICE else "NOT met"
         line = f"  ours {norm}, {cap} proposals: {seconds:.3f} s/slice (target <= {TARGET_SECONDS_PER_SLICE} s: {verdict})"

@@ -272,7 +272,7 @@ def main() -> None:
         print(f"  {'ru_maxrss (whole run)':<34}       {fmt_mib(peak_kib)}  "
               f"(before predict_volume: {fmt_mib(peak_before_kib).strip()})")
         print(f"TensorFlow {tf.__version__}; Config im_size {cfg.im_size}, backbone_norm "
-              f"{cfg.resolved_backbone_norm()}, rpn_max_proposals {cfg.rpn_max_proposals}, untrained weights; "
+              f"{cfg.resolved_backbone_norm()}, rpn_max_proposals_test {cfg.rpn_max_proposals_test}, untrained weights; "
               f"VolumeOptions step {options.step}, batch_size {options.batch_size}")
         rate = processed / elapsed
         print(f"speed: {processed} of {shape[0]} slices in {elapsed:.1f} s = {rate:.3f} slices/s "

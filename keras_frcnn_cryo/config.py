@@ -92,6 +92,8 @@ class Config:
     rpn_pre_nms_top_n: int = 6000             # proposals kept by score before NMS
     rpn_nms_overlap: float = 0.7              # paper: NMS at IoU 0.7
     rpn_max_proposals: int = 300              # paper: at most 300 proposals
+    rpn_max_proposals_test: int = 300         # proposals through the conv5 head at prediction (paper:
+                                              # 300); fewer is faster (the head dominates on a CPU)
     rpn_min_box_size: float = 4.0             # proposals smaller than this (px, resized image) dropped
 
     # --- classifier head ---------------------------------------------------------------

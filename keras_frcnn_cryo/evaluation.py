@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config_filename", default=None,
                    help=f"config written by training (default: {DEFAULT_CONFIG}; not needed with --detections and -p)")
     p.add_argument("--model", default=None, help="weights (.weights.h5); default: the config's model_path")
+    p.add_argument("--max-proposals", type=int, default=None,
+                   help="proposals through the classifier head per image (default: the config's "
+                        "rpn_max_proposals_test, the paper's 300); fewer is faster")
     p.add_argument("--detections", default=None,
                    help="detections CSV from test_frcnn.py (image,x1,y1,x2,y2,class,score): skip prediction")
     p.add_argument("--compare", default=None, metavar="CSV",
@@ -626,7 +629,7 @@ def main(args: argparse.Namespace) -> int:
     if args.detections:
         sources.append((args.detections, _load_csv_run(args.detections, index, defaults)))
     else:
-        detector = load_detector(_config_name(args), args.model)
+        detector = load_detector(_config_name(args), args.model, args.max_proposals)
         found = detect_images(detector, [r["filepath"] for r in records], detector.cfg.eval_min_score,
                               desc=f"evaluate {args.split}")
         sources.append(("model", [d for path, dets in found.items() for d in detections_to_dicts(path, dets)]))

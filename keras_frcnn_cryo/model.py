@@ -208,7 +208,8 @@ class Detector:
         rpn_cls, rpn_regr = rpn_cls.numpy(), rpn_regr.numpy()
         out = []
         for i in range(x_batch.shape[0]):
-            rois, _ = roi_helpers.rpn_to_roi(rpn_cls[i], rpn_regr[i], self.cfg, width, height)
+            rois, _ = roi_helpers.rpn_to_roi(rpn_cls[i], rpn_regr[i], self.cfg, width, height,
+                                             max_proposals=self.cfg.rpn_max_proposals_test)
             out.append(self._classify(features[i:i + 1], rois, width, height, min_score))
         return out
 

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimum score of a detection (default: the config's detection_threshold)")
     p.add_argument("--output", default="results", help="output folder (detections.csv, overlays/)")
     p.add_argument("--no-overlays", action="store_true", help="write no overlay pictures")
+    p.add_argument("--max-proposals", type=int, default=None,
+                   help="proposals through the classifier head per image (default: the config's "
+                        "rpn_max_proposals_test, the paper's 300); fewer is faster")
     volumes = p.add_argument_group("tomograms and tilt series (MRC input)")
     volumes.add_argument("--kind", default="auto", choices=["auto", "tomogram", "tilt_series"],
                          help="auto: .st/.mrcs/.ali or a .tlt beside the file mean a tilt series")
@@ -58,9 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_detector(config_filename: str, model_path: str | None) -> Detector:
-    """Config + weights -> Detector (CryoError naming the file on any problem)."""
+def load_detector(config_filename: str, model_path: str | None, max_proposals: int | None = None) -> Detector:
+    """Config + weights -> Detector (CryoError naming the file on any problem).
+
+    ``max_proposals`` overrides the config's ``rpn_max_proposals_test`` (proposals through the head).
+    """
     cfg = load_config(config_filename)
+    if max_proposals is not None:
+        if max_proposals < 1:
+            raise CryoError(f"--max-proposals must be >= 1, got {max_proposals}")
+        cfg.rpn_max_proposals_test = max_proposals
     weights = model_path or cfg.model_path
     if not weights:
         raise CryoError("no model weights given and the config names none", config_filename)
@@ -267,7 +277,7 @@ def main(args: argparse.Namespace) -> int:
     """test_frcnn.py: images -> detections.csv + overlays; MRC volumes -> per-volume 2D/3D outputs."""
     volumes, images = split_inputs(args.path)
     check_output_dir(args.output)
-    detector = load_detector(args.config_filename, args.model)
+    detector = load_detector(args.config_filename, args.model, args.max_proposals)
     threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
     if images:
         root = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))

@@ -128,7 +128,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, overlap_thresh: float, max_boxes:
 
 
 def rpn_to_roi(
-    rpn_cls: np.ndarray, rpn_regr: np.ndarray, cfg: Config, img_width: int, img_height: int
+    rpn_cls: np.ndarray, rpn_regr: np.ndarray, cfg: Config, img_width: int, img_height: int,
+    max_proposals: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turn the RPN outputs of one image into proposals.
 
@@ -137,7 +138,7 @@ def rpn_to_roi(
     from :func:`keras_frcnn_cryo.data_generators.generate_anchors` (the function calc_rpn uses).
     Steps: decode every anchor, clip to ``[0, img_width] x [0, img_height]``, drop boxes narrower or
     lower than ``cfg.rpn_min_box_size``, keep the ``cfg.rpn_pre_nms_top_n`` best scores, NMS at
-    ``cfg.rpn_nms_overlap``, keep at most ``cfg.rpn_max_proposals``.
+    ``cfg.rpn_nms_overlap``, keep at most ``max_proposals`` (default ``cfg.rpn_max_proposals``).
 
     Returns ``rois`` (M, 4) float64 in network-input pixels and their ``scores`` (M,), best first.
     """
@@ -173,7 +174,8 @@ def rpn_to_roi(
     top = np.argsort(-scores, kind="stable")[: cfg.rpn_pre_nms_top_n]
     boxes, scores = boxes[top], scores[top]
 
-    kept = nms(boxes, scores, cfg.rpn_nms_overlap, cfg.rpn_max_proposals)
+    limit = cfg.rpn_max_proposals if max_proposals is None else max_proposals
+    kept = nms(boxes, scores, cfg.rpn_nms_overlap, limit)
     return boxes[kept], scores[kept]
 
 

@@ -15,7 +15,7 @@ TOY_ANCHORS = [24.0, 48.0]
 def toy_config(**overrides) -> Config:
     """A Config for 96-px toy images (small anchors, few proposals, faster learning rate)."""
     values = dict(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=TOY_SIZE, anchor_box_scales=TOY_ANCHORS,
-                  rpn_max_proposals=64, num_rois=16, learning_rate=1e-4, seed=0)
+                  rpn_max_proposals=64, rpn_max_proposals_test=64, num_rois=16, learning_rate=1e-4, seed=0)
     values.update(overrides)
     return Config(**values)
 

@@ -15,7 +15,7 @@ from keras_frcnn_cryo.model import Detector
 def detector():
     import keras
     keras.utils.set_random_seed(0)
-    return Detector(toy_config(rpn_max_proposals=16))
+    return Detector(toy_config(rpn_max_proposals=16, rpn_max_proposals_test=16))
 
 
 @pytest.fixture()

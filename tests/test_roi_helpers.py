@@ -298,3 +298,17 @@ def test_sample_rois_no_negatives_and_empty():
     idx = sample_rois(y_class, 12, 0.5, rng)
     assert len(idx) == 12 and set(idx.tolist()) == set(range(5))
     assert sample_rois(np.zeros((0, 3)), 8, 0.5, rng).shape == (0,)
+
+
+def test_rpn_to_roi_test_time_cap():
+    from keras_frcnn_cryo.config import Config as _Config
+    from keras_frcnn_cryo.roi_helpers import rpn_to_roi as _rpn_to_roi
+    cfg = _Config(anchor_box_scales=[16.0, 32.0])
+    rng = np.random.default_rng(5)
+    k = cfg.num_anchors
+    cls_map = rng.uniform(size=(8, 8, k))
+    regr_map = rng.normal(scale=0.1, size=(8, 8, 4 * k))
+    full, _ = _rpn_to_roi(cls_map, regr_map, cfg, 128, 128)
+    capped, _ = _rpn_to_roi(cls_map, regr_map, cfg, 128, 128, max_proposals=5)
+    assert len(full) > 5 and len(capped) == 5
+    np.testing.assert_array_equal(capped, full[:5])        # the cap keeps the best proposals, in order
