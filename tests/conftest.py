@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny generated data set and a Config sized for it."""
+import hashlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,6 +11,15 @@ from keras_frcnn_cryo.config import Config  # noqa: E402
 # Tiny-image settings: 96-px images, objects 20-50 px, so anchors of 24 and 48 px.
 TOY_SIZE = 96
 TOY_ANCHORS = [24.0, 48.0]
+
+
+def sha256(path) -> str:
+    """Hex SHA-256 of a file (to prove a file was left untouched)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def toy_config(**overrides) -> Config:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import os
 import pickle
 import shutil
@@ -42,7 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import TOY_ANCHORS, TOY_SIZE
+from conftest import TOY_ANCHORS, TOY_SIZE, sha256
 
 from keras_frcnn_cryo import evaluation, masks_to_boxes, predict, tomo_io, train
 from keras_frcnn_cryo.cli import run_cli
@@ -80,14 +79,6 @@ class Inputs:
     @property
     def weights(self) -> Path:
         return self.model_dir / "model_frcnn.weights.h5"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_stat(model_dir: Path) -> dict[str, tuple[int, int, int]]:

@@ -17,7 +17,6 @@ checkpoint of the last completed epoch (``*_state.npz``): the file on disk is al
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import TOY_ANCHORS, TOY_SIZE
+from conftest import TOY_ANCHORS, TOY_SIZE, sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
@@ -108,14 +107,6 @@ class Watched:
         for reader in self.readers:
             reader.join(timeout=10)
         return self.proc.returncode
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def visible_files(folder: Path) -> set[str]:
