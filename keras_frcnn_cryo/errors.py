@@ -7,6 +7,7 @@ is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import math
 import os
 
 
@@ -23,3 +24,14 @@ class CryoError(Exception):
         super().__init__(f"{where}{message}")
         self.path = None if path is None else str(path)
         self.line = line
+
+
+def parse_float(text: str, what: str, source: str | os.PathLike, line: int | None = None) -> float:
+    """``float(text)``, or CryoError naming ``source:line`` and ``what`` if it is not a finite number."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise CryoError(f"{what} is not a number: {text!r}", source, line) from None
+    if not math.isfinite(value):
+        raise CryoError(f"{what} is not a finite number: {text!r}", source, line)
+    return value

@@ -51,8 +51,7 @@ from . import metrics, splits, tracking
 from .atomic import write_text_atomic
 from .cli import check_output_dir
 from .config import BG_CLASS, Config, load_config
-from .errors import CryoError
-from .simple_parser import parse_float
+from .errors import CryoError, parse_float
 from .predict import CSV_COLUMNS, detect_images, load_detector
 from .tomo_io import natural_sort_key
 from .train import detections_to_dicts, load_annotations, records_to_ground_truth

@@ -36,7 +36,7 @@ import os
 import numpy as np
 from lxml import etree
 
-from .errors import CryoError
+from .errors import CryoError, parse_float
 from .simple_parser import check_box, check_class_name, summarize
 from .tomo_io import IMAGE_EXTENSIONS, image_size, natural_sort_key, write_bytes_atomic
 
@@ -169,12 +169,7 @@ def parse_annotation(xml_path: str, image_dir: str | None = None) -> dict:
         values = []
         for tag in _COORD_TAGS:
             text = _text(bndbox, tag)
-            try:
-                value = float(text)
-            except ValueError:
-                raise CryoError(f"<{tag}> is not a number: {text!r}", xml_path, line) from None
-            if not math.isfinite(value):
-                raise CryoError(f"<{tag}> is not a finite number: {text!r}", xml_path, line)
+            value = parse_float(text, f"<{tag}>", xml_path, line)
             if value < 0:
                 raise CryoError(f"negative coordinate <{tag}>{text}</{tag}>", xml_path, line)
             values.append(value)

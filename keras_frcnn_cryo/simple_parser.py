@@ -30,7 +30,7 @@ import os
 import warnings
 
 from .config import BG_CLASS
-from .errors import CryoError
+from .errors import CryoError, parse_float
 from .tomo_io import image_size
 
 # A box may overshoot the image edge by this much (px) and is then clipped; more is an error.
@@ -90,17 +90,6 @@ def summarize(records: list[dict], source: str) -> tuple[list[dict], dict[str, i
         for box in record["bboxes"]:
             classes_count[box["class"]] += 1
     return records, classes_count, class_mapping
-
-
-def parse_float(text: str, what: str, source: str, line: int) -> float:
-    """``float(text)``, or CryoError naming ``source:line`` and ``what`` if not a finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise CryoError(f"{what} is not a number: {text!r}", source, line) from None
-    if not math.isfinite(value):
-        raise CryoError(f"{what} is not a finite number: {text!r}", source, line)
-    return value
 
 
 def get_data(input_path: str) -> tuple[list[dict], dict[str, int], dict[str, int]]:

@@ -64,7 +64,7 @@ from . import atomic
 from .atomic import write_bytes_atomic  # noqa: F401  (re-exported: parsers and splits import it from here)
 from .cli import run_cli
 from .config import Config
-from .errors import CryoError
+from .errors import CryoError, parse_float
 from .preprocessing import to_uint8
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -467,13 +467,7 @@ def read_tilt_angles(path: str) -> tuple[float, ...]:
             text = raw.strip()
             if not text:
                 continue
-            try:
-                value = float(text)
-            except ValueError:
-                raise CryoError(f"expected one tilt angle per line, got {text!r}", path, line_no) from None
-            if not math.isfinite(value):
-                raise CryoError(f"tilt angle is not a finite number: {text!r}", path, line_no)
-            angles.append(value)
+            angles.append(parse_float(text, "tilt angle (one per line)", path, line_no))
     if not angles:
         raise CryoError("tilt file holds no angles", path)
     return tuple(angles)
