@@ -1,6 +1,6 @@
 """Accuracy on real EM data nobody in this project made: Lucchi++ mitochondria (FIB-SEM), paper anchors vs fitted ones.
 
-    python benchmarks/accuracy_real_em.py --out runs/accuracy_real_em [--budget-min 30]
+    python benchmarks/accuracy_real_em.py --out runs/accuracy_real_em [--budget-min 30] [--train-mode joint]
 
 Data: ../shared/data/lucchi_pp_train (55 slices, 1024x768, every third slice of the training volume;
 see its README). Boxes are the 8-connected components of the expert masks
@@ -37,7 +37,7 @@ def train_and_detect(annotations: str, run_dir: str, args: argparse.Namespace, a
             "--im-size", str(args.im_size), "--anchor-scales", *anchors, "--hf", "--vf", "--rot",
             "--learning-rate", str(args.learning_rate), "--seed", str(args.seed),
             "--test-split", str(TEST_FRACTION), "--time-budget", str(args.budget_min),
-            "--config_filename", config_path, "--output_weight_path", weights]
+            "--config_filename", config_path, "--output_weight_path", weights, "--train-mode", args.train_mode]
     started = time.time()
     train.main(train.build_parser().parse_args(argv))
     print(f"training with anchors {' '.join(anchors)}: {(time.time() - started) / 60:.1f} min")
@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--epoch-length", type=int, default=37, help="images per epoch (the training slices)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--budget-min", type=float, default=30.0, help="training wall-time budget per model")
+    parser.add_argument("--train-mode", default="joint", choices=["joint", "alternating"],
+                        help="joint: about twice the images per budget; alternating: the paper's schedule")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPU cores, load {os.getloadavg()}")

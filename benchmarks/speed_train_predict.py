@@ -1,10 +1,13 @@
 """Per-image training-iteration time and prediction time at given input sizes, on this machine.
 
-    python benchmarks/speed_train_predict.py --sizes 600 300 --steps 8 --predict 10
+    python benchmarks/speed_train_predict.py --sizes 600 300 --steps 8 --predict 10 \
+        [--modes alternating joint] [--norms group frozen_bn]
 
 For each size: a synthetic cryo-ET slice (from keras_frcnn_cryo.synthetic) resized to that shorter
-side; the detector's alternating training iteration (RPN step + proposals + classifier step) timed
-over ``--steps`` images after warm-up; prediction (Detector.detect: preprocessing, backbone, RPN,
+side; the detector's training iteration timed over ``--steps`` images after warm-up, for each
+training mode (alternating: RPN step + proposals + classifier step with a second backbone pass, the
+paper's; joint: one backbone pass and one update, see keras_frcnn_cryo.train) and backbone
+normalisation (group: from scratch; frozen_bn: as with ImageNet weights); prediction (Detector.detect: preprocessing, backbone, RPN,
 300 proposals through the conv5 head, NMS) timed over ``--predict`` calls after warm-up; and, as a
 reference measured in the same run, one Adam training step of a bare keras.applications ResNet-50
 (include_top=False, weights=None) at the same size. Medians are printed in seconds.
@@ -60,6 +63,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed training iterations per size")
     parser.add_argument("--predict", type=int, default=10, help="timed predictions per size")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare ResNet-50 reference")
+    parser.add_argument("--modes", nargs="+", default=["alternating", "joint"], choices=["alternating", "joint"])
+    parser.add_argument("--norms", nargs="+", default=["group", "frozen_bn"], choices=["group", "frozen_bn", "batch"])
     args = parser.parse_args()
     set_seed(0)
     from keras_frcnn_cryo.model import Detector
@@ -72,20 +77,26 @@ def main() -> None:
     record = {"filepath": "slice", "width": image.shape[1], "height": image.shape[0], "imageset": "train",
               "bboxes": [dict(b, difficult=False) for b in boxes]}
     import tensorflow as tf
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; image {image.shape[1]}x{image.shape[0]} "
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load {os.getloadavg()}; image {image.shape[1]}x{image.shape[0]} "
           f"float32 with {len(boxes)} mitochondria")
-    print(f"{'size':>5} {'train iter (s)':>15} {'bare ResNet-50 step (s)':>24} {'ratio':>6} {'predict (s)':>12}")
+    print(f"{'size':>5} {'mode':>12} {'norm':>10} {'train iter (s)':>15} {'bare ResNet-50 step (s)':>24} "
+          f"{'ratio':>6} {'predict (s)':>12}")
     for size in args.sizes:
-        cfg = Config(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=size)
-        trainer = Trainer(cfg)
-        rng = np.random.default_rng(0)
-        gen = data_generators.iter_training_samples([record], cfg, rng, lambda _: image, preprocessing.prepare_image,
-                                                    augment_images=False)
-        train_s = median_time(lambda: trainer.train_on_sample(next(gen), rng), args.steps)
-        detector = Detector(cfg, models=trainer.models)
-        predict_s = median_time(lambda: detector.detect(image, min_score=0.0), args.predict)
         bare_s = float("nan") if args.no_bare else median_time(bare_resnet_step(size), args.steps)
-        print(f"{size:>5} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} {predict_s:>12.3f}", flush=True)
+        for norm in args.norms:
+            for mode in args.modes:
+                cfg = Config(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=size, train_mode=mode,
+                             backbone_norm=norm)
+                trainer = Trainer(cfg)
+                rng = np.random.default_rng(0)
+                gen = data_generators.iter_training_samples([record], cfg, rng, lambda _: image,
+                                                            preprocessing.prepare_image, augment_images=False)
+                train_s = median_time(lambda: trainer.train_on_sample(next(gen), rng), args.steps)
+                detector = Detector(cfg, models=trainer.models)
+                predict_s = median_time(lambda: detector.detect(image, min_score=0.0), args.predict)
+                print(f"{size:>5} {mode:>12} {norm:>10} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
+                      f"{predict_s:>12.3f}", flush=True)
+    print(f"load average at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,10 @@ class Config:
     # (GroupNorm, trains from scratch with one image per step).
     backbone_norm: str = "auto"
     group_norm_groups: int = 32
+    # Arithmetic of the detector at prediction: "float32" (default) or "bfloat16" (Keras
+    # mixed_bfloat16 policy: bfloat16 matmuls/convs, float32 weights and outputs; uses the AMX/AVX512
+    # bf16 units of recent x86 CPUs). Weights files are the same either way.
+    inference_precision: str = "float32"
 
     # --- loss and optimiser (paper) ------------------------------------------------------
     learning_rate: float = 1e-5
@@ -124,6 +128,11 @@ class Config:
     loss_epsilon: float = 1e-4                # normaliser guard in the losses (keras-frcnn)
 
     # --- training schedule ---------------------------------------------------------------
+    # "alternating" (paper, keras-frcnn): an RPN step, then a classifier step that runs the backbone
+    # again, each with its own Adam. "joint" (approximate joint training, Ren et al. 2015): one
+    # backbone pass per image, proposals and classifier targets from that pass, one gradient of
+    # L_rpn + L_cls; about half the cost of an alternating iteration.
+    train_mode: str = "alternating"
     num_epochs: int = 2000
     epoch_length: int = 1000
     test_fraction: float = 1.0 / 6.0          # paper: 5:1 train:test (we split by tomogram)

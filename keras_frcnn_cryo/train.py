@@ -1,11 +1,16 @@
 """Training (train_frcnn.py): alternating RPN and classifier steps, one image per step.
 
-Per image (Li et al. 2019, keras-frcnn):
+Per image (Li et al. 2019, keras-frcnn; ``train_mode = "alternating"``, the default):
 
 1. RPN step: backbone + RPN on the image, loss on 256 sampled anchors (calc_rpn), Adam update.
 2. Proposals: the RPN outputs of that same forward pass go through rpn_to_roi (NMS 0.7, 300 boxes).
 3. Classifier step: proposals labelled against the ground truth (calc_iou), ``num_rois`` sampled
    (at most half positive), backbone + RoI pooling + conv5 head, Adam update.
+
+``train_mode = "joint"`` (approximate joint training, Ren et al. 2015) does the same per image in
+one compiled step with one backbone pass: the proposals and classifier targets of steps 2-3 are
+computed from that pass (by the same numpy code, inside the graph), and one gradient of
+L_rpn + L_cls updates all weights. The RoIs are constants to the gradient in both modes.
 
 An epoch is ``epoch_length`` images. After each epoch the summed mean loss is compared with the best
 so far; the weights are written (atomically) only when it improves (the paper's rule). With a
@@ -34,6 +39,7 @@ from .model import Detector, build_models, check_weights_path, load_imagenet_wei
 from .preprocessing import prepare_image
 
 PARSERS = ("simple", "pascal_voc")
+TRAIN_MODES = ("alternating", "joint")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-norm", default=defaults.backbone_norm, choices=["auto", "frozen_bn", "group", "batch"],
                    help="auto: frozen_bn with --input_weight_path, GroupNorm from scratch")
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--train-mode", default=defaults.train_mode, choices=list(TRAIN_MODES),
+                   help="alternating (paper: RPN step, then classifier step) or joint (one backbone pass "
+                        "and one update per image, about half the time per image)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop after the epoch during which this much wall time has passed")
     p.add_argument("--resume", action="store_true",
@@ -105,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise CryoError("--anchor-scales must be positive")
     cfg.backbone_norm = args.backbone_norm
     cfg.learning_rate = args.learning_rate
+    cfg.train_mode = args.train_mode
     return cfg
 
 
@@ -171,8 +181,14 @@ class Trainer:
         self.loss_cls_cls = losses.class_loss_cls(cfg.lambda_cls_class)
         self.loss_cls_regr = losses.class_loss_regr(n_fg, cfg.lambda_cls_regr, cfg.loss_epsilon)
         m = self.models
+        if cfg.train_mode not in TRAIN_MODES:
+            raise CryoError(f"unknown train_mode {cfg.train_mode!r} (use {' or '.join(TRAIN_MODES)})")
+        self.joint = cfg.train_mode == "joint"
         self.rpn_vars = m.base.trainable_variables + m.rpn_head.trainable_variables
-        self.cls_vars = m.base.trainable_variables + m.classifier_head.trainable_variables
+        # Joint mode: one gradient for everything, so the backbone needs one Adam only. Adam is
+        # element-wise, so rpn_vars under opt_rpn plus the head under opt_cls is one Adam over all.
+        self.cls_vars = (m.classifier_head.trainable_variables if self.joint
+                         else m.base.trainable_variables + m.classifier_head.trainable_variables)
 
         def adam() -> keras.optimizers.Optimizer:
             return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta_1,
@@ -215,6 +231,44 @@ class Trainer:
             self.opt_cls.apply_gradients(zip(grads, self.cls_vars))
             return l_cls, l_regr, acc
 
+        def numpy_targets(p_cls, p_regr, boxes, labels):
+            """Classifier targets from RPN outputs, as in the alternating mode (runs as numpy)."""
+            targets = self.classifier_targets(self._joint_shape, boxes, labels, p_cls, p_regr, self._joint_rng)
+            if targets is None:  # nothing to train the head on: one dummy RoI with zero weight
+                return (np.array([[[0, 0, 1, 1]]], np.float32), np.eye(n_fg + 1, dtype=np.float32)[None, -1:],
+                        np.zeros((1, 1, 8 * n_fg), np.float32), np.float32(0.0), np.float32(np.nan))
+            rois, y_cls, y_regr, pos_fraction = targets
+            return rois, y_cls, y_regr, np.float32(1.0), np.float32(pos_fraction)
+
+        def joint_train(x, y_cls, y_regr, boxes, labels):
+            with tf.GradientTape() as tape:
+                features = m.base(x, training=True)
+                p_cls, p_regr = m.rpn_head(features, training=True)
+                l_rpn_cls, l_rpn_regr = self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr)
+                rois, c_true, r_true, used, pos_fraction = tf.numpy_function(
+                    numpy_targets, [tf.stop_gradient(p_cls), tf.stop_gradient(p_regr), boxes, labels],
+                    [tf.float32] * 5, stateful=True)
+                rois.set_shape((1, None, 4))
+                c_true.set_shape((1, None, n_fg + 1))
+                r_true.set_shape((1, None, 8 * n_fg))
+                c_pred, r_pred = m.classifier_head([features, rois], training=True)
+                l_cls, l_regr = self.loss_cls_cls(c_true, c_pred), self.loss_cls_regr(r_true, r_pred)
+                total = l_rpn_cls + l_rpn_regr + used * (l_cls + l_regr)
+            grads = tape.gradient(total, self.rpn_vars + self.cls_vars)
+            self.opt_rpn.apply_gradients(zip(grads[:len(self.rpn_vars)], self.rpn_vars))
+            head_grads = grads[len(self.rpn_vars):]
+            # A skipped head (no labelled RoI) gets no Adam step, as in the alternating mode.
+            def apply_head():
+                self.opt_cls.apply_gradients(zip(head_grads, self.cls_vars))
+                return tf.constant(True)
+            tf.cond(used > 0, apply_head, lambda: tf.constant(False))
+            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(c_pred, -1), tf.argmax(c_true, -1)), tf.float32))
+            return l_rpn_cls, l_rpn_regr, l_cls, l_regr, acc, used, pos_fraction
+
+        self._joint_shape, self._joint_rng = (0, 0), np.random.default_rng(0)
+        self.joint_train_step = tf.function(joint_train, input_signature=[
+            img_spec, rpn_specs[1], rpn_specs[2], tf.TensorSpec((None, 4), tf.float64),
+            tf.TensorSpec((None,), tf.int64)])
         self.rpn_train_step = tf.function(rpn_train, input_signature=rpn_specs)
         self.cls_train_step = tf.function(cls_train, input_signature=cls_specs)
         self.rpn_eval_step = tf.function(lambda x, c, r: rpn_forward(x, c, r, False), input_signature=rpn_specs,
@@ -222,20 +276,23 @@ class Trainer:
         self.cls_eval_step = tf.function(lambda x, r, c, g: cls_forward(x, r, c, g, False), input_signature=cls_specs,
                                          autograph=False)
 
-    def classifier_targets(self, sample: dict, p_cls: np.ndarray, p_regr: np.ndarray,
-                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
-        """Classifier batch from this image's RPN outputs, or None if no RoI overlaps enough to be labelled.
+    def classifier_targets(self, shape: tuple[int, int], boxes: np.ndarray, labels: np.ndarray, p_cls: np.ndarray,
+                           p_regr: np.ndarray, rng: np.random.Generator
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+        """Classifier batch from one image's RPN outputs, or None if no RoI overlaps enough to be labelled.
+
+        shape: (height, width) of the network input; boxes (N, 4) in its pixels, labels (N,);
+        p_cls (1, h, w, k), p_regr (1, h, w, 4k): the RPN outputs.
 
         Returns (RoIs (1, R, 4) in feature-map units, one-hot classes (1, R, C), regression targets
         (1, R, 8(C-1)), fraction of positives), R = ``cfg.num_rois``.
         """
         cfg = self.cfg
-        height, width = sample["x_img"].shape[1:3]
+        height, width = shape
         rois, _ = roi_helpers.rpn_to_roi(p_cls[0], p_regr[0], cfg, width, height)
-        boxes = sample["boxes"]
         if cfg.classifier_add_gt_rois and len(boxes):
             rois = np.concatenate([rois, boxes.astype(rois.dtype)], axis=0)
-        rois, y_class, y_regr, _ = roi_helpers.calc_iou(rois, boxes, sample["labels"], cfg, cfg.num_classes)
+        rois, y_class, y_regr, _ = roi_helpers.calc_iou(rois, boxes, labels, cfg, cfg.num_classes)
         if rois.shape[0] == 0:
             return None
         idx = roi_helpers.sample_rois(y_class, cfg.num_rois, cfg.classifier_positive_fraction, rng)
@@ -244,12 +301,23 @@ class Trainer:
                 float(np.mean(y_class[idx, -1] == 0)))
 
     def train_on_sample(self, sample: dict, rng: np.random.Generator) -> dict[str, float]:
-        """One alternating RPN + classifier step; returns the losses (nan where a step was skipped)."""
+        """One training iteration on one image (both modes); the losses (nan where the head was skipped)."""
+        if self.joint:
+            self._joint_shape, self._joint_rng = sample["x_img"].shape[1:3], rng
+            out = self.joint_train_step(sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"],
+                                        np.asarray(sample["boxes"], np.float64).reshape(-1, 4),
+                                        np.asarray(sample["labels"], np.int64).reshape(-1))
+            l_rpn_cls, l_rpn_regr, l_cls, l_regr, acc, used, pos_fraction = (float(v) for v in out)
+            head = used > 0
+            return {"rpn_cls": l_rpn_cls, "rpn_regr": l_rpn_regr, "cls_cls": l_cls if head else math.nan,
+                    "cls_regr": l_regr if head else math.nan, "cls_acc": acc if head else math.nan,
+                    "pos_fraction": pos_fraction if head else math.nan}
         l_rpn_cls, l_rpn_regr, p_cls, p_regr = self.rpn_train_step(
             sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"])
         out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), "cls_cls": math.nan,
                "cls_regr": math.nan, "cls_acc": math.nan, "pos_fraction": math.nan}
-        targets = self.classifier_targets(sample, p_cls.numpy(), p_regr.numpy(), rng)
+        targets = self.classifier_targets(sample["x_img"].shape[1:3], sample["boxes"], sample["labels"],
+                                          p_cls.numpy(), p_regr.numpy(), rng)
         if targets is not None:
             rois, y_cls, y_regr, pos_fraction = targets
             l_cls, l_regr, acc = self.cls_train_step(sample["x_img"], rois, y_cls, y_regr)
@@ -261,7 +329,8 @@ class Trainer:
         l_rpn_cls, l_rpn_regr, p_cls, p_regr = self.rpn_eval_step(
             sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"])
         out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), "cls_cls": math.nan, "cls_regr": math.nan}
-        targets = self.classifier_targets(sample, p_cls.numpy(), p_regr.numpy(), rng)
+        targets = self.classifier_targets(sample["x_img"].shape[1:3], sample["boxes"], sample["labels"],
+                                          p_cls.numpy(), p_regr.numpy(), rng)
         if targets is not None:
             rois, y_cls, y_regr, _ = targets
             l_cls, l_regr, _ = self.cls_eval_step(sample["x_img"], rois, y_cls, y_regr)
@@ -428,7 +497,7 @@ def save_training_state(path: str, trainer: Trainer, epoch: int, best_loss: floa
     for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls)):
         arrays.update({f"{name}{i}": np.asarray(v) for i, v in enumerate(opt.variables)})
     meta = {"epoch": epoch, "best_loss": best_loss, "best_val": best_val, "rng": rng.bit_generator.state,
-            "log_rows": log_rows, "class_mapping": trainer.cfg.class_mapping,
+            "log_rows": log_rows, "class_mapping": trainer.cfg.class_mapping, "train_mode": trainer.cfg.train_mode,
             "n_weights": len(trainer.models.model_all.get_weights())}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -450,6 +519,9 @@ def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator) -
         raise CryoError(f"training state is unreadable ({exc.__class__.__name__})", path) from None
     if meta["class_mapping"] != trainer.cfg.class_mapping:
         raise CryoError("training state was made for other classes than these annotations", path)
+    saved_mode = meta.get("train_mode", "alternating")
+    if saved_mode != trainer.cfg.train_mode:
+        raise CryoError(f"training state was made with --train-mode {saved_mode}; resume with the same mode", path)
     try:
         trainer.models.model_all.set_weights(weights)
         for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls)):

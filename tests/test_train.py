@@ -14,14 +14,14 @@ from keras_frcnn_cryo.simple_parser import get_data
 STEPS = 90
 
 
-@pytest.fixture(scope="module")
-def trained(toy_dataset):
-    """Train from scratch (GroupNorm) on the toy images for STEPS alternating steps."""
+@pytest.fixture(scope="module", params=["alternating", "joint"])
+def trained(toy_dataset, request):
+    """Train from scratch (GroupNorm) on the toy images for STEPS iterations, in both training modes."""
     from keras_frcnn_cryo.cli import set_seed
     set_seed(0)
     records, _, mapping = get_data(toy_dataset)
     records = records[:8]
-    cfg = toy_config(class_mapping=mapping)
+    cfg = toy_config(class_mapping=mapping, train_mode=request.param)
     trainer = train.Trainer(cfg)
     rng = np.random.default_rng(0)
     gen = data_generators.iter_training_samples(records, cfg, rng, tomo_io.read_image, preprocessing.prepare_image)
@@ -59,6 +59,47 @@ def test_image_without_objects_trains(trained):
     out = trainer.train_on_sample(sample, np.random.default_rng(0))
     assert math.isfinite(out["rpn_cls"]) and out["rpn_regr"] == 0.0
     assert math.isnan(out["cls_cls"]) or math.isfinite(out["cls_cls"])
+
+
+def _weights(model):
+    return [np.array(w) for w in model.get_weights()]
+
+
+@pytest.mark.parametrize("case", ["objects", "empty image", "head skipped"])
+def test_joint_step_updates_what_it_should(toy_dataset, monkeypatch, case):
+    """One joint step moves backbone and RPN; the head moves unless it had no labelled RoI at all.
+
+    An image without boxes still trains the head (its RoIs are background); "head skipped" forces
+    the no-labelled-RoI case that the alternating mode answers by skipping the classifier step.
+    """
+    records, _, mapping = get_data(toy_dataset)
+    cfg = toy_config(class_mapping=mapping, train_mode="joint")
+    trainer = train.Trainer(cfg)
+    rng = np.random.default_rng(0)
+    record = next(r for r in records if r["bboxes"])
+    if case == "empty image":
+        record = dict(record, bboxes=[])
+    if case == "head skipped":
+        monkeypatch.setattr(trainer, "classifier_targets", lambda *args: None)
+    sample = next(data_generators.iter_training_samples([record], cfg, rng, tomo_io.read_image,
+                                                        preprocessing.prepare_image, augment_images=False))
+    m = trainer.models
+    before = {name: _weights(getattr(m, name)) for name in ("base", "rpn_head", "classifier_head")}
+    out = trainer.train_on_sample(sample, rng)
+    moved = {name: any(not np.array_equal(a, b) for a, b in zip(before[name], _weights(getattr(m, name))))
+             for name in before}
+    assert moved["base"] and moved["rpn_head"] and math.isfinite(out["rpn_cls"])
+    assert moved["classifier_head"] == (case != "head skipped")
+    assert math.isfinite(out["cls_cls"]) == (case != "head skipped")
+    if case == "objects":
+        assert 0.0 < out["pos_fraction"] <= cfg.classifier_positive_fraction
+    if case == "empty image":
+        assert out["pos_fraction"] == 0.0
+
+
+def test_unknown_train_mode_is_refused():
+    with pytest.raises(CryoError, match="unknown train_mode"):
+        train.Trainer(toy_config(class_mapping={"mitochondrion": 0, "bg": 1}, train_mode="sometimes"))
 
 
 def test_main_writes_config_weights_and_log(toy_dataset, tmp_path, capsys):
@@ -106,6 +147,8 @@ def test_resume_continues_from_the_last_epoch(toy_dataset, tmp_path, capsys):
     assert "resuming after epoch 1" in out and "epoch 2:" in out and "epoch 1:" not in out
     log = (tmp_path / "model_log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log[1:]] == ["1", "2"]
+    with pytest.raises(CryoError, match="made with --train-mode alternating"):
+        train.main(train.build_parser().parse_args(base + ["--num_epochs", "3", "--resume", "--train-mode", "joint"]))
 
 
 def test_time_budget_stops_after_the_epoch(toy_dataset, tmp_path, capsys):
