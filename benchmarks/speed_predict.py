@@ -1,7 +1,8 @@
 """Per-slice prediction latency of our Detector against torchvision's Faster R-CNN, in the same run.
 
-    python benchmarks/speed_predict.py                      # about 3.5 minutes on 2 loaded cores
+    python benchmarks/speed_predict.py                      # about 5 minutes on 2 loaded cores
     python benchmarks/speed_predict.py --norms frozen_bn --repeats 20 --extras
+    python benchmarks/speed_predict.py --im-size 128 --repeats 1 --warmup 0 --no-peer   # smoke test
 
 Input: one 600 x 600 float32 slice of the synthetic tomogram of benchmarks/tomogram.py (so
 Config.im_size 600 means no resizing). Ours: ``Detector.detect`` on that slice with untrained
@@ -13,6 +14,10 @@ so the number of proposals reaching it matters: timed with the paper's 300
 normalisation in ``--norms`` ("frozen_bn": what ImageNet-initialised training gives, the paper's
 setting; "group": the from-scratch default). The number of RoIs the RPN actually passed to the head
 is printed beside each figure. Each figure is the median of ``--repeats`` calls after ``--warmup``.
+Every row runs in float32; the rows of ``--bf16-rows`` (default frozen_bn at 300 and 64 proposals,
+GroupNorm at 300) run again with ``Config.inference_precision = "bfloat16"`` (the package's
+mixed_bfloat16 Detector, same weights as the float32 one), to be read next to them: faster only on
+CPUs with bfloat16 units (AVX512-BF16, AMX).
 
 Peer: torchvision ``fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)`` in eval mode,
 transform min_size 600, torch.set_num_threads(2), on the same slice, run by
@@ -23,9 +28,10 @@ if that environment is missing only our figures are printed. Its default 1000 pr
 Targets from the issue: <= 0.3 s per slice for ours, and at least 2x faster than torchvision.
 
 ``--extras`` (optional, separate section): the backbone and the head alone, as the Detector runs
-them (tf.function) and with XLA (``jit_compile=True``); the whole model built under Keras'
-"mixed_bfloat16" policy; and per-slice latency of a batch of 4 slices (predict_volume's default).
-These change no package code: they show what a change there could give.
+them (tf.function) and with XLA (``jit_compile=True``), in float32 and with the bfloat16 models
+(``build_models(cfg, precision="bfloat16")``); the bfloat16 Detector against the same steps written
+out by hand; and per-slice latency of a batch of 4 slices (predict_volume's default). XLA and the
+by-hand path change no package code: they show what a change there could give.
 """
 from __future__ import annotations
 
@@ -87,8 +93,9 @@ def rois_to_head(detector, image: np.ndarray) -> int:
     from keras_frcnn_cryo import preprocessing, roi_helpers
     x_img, _ = preprocessing.prepare_image(image, detector.cfg)
     rpn_cls, rpn_regr, _ = detector.models.model_rpn(x_img[None].astype(np.float32), training=False)
-    rois, _ = roi_helpers.rpn_to_roi(np.asarray(rpn_cls[0]), np.asarray(rpn_regr[0]), detector.cfg,
-                                     x_img.shape[1], x_img.shape[0], max_proposals=detector.cfg.rpn_max_proposals_test)
+    rois, _ = roi_helpers.rpn_to_roi(np.asarray(rpn_cls[0], np.float32), np.asarray(rpn_regr[0], np.float32),
+                                     detector.cfg, x_img.shape[1], x_img.shape[0],
+                                     max_proposals=detector.cfg.rpn_max_proposals_test)
     return int(rois.shape[0])
 
 
@@ -135,9 +142,19 @@ def manual_path(models, cfg) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndar
     return run
 
 
+def parse_rows(rows: list[str]) -> dict[str, list[int]]:
+    """["frozen_bn:300", "group:300"] -> {"frozen_bn": [300], "group": [300]}; ValueError if malformed."""
+    out: dict[str, list[int]] = {}
+    for row in rows:
+        norm, _, cap = row.partition(":")
+        if not norm or not cap.isdigit() or int(cap) < 1:
+            raise ValueError(f"--bf16-rows takes NORM:PROPOSALS (e.g. frozen_bn:300), got {row!r}")
+        out.setdefault(norm, []).append(int(cap))
+    return out
+
+
 def extras(image: np.ndarray, size: int, proposals: int, repeats: int, warmup: int) -> None:
-    """Optional section: XLA on backbone and head, mixed bfloat16, batch of 4; no package code changed."""
-    import keras
+    """Optional section: XLA on backbone and head, bfloat16 parts and by hand, batch of 4."""
     import tensorflow as tf
 
     from keras_frcnn_cryo.config import Config
@@ -175,16 +192,11 @@ def extras(image: np.ndarray, size: int, proposals: int, repeats: int, warmup: i
     timed(f"Detector.detect_many, batch of {EXTRA_BATCH}, per slice, float32",
           lambda: detector.detect_many([image] * EXTRA_BATCH, 0.0), per=EXTRA_BATCH)
 
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        bf16_models = build_models(cfg)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    bf16_models = build_models(cfg, precision="bfloat16")
     bf16_models.model_all.set_weights(models.model_all.get_weights())   # same weights as the float32 model
     parts(bf16_models, "mixed_bfloat16")
     bf16_detector = Detector(cfg, models=bf16_models)
-    timed("Detector.detect with a mixed_bfloat16 model (as is)", lambda: bf16_detector.detect(image, 0.0))
+    timed("Detector.detect, bfloat16 models", lambda: bf16_detector.detect(image, 0.0))
     f32_path, bf16_path = manual_path(models, cfg), manual_path(bf16_models, cfg)
     timed("detect steps by hand, float32", lambda: f32_path(image))
     timed("detect steps by hand, mixed_bfloat16 (+ casts)", lambda: bf16_path(image))
@@ -201,6 +213,10 @@ def main() -> None:
     parser.add_argument("--proposals", type=int, nargs="+", default=[300, 64],
                         help="Config.rpn_max_proposals_test values for ours (300 is the paper's)")
     parser.add_argument("--norms", nargs="+", default=["frozen_bn", "group"], help="Config.backbone_norm values")
+    parser.add_argument("--bf16-rows", nargs="*", default=["frozen_bn:300", "frozen_bn:64", "group:300"],
+                        metavar="NORM:PROPOSALS",
+                        help="rows run again with inference_precision bfloat16 (norms not in --norms are "
+                             "skipped; none: give the option alone)")
     parser.add_argument("--peer-proposals", type=int, nargs="+", default=[1000, 300],
                         help="torchvision rpn_post_nms_top_n_test values (1000 is its default)")
     parser.add_argument("--repeats", type=int, default=10)
@@ -211,6 +227,10 @@ def main() -> None:
     parser.add_argument("--extras", action="store_true", help="also XLA, bfloat16 and batch-of-4 timings")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    try:
+        bf16_rows = parse_rows(args.bf16_rows)
+    except ValueError as exc:
+        parser.error(str(exc))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import tensorflow as tf
@@ -231,16 +251,24 @@ def main() -> None:
     prep, prep_cpu = median_seconds(lambda: preprocessing.prepare_image(image, prep_cfg), args.repeats, 1)
     print(f"\nours: keras_frcnn_cryo Detector.detect (preprocessing included: prepare_image alone {prep:.3f} s, "
           f"cpu {prep_cpu:.3f} s)")
-    print(f"  {'backbone_norm':<14} {'rpn_max_proposals':>17} {'RoIs to head':>13} {'s per slice':>12} {'cpu s':>7}")
-    ours: dict[tuple[str, int], tuple[float, float]] = {}
+    print(f"  {'backbone_norm':<14} {'precision':<9} {'rpn_max_proposals':>17} {'RoIs to head':>13} "
+          f"{'s per slice':>12} {'cpu s':>7}")
+    ours: dict[tuple[str, str, int], tuple[float, float]] = {}
     for norm in args.norms:
         cfg = Config(class_mapping=CLASS_MAPPING, im_size=args.im_size, backbone_norm=norm)
         detector = Detector(cfg)
-        for cap in args.proposals:
-            detector.cfg.rpn_max_proposals_test = cap
-            ours[(norm, cap)] = median_seconds(lambda det=detector: det.detect(image, 0.0), args.repeats, args.warmup)
-            print(f"  {norm:<14} {cap:>17} {rois_to_head(detector, image):>13} {ours[(norm, cap)][0]:>12.3f} "
-                  f"{ours[(norm, cap)][1]:>7.3f}", flush=True)
+        runs = [(detector, cap) for cap in args.proposals]
+        if bf16_rows.get(norm):
+            bf16 = Detector(Config(class_mapping=CLASS_MAPPING, im_size=args.im_size, backbone_norm=norm,
+                                   inference_precision="bfloat16"))
+            bf16.models.model_all.set_weights(detector.models.model_all.get_weights())   # same weights
+            runs += [(bf16, cap) for cap in bf16_rows[norm]]
+        for det, cap in runs:
+            det.cfg.rpn_max_proposals_test = cap
+            key = (norm, det.precision, cap)
+            ours[key] = median_seconds(lambda det=det: det.detect(image, 0.0), args.repeats, args.warmup)
+            print(f"  {norm:<14} {det.precision:<9} {cap:>17} {rois_to_head(det, image):>13} {ours[key][0]:>12.3f} "
+                  f"{ours[key][1]:>7.3f}", flush=True)
 
     peer: dict[int, tuple[float, float]] = {}
     if args.no_peer:
@@ -262,12 +290,17 @@ def main() -> None:
 
     print(f"\nsummary ({load_text()}):")
     paper_cap = Config().rpn_max_proposals_test
-    for (norm, cap), (seconds, cpu) in ours.items():
+    for (norm, precision, cap), (seconds, cpu) in ours.items():
         verdict = "met" if seconds <= TARGET_SECONDS_PER_SLICE else "NOT met"
-        line = f"  ours {norm}, {cap} proposals: {seconds:.3f} s/slice (target <= {TARGET_SECONDS_PER_SLICE} s: {verdict})"
+        line = (f"  ours {norm} {precision}, {cap} proposals: {seconds:.3f} s/slice "
+                f"(target <= {TARGET_SECONDS_PER_SLICE} s: {verdict})")
+        if precision != "float32" and (norm, "float32", cap) in ours:
+            f32_seconds, f32_cpu = ours[(norm, "float32", cap)]
+            line += f"; vs float32: {f32_seconds / seconds:.2f}x wall, {f32_cpu / cpu:.2f}x cpu"
         for proposals, (peer_seconds, peer_cpu) in peer.items():
             line += f"; vs torchvision@{proposals}: {peer_seconds / seconds:.2f}x wall, {peer_cpu / cpu:.2f}x cpu"
-        print(line + (" [paper setting]" if cap == paper_cap and norm == "frozen_bn" else ""))
+        paper = cap == paper_cap and norm == "frozen_bn" and precision == "float32"
+        print(line + (" [paper setting]" if paper else ""))
     if peer:
         print(f"  speed-up target: >= {TARGET_SPEEDUP:.0f}x faster than torchvision (ratios: torchvision time / ours; "
               "> 1 means ours is faster)")

@@ -11,6 +11,13 @@ Three Keras sub-models share weights by construction:
 keras-frcnn's names are kept: ``model_rpn`` (image -> rpn outputs and features) and
 ``model_classifier`` (image, RoIs -> classifier outputs).
 
+Precision (``Config.inference_precision``, one of :data:`PRECISIONS`): "float32", or "bfloat16",
+which builds the detector under Keras' "mixed_bfloat16" dtype policy: variables stay float32 (the
+same weights file loads), convolutions and matrix products run in bfloat16 (the AVX512-BF16/AMX
+units of recent x86 CPUs), features are bfloat16, and the four output layers compute in float32
+(resnet.OUTPUT_DTYPE), so objectness, deltas and class probabilities are float32 either way.
+Training always builds float32 models.
+
 :class:`Detector` turns a 2D image of any dtype into boxes in that image's own pixel coordinates
 (floats, [x1, y1, x2, y2]); test_frcnn.py, measure_map.py, training validation and the benchmarks
 all call it.
@@ -18,6 +25,8 @@ all call it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +46,9 @@ from . import resnet  # noqa: E402
 
 WEIGHTS_SUFFIX = ".weights.h5"
 BASE_CHANNELS = 1024  # channels of ResNet-50 conv4 (nn_base output)
+PRECISIONS = ("float32", "bfloat16")
+# Keras dtype policy under which each precision's models are built
+_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
 @dataclass
@@ -50,16 +62,49 @@ class FrcnnModels:
     model_classifier: keras.Model
     model_all: keras.Model
     norm: str
+    precision: str = "float32"
 
 
-def build_models(cfg: Config) -> FrcnnModels:
-    """Build every sub-model for ``cfg.class_mapping`` (which must include "bg", last)."""
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of PRECISIONS, else CryoError naming the allowed values."""
+    if precision not in PRECISIONS:
+        raise CryoError(f"unknown inference_precision {precision!r} (use one of {', '.join(PRECISIONS)})")
+    return precision
+
+
+@contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Keras' global dtype policy for ``precision`` inside the block; the previous one is restored
+    on leaving it (also on errors), so models built elsewhere are not affected."""
+    policy = _POLICIES[check_precision(precision)]
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_models(cfg: Config, precision: str = "float32") -> FrcnnModels:
+    """Build every sub-model for ``cfg.class_mapping`` (which must include "bg", last).
+
+    ``precision`` (one of PRECISIONS; training uses the default) picks the dtype policy the layers
+    are built under; variables are float32 either way.
+    """
     num_classes = cfg.num_classes
     if num_classes < 2 or cfg.class_names[-1] != BG_CLASS:
         raise CryoError("config has no usable class_mapping (need at least one class plus 'bg' last)")
     norm = cfg.resolved_backbone_norm()
+    with dtype_policy(precision):
+        return _build(cfg, num_classes, norm, precision)
+
+
+def _build(cfg: Config, num_classes: int, norm: str, precision: str) -> FrcnnModels:
+    """build_models' layers, under the dtype policy already set."""
     img_input = keras.Input(shape=(None, None, 3), name="image")
-    feat_input = keras.Input(shape=(None, None, BASE_CHANNELS), name="features")
+    # the heads take features in the compute dtype (a float32 input would cast bfloat16 features back)
+    feat_input = keras.Input(shape=(None, None, BASE_CHANNELS), name="features",
+                             dtype=keras.config.dtype_policy().compute_dtype)
     roi_input = keras.Input(shape=(None, 4), name="rois")
 
     base = keras.Model(img_input, resnet.nn_base(img_input, norm=norm, groups=cfg.group_norm_groups),
@@ -76,7 +121,7 @@ def build_models(cfg: Config) -> FrcnnModels:
     model_rpn = keras.Model(img_input, [rpn_cls, rpn_regr, features], name="model_rpn")
     model_classifier = keras.Model([img_input, roi_input], [out_cls, out_regr], name="model_classifier")
     model_all = keras.Model([img_input, roi_input], [rpn_cls, rpn_regr, out_cls, out_regr], name="model_all")
-    return FrcnnModels(base, rpn_head, classifier_head, model_rpn, model_classifier, model_all, norm)
+    return FrcnnModels(base, rpn_head, classifier_head, model_rpn, model_classifier, model_all, norm, precision)
 
 
 def load_imagenet_weights(models: FrcnnModels, path: str) -> list[str]:
@@ -150,27 +195,50 @@ class Detector:
     preprocessing recorded in the Config (exactly as in training), runs backbone and RPN once,
     pools every proposal in one batched call through conv5, decodes per-class boxes, applies
     per-class NMS and returns boxes scaled back to the input image's pixels (floats).
+
+    Built models follow ``cfg.inference_precision`` (validated here, CryoError if unknown);
+    ``models`` passed in (training's validation passes the training models) are used as they are.
     """
 
     def __init__(self, cfg: Config, weights_path: str | None = None, models: FrcnnModels | None = None):
         self.cfg = cfg
-        self.models = models if models is not None else build_models(cfg)
+        precision = check_precision(cfg.inference_precision)
+        self.models = models if models is not None else build_models(cfg, precision)
         if weights_path is not None:
             load_model_weights(self.models, weights_path)
         self.class_names = cfg.class_names
+        # features go from the RPN call to the head call in the models' own compute dtype
+        self.feature_dtype = tf.as_dtype(self.models.base.outputs[0].dtype)
         self._rpn_fn = tf.function(
-            lambda x: self.models.model_rpn(x, training=False),
-            input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)], reduce_retracing=True,
-            autograph=False)
+            self._rpn_call, input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)],
+            reduce_retracing=True, autograph=False)
         self._cls_fn = tf.function(
-            lambda f, r: self.models.classifier_head([f, r], training=False),
-            input_signature=[tf.TensorSpec((1, None, None, BASE_CHANNELS), tf.float32),
-                             tf.TensorSpec((1, None, 4), tf.float32)], reduce_retracing=True, autograph=False)
+            self._cls_call, input_signature=[tf.TensorSpec((1, None, None, BASE_CHANNELS), self.feature_dtype),
+                                             tf.TensorSpec((1, None, 4), tf.float32)],
+            reduce_retracing=True, autograph=False)
+
+    @property
+    def precision(self) -> str:
+        """The precision of the models in use ("float32" or "bfloat16")."""
+        return self.models.precision
+
+    def _rpn_call(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Images (B, H, W, 3) float32 -> objectness (B, h, w, k) and deltas (B, h, w, 4k), float32,
+        and features (B, h, w, 1024) in ``feature_dtype``."""
+        rpn_cls, rpn_regr, features = self.models.model_rpn(x, training=False)
+        return tf.cast(rpn_cls, tf.float32), tf.cast(rpn_regr, tf.float32), features
+
+    def _cls_call(self, features: tf.Tensor, rois: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Features (1, h, w, 1024) in ``feature_dtype``, RoIs (1, R, 4) float32 feature units ->
+        class probabilities (1, R, C) and deltas (1, R, 4(C-1)), float32."""
+        probs, regr = self.models.classifier_head([features, rois], training=False)
+        return tf.cast(probs, tf.float32), tf.cast(regr, tf.float32)
 
     def _classify(self, features, rois: np.ndarray, width: int, height: int, min_score: float) -> Detections:
         """conv5 head on all proposals of one image (one batched call), per-class decoding and NMS.
 
-        features: (1, h, w, 1024); rois: (M, 4) in network-input pixels. Boxes returned in those pixels.
+        features: (1, h, w, 1024) in ``feature_dtype``; rois: (M, 4) in network-input pixels. Boxes returned
+        in those pixels, scores float64.
         """
         cfg = self.cfg
         if rois.shape[0] == 0:

@@ -25,7 +25,7 @@ from .atomic import atomic_path
 from .cli import check_output_dir
 from .config import load_config
 from .errors import CryoError
-from .model import Detections, Detector
+from .model import PRECISIONS, Detections, Detector
 
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "class", "score")
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-proposals", type=int, default=None,
                    help="proposals through the classifier head per image (default: the config's "
                         "rpn_max_proposals_test, the paper's 300); fewer is faster")
+    add_precision_option(p)
     volumes = p.add_argument_group("tomograms and tilt series (MRC input)")
     volumes.add_argument("--kind", default="auto", choices=["auto", "tomogram", "tilt_series"],
                          help="auto: .st/.mrcs/.ali or a .tlt beside the file mean a tilt series")
@@ -61,16 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_detector(config_filename: str, model_path: str | None, max_proposals: int | None = None) -> Detector:
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    """``--precision`` (test_frcnn.py and measure_map.py): the Detector's Config.inference_precision."""
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="arithmetic of the detector (default: the config's inference_precision, float32 unless set); "
+                        "bfloat16 is faster on CPUs with AVX512-BF16/AMX, scores differ slightly")
+
+
+def load_detector(config_filename: str, model_path: str | None, max_proposals: int | None = None,
+                  precision: str | None = None) -> Detector:
     """Config + weights -> Detector (CryoError naming the file on any problem).
 
-    ``max_proposals`` overrides the config's ``rpn_max_proposals_test`` (proposals through the head).
+    ``max_proposals`` overrides the config's ``rpn_max_proposals_test`` (proposals through the head),
+    ``precision`` its ``inference_precision`` ("float32" or "bfloat16").
     """
     cfg = load_config(config_filename)
     if max_proposals is not None:
         if max_proposals < 1:
             raise CryoError(f"--max-proposals must be >= 1, got {max_proposals}")
         cfg.rpn_max_proposals_test = max_proposals
+    if precision is not None:
+        cfg.inference_precision = precision
     weights = model_path or cfg.model_path
     if not weights:
         raise CryoError("no model weights given and the config names none", config_filename)
@@ -277,7 +289,7 @@ def main(args: argparse.Namespace) -> int:
     """test_frcnn.py: images -> detections.csv + overlays; MRC volumes -> per-volume 2D/3D outputs."""
     volumes, images = split_inputs(args.path)
     check_output_dir(args.output)
-    detector = load_detector(args.config_filename, args.model, args.max_proposals)
+    detector = load_detector(args.config_filename, args.model, args.max_proposals, args.precision)
     threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
     if images:
         root = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))

@@ -38,6 +38,11 @@ HEAD_CHANNELS = 2048           # conv5_x output
 RPN_INIT_STDDEV = 0.01
 CLASS_INIT_STDDEV = 0.01
 REGR_INIT_STDDEV = 0.001
+# The four output layers (RPN objectness and deltas, class softmax and box deltas) compute in
+# float32 even under a mixed policy (Detector with inference_precision "bfloat16"): they are tiny,
+# and bfloat16's 8-bit mantissa would round scores near 1 to steps of 2**-8, tying detections that
+# the ranking behind AP and the score threshold must tell apart. Same variables either way.
+OUTPUT_DTYPE = "float32"
 
 
 # ------------------------------------------------------------------------------------------
@@ -123,6 +128,7 @@ def rpn_layer(base: Any, num_anchors: int) -> list[Any]:
     base: (B, h, w, 1024). Returns [x_class (B, h, w, K) sigmoid objectness, x_regr (B, h, w, 4K)
     linear box deltas, anchor-major: channels 4k..4k+3 belong to anchor k]. Weights start as
     N(0, 0.01) with zero bias (torchvision's RPNHead); keras-frcnn used zero / uniform kernels.
+    The two output convolutions compute in float32 whatever the dtype policy (see OUTPUT_DTYPE).
     """
     def init() -> keras.initializers.Initializer:
         return keras.initializers.RandomNormal(stddev=RPN_INIT_STDDEV)
@@ -130,9 +136,9 @@ def rpn_layer(base: Any, num_anchors: int) -> list[Any]:
     x = keras.layers.Conv2D(512, 3, padding="same", activation="relu", kernel_initializer=init(),
                             name="rpn_conv1")(base)
     x_class = keras.layers.Conv2D(num_anchors, 1, activation="sigmoid", kernel_initializer=init(),
-                                  name="rpn_out_class")(x)
+                                  name="rpn_out_class", dtype=OUTPUT_DTYPE)(x)
     x_regr = keras.layers.Conv2D(4 * num_anchors, 1, activation="linear", kernel_initializer=init(),
-                                 name="rpn_out_regress")(x)
+                                 name="rpn_out_regress", dtype=OUTPUT_DTYPE)(x)
     return [x_class, x_regr]
 
 
@@ -165,7 +171,8 @@ def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, 
     base: (1, h, w, 1024) feature map; input_rois: (1, R, 4) float ``[x1, y1, x2, y2]`` in
     feature-map units (R may be None); nb_classes includes the background (last).
     Returns [out_class (1, R, nb_classes) softmax, out_regr (1, R, 4 * (nb_classes - 1)) linear],
-    layers "dense_class_{nb_classes}" and "dense_regress_{nb_classes}".
+    layers "dense_class_{nb_classes}" and "dense_regress_{nb_classes}", both computing in float32
+    whatever the dtype policy (see OUTPUT_DTYPE).
     """
     pooled = RoiPoolingConv(pool_size, name="roi_pooling_conv")([base, input_rois])   # (1, R, P, P, C)
     crops = FoldRois(name="fold_rois")(pooled)                                         # (R, P, P, C)
@@ -173,13 +180,13 @@ def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, 
     out_class = keras.layers.Dense(
         nb_classes, activation="softmax",
         kernel_initializer=keras.initializers.RandomNormal(stddev=CLASS_INIT_STDDEV),
-        name=f"dense_class_{nb_classes}")(features)
+        name=f"dense_class_{nb_classes}", dtype=OUTPUT_DTYPE)(features)
     out_regr = keras.layers.Dense(
         4 * (nb_classes - 1), activation="linear",
         kernel_initializer=keras.initializers.RandomNormal(stddev=REGR_INIT_STDDEV),
-        name=f"dense_regress_{nb_classes}")(features)
-    out_class = UnfoldRois(name="unfold_class")(out_class)
-    out_regr = UnfoldRois(name="unfold_regress")(out_regr)
+        name=f"dense_regress_{nb_classes}", dtype=OUTPUT_DTYPE)(features)
+    out_class = UnfoldRois(name="unfold_class", dtype=OUTPUT_DTYPE)(out_class)
+    out_regr = UnfoldRois(name="unfold_regress", dtype=OUTPUT_DTYPE)(out_regr)
     return [out_class, out_regr]
 
 

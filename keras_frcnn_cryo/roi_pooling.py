@@ -203,8 +203,10 @@ class RoiPoolingConv(keras.layers.Layer):
     """RoI max pooling layer (name kept from keras-frcnn).
 
     Called on ``[features, rois]``: features (1, H, W, C), rois (1, R, 4) float
-    ``[x1, y1, x2, y2]`` in feature-map units (R may be dynamic). Returns (1, R, P, P, C).
-    Only batch size 1 is supported (one image per step, as in keras-frcnn). The layer uses
+    ``[x1, y1, x2, y2]`` in feature-map units (R may be dynamic). Returns (1, R, P, P, C) in the
+    layer's compute dtype (float32, or bfloat16 under "mixed_bfloat16": the features are cast to it
+    before pooling, which gives the same maxima as casting after, rounding being monotonic; the RoIs
+    stay float32). Only batch size 1 is supported (one image per step, as in keras-frcnn). The layer uses
     data-dependent shapes (a while loop over table levels), so it opts out of XLA: a model holding
     it gets ``jit_compile=False`` (Keras would otherwise turn XLA on for "auto" on a GPU).
     """
@@ -218,6 +220,7 @@ class RoiPoolingConv(keras.layers.Layer):
 
     def call(self, inputs: list[Any]) -> tf.Tensor:  # noqa: D102
         features, rois = inputs
+        features = tf.cast(features, self.compute_dtype)
         pooled = roi_max_pool(features[0], rois[0], self.pool_size)
         return pooled[None]
 
