@@ -3,6 +3,8 @@
     python benchmarks/tomogram.py                        # 1024 x 1024 x 300 float32 (1.2 GB), 20 slices
     python benchmarks/tomogram.py --slices-to-process 0  # every slice (about 13 min on 2 loaded cores)
     python benchmarks/tomogram.py --size 512 --slices 60 --slices-to-process 6   # quick check
+    python benchmarks/tomogram.py --slices-to-process 0 --precision bfloat16 --max-proposals 64 \
+        --backbone-norm frozen_bn                        # the fastest settings test_frcnn.py offers
 
 Writes a synthetic float32 tomogram (z, y, x) = (--slices, --size, --size) into a temporary folder
 slab by slab (correlated noise plus a few dark membrane-bounded ellipsoids; never more than one
@@ -215,6 +217,10 @@ def main() -> None:
                         help="slices per network batch (default: VolumeOptions' default)")
     parser.add_argument("--im-size", type=int, default=600, help="Config.im_size (shorter side fed to the net)")
     parser.add_argument("--backbone-norm", default="auto", help="Config.backbone_norm (auto = group, untrained)")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                        help="Config.inference_precision (test_frcnn.py --precision)")
+    parser.add_argument("--max-proposals", type=int, default=300,
+                        help="Config.rpn_max_proposals_test (test_frcnn.py --max-proposals; paper 300)")
     parser.add_argument("--sample-ms", type=float, default=20.0, help="RSS sampling interval (ms)")
     parser.add_argument("--dir", default=None, help="where the temporary folder is made (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tomogram and outputs")
@@ -245,7 +251,8 @@ def main() -> None:
 
         set_seed(args.seed)
         cfg = Config(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=args.im_size,
-                     backbone_norm=args.backbone_norm)
+                     backbone_norm=args.backbone_norm, inference_precision=args.precision,
+                     rpn_max_proposals_test=args.max_proposals)
         detector = Detector(cfg)
         print_rss("after import TF + build model")
         options = VolumeOptions(step=choose_step(shape[0], args.slices_to_process, args.step))
@@ -272,7 +279,8 @@ def main() -> None:
         print(f"  {'ru_maxrss (whole run)':<34}       {fmt_mib(peak_kib)}  "
               f"(before predict_volume: {fmt_mib(peak_before_kib).strip()})")
         print(f"TensorFlow {tf.__version__}; Config im_size {cfg.im_size}, backbone_norm "
-              f"{cfg.resolved_backbone_norm()}, rpn_max_proposals_test {cfg.rpn_max_proposals_test}, untrained weights; "
+              f"{cfg.resolved_backbone_norm()}, rpn_max_proposals_test {cfg.rpn_max_proposals_test}, "
+              f"inference_precision {cfg.inference_precision}, untrained weights; "
               f"VolumeOptions step {options.step}, batch_size {options.batch_size}")
         rate = processed / elapsed
         print(f"speed: {processed} of {shape[0]} slices in {elapsed:.1f} s = {rate:.3f} slices/s "
