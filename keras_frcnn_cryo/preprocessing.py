@@ -181,41 +181,47 @@ def _bilateral_grid(image: np.ndarray, sigma_r: float, sigma_d: float) -> np.nda
     index = (np.rint(row_pos).astype(np.int32)[:, None] * (nodes[1] * num_kept)
              + np.rint(col_pos).astype(np.int32)[None, :] * num_kept + level_compact).ravel()
     size = nodes[0] * nodes[1] * num_kept
-    grid = np.stack([np.bincount(index, weights=image.ravel(), minlength=size),
-                     np.bincount(index, minlength=size).astype(np.float64)])
-    grid = grid.reshape(2, nodes[0], nodes[1], num_kept)
+    grid = np.empty((2, size), np.float32)
+    grid[0] = np.bincount(index, weights=image.ravel(), minlength=size)
+    grid[1] = np.bincount(index, minlength=size)
 
-    # blur (sigma reduced by the splat + slice variance, step^2 / 4)
+    # blur (sigma reduced by the splat + slice variance, step^2 / 4); float32, contiguous matmuls
     def cells(cells_per_sigma: float) -> float:
         return math.sqrt(cells_per_sigma ** 2 - 0.25)
 
     sigma_y = cells(sigma_d / steps[0]) if height > 1 else 1.0
     sigma_x = cells(sigma_d / steps[1]) if width > 1 else 1.0
-    grid = np.tensordot(_reflected_blur_matrix(nodes[0], sigma_y), grid, axes=([1], [1]))  # (y, 2, x, l)
-    grid = np.tensordot(_reflected_blur_matrix(nodes[1], sigma_x), grid, axes=([1], [2]))  # (x, y, 2, l)
     sigma_l = cells(GRID_CELLS_PER_SIGMA_RANGE)
-    range_blur = np.exp(-0.5 * ((kept_pos[:, None] - kept_pos[None, :]) / sigma_l) ** 2)
-    grid = grid @ range_blur                                                                 # symmetric
+    range_blur = np.exp(-0.5 * ((kept_pos[:, None] - kept_pos[None, :]) / sigma_l) ** 2).astype(np.float32)
+    grid = (grid.reshape(-1, num_kept) @ range_blur).reshape(2, nodes[0], nodes[1] * num_kept)  # symmetric
+    grid = _reflected_blur_matrix(nodes[0], sigma_y).astype(np.float32) @ grid                # (2, y+1, x*l)
+    by_x = np.ascontiguousarray(grid.reshape(2, nodes[0] + 1, nodes[1], num_kept).transpose(2, 0, 1, 3))
+    grid = (_reflected_blur_matrix(nodes[1], sigma_x).astype(np.float32) @ by_x.reshape(nodes[1], -1)).reshape(
+        nodes[1] + 1, 2, nodes[0] + 1, num_kept)                                               # (x+1, 2, y+1, l)
 
-    # atlas: one (ny + 2, nx + 2) tile per stored level, channels (num_l, wt_l, num_l+1, wt_l+1)
-    levels = np.transpose(grid, (3, 1, 0, 2)).astype(np.float32)         # (l, y, x, 2)
-    shifted = np.concatenate([levels[1:], np.zeros_like(levels[:1])])
-    tiles = np.concatenate([levels, shifted], axis=3)                     # (l, y, x, 4)
+    # atlas: one (ny + 2, nx + 2) tile per stored level, channels (num_l, wt_l, num_l+1, wt_l+1);
+    # tile of level l at tile row l // tiles_per_row, column l % tiles_per_row
     tile_h, tile_w = nodes[0] + 2, nodes[1] + 2
     tiles_per_row = max(1, min(num_kept, _REMAP_MAX_SIDE // tile_w))
     tile_rows = -(-num_kept // tiles_per_row)
     if tile_rows * tile_h >= _REMAP_MAX_SIDE or tile_w >= _REMAP_MAX_SIDE:
         raise ValueError(f"bilateral grid too large ({num_kept} range levels): standardize first or raise sigma_r")
-    padded = np.zeros((tile_rows * tiles_per_row, tile_h, tile_w, 4), np.float32)
-    padded[:num_kept, : nodes[0] + 1, : nodes[1] + 1] = tiles
-    atlas = padded.reshape(tile_rows, tiles_per_row, tile_h, tile_w, 4).transpose(0, 2, 1, 3, 4)
-    atlas = np.ascontiguousarray(atlas.reshape(tile_rows * tile_h, tiles_per_row * tile_w, 4))
+    slots = tile_rows * tiles_per_row
+    levels = np.zeros((2, nodes[0] + 1, nodes[1] + 1, slots + 1), np.float32)  # one empty level past the end
+    levels[..., :num_kept] = grid.transpose(1, 2, 0, 3)
+    atlas = np.zeros((tile_rows, tile_h, tiles_per_row, tile_w, 4), np.float32)
+    for channel, (source, shift) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+        by_tile = levels[source, :, :, shift:shift + slots].reshape(nodes[0] + 1, nodes[1] + 1, tile_rows,
+                                                                    tiles_per_row)
+        atlas[:, : nodes[0] + 1, :, : nodes[1] + 1, channel] = by_tile.transpose(2, 0, 3, 1)
+    atlas = atlas.reshape(tile_rows * tile_h, tiles_per_row * tile_w, 4)
 
     # slice
-    offset_x = ((np.arange(num_kept) % tiles_per_row) * tile_w).astype(np.float32)
-    offset_y = ((np.arange(num_kept) // tiles_per_row) * tile_h).astype(np.float32)
-    map_x = offset_x[tile_of] + col_pos[None, :]
-    map_y = offset_y[tile_of] + row_pos[:, None]
+    map_x = (tile_of % tiles_per_row).astype(np.float32) * np.float32(tile_w) + col_pos[None, :]
+    if tile_rows == 1:
+        map_y = np.repeat(row_pos[:, None], width, axis=1)
+    else:
+        map_y = (tile_of // tiles_per_row).astype(np.float32) * np.float32(tile_h) + row_pos[:, None]
     out = np.empty((height, width), np.float32)
     for top in range(0, height, _REMAP_MAX_SIDE // 2):
         rows = slice(top, top + _REMAP_MAX_SIDE // 2)
