@@ -94,6 +94,9 @@ class Config:
     rpn_max_proposals: int = 300              # paper: at most 300 proposals
     rpn_max_proposals_test: int = 300         # proposals through the conv5 head at prediction (paper:
                                               # 300); fewer is faster (the head dominates on a CPU)
+    rpn_min_score_test: float = 0.0           # at prediction, proposals whose objectness is below this skip
+                                              # the head (0: none do, the paper's); a trained RPN scores
+                                              # most of the 300 near 0 in a slice with few organelles
     rpn_min_box_size: float = 4.0             # proposals smaller than this (px, resized image) dropped
 
     # --- classifier head ---------------------------------------------------------------
@@ -126,6 +129,12 @@ class Config:
     lambda_cls_class: float = 1.0
     lambda_cls_regr: float = 1.0              # paper: lambda = 1
     loss_epsilon: float = 1e-4                # normaliser guard in the losses (keras-frcnn)
+    # Step decay of the learning rate (not in the paper, whose rate is constant: 0 = off). Once
+    # this fraction of the run has passed (of num_epochs, or of --time-budget when one is given),
+    # both Adams continue at learning_rate * lr_drop_factor. A short low-rate phase at the end
+    # sharpens the box regression of a model trained from scratch.
+    lr_drop_fraction: float = 0.0
+    lr_drop_factor: float = 0.1
 
     # --- training schedule ---------------------------------------------------------------
     # "alternating" (paper, keras-frcnn): an RPN step, then a classifier step that runs the backbone

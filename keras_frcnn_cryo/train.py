@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and one update per image, about half the time per image)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop after the epoch during which this much wall time has passed")
+    p.add_argument("--lr-drop", type=float, default=defaults.lr_drop_fraction, metavar="FRACTION",
+                   help="multiply the learning rate by 0.1 once this fraction of the epochs (or of "
+                        "--time-budget) has passed; 0 (default, the paper's constant rate) = never")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last completed epoch (*_state.npz)")
     return p
@@ -94,6 +97,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise CryoError(f"--{name} must be a positive integer, got {value}")
     if not 0.0 <= args.val_split < 1.0 or not 0.0 <= args.test_split < 1.0:
         raise CryoError("--val-split and --test-split must lie in [0, 1)")
+    if not 0.0 <= args.lr_drop < 1.0:
+        raise CryoError(f"--lr-drop must lie in [0, 1) (a fraction of the run; 0 = off), got {args.lr_drop}")
     cfg.parser = args.parser
     cfg.annotation_path = os.path.abspath(args.path)
     cfg.num_rois = args.num_rois
@@ -114,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise CryoError("--anchor-scales must be positive")
     cfg.backbone_norm = args.backbone_norm
     cfg.learning_rate = args.learning_rate
+    cfg.lr_drop_fraction = args.lr_drop
     cfg.train_mode = args.train_mode
     return cfg
 
@@ -194,6 +200,7 @@ class Trainer:
             return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta_1,
                                          beta_2=cfg.adam_beta_2)
         self.opt_rpn, self.opt_cls = adam(), adam()
+        self.learning_rate = cfg.learning_rate  # the rate both Adams use now (see set_learning_rate)
         self.opt_rpn.build(self.rpn_vars)
         self.opt_cls.build(self.cls_vars)
 
@@ -276,6 +283,12 @@ class Trainer:
         self.cls_eval_step = tf.function(lambda x, r, c, g: cls_forward(x, r, c, g, False), input_signature=cls_specs,
                                          autograph=False)
 
+    def set_learning_rate(self, rate: float) -> None:
+        """Set both Adams' learning rate (the compiled steps read it at every call)."""
+        self.opt_rpn.learning_rate = rate
+        self.opt_cls.learning_rate = rate
+        self.learning_rate = rate
+
     def classifier_targets(self, shape: tuple[int, int], boxes: np.ndarray, labels: np.ndarray, p_cls: np.ndarray,
                            p_regr: np.ndarray, rng: np.random.Generator
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
@@ -339,6 +352,14 @@ class Trainer:
 
 
 LOSS_KEYS = ("rpn_cls", "rpn_regr", "cls_cls", "cls_regr")
+
+
+def scheduled_learning_rate(cfg: Config, progress: float) -> float:
+    """Learning rate once ``progress`` (0..1) of the run has passed: the step decay of
+    ``cfg.lr_drop_fraction`` / ``lr_drop_factor`` (constant when the fraction is 0)."""
+    if cfg.lr_drop_fraction > 0.0 and progress >= cfg.lr_drop_fraction:
+        return cfg.learning_rate * cfg.lr_drop_factor
+    return cfg.learning_rate
 
 
 def total_loss(stats: EpochStats) -> float:
@@ -435,6 +456,13 @@ def main(args: argparse.Namespace) -> int:
         gen = data_generators.iter_training_samples(train_records, cfg, rng, tomo_io.read_image, prepare_image,
                                                     augment_images=True)
     for epoch in range(first_epoch, cfg.num_epochs):
+        progress = ((time.time() - started) / (60.0 * args.time_budget) if args.time_budget
+                    else epoch / cfg.num_epochs)
+        rate = scheduled_learning_rate(cfg, progress)
+        if not math.isclose(rate, trainer.learning_rate):
+            print(f"learning rate {trainer.learning_rate:g} -> {rate:g} from epoch {epoch + 1} "
+                  f"({100 * progress:.0f} % of the run passed)")
+            trainer.set_learning_rate(rate)
         stats = EpochStats()
         start = time.time()
         bar = tqdm(range(cfg.epoch_length), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
@@ -527,7 +555,7 @@ def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator) -
         for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls)):
             for var, value in zip(opt.variables, slots[name]):
                 var.assign(value)
-            opt.learning_rate = trainer.cfg.learning_rate  # this run's --learning-rate, not the saved one
+        trainer.set_learning_rate(trainer.cfg.learning_rate)  # this run's --learning-rate, not the saved one
     except ValueError as exc:
         raise CryoError(f"training state does not fit this model ({str(exc).splitlines()[0][:150]})", path) from None
     rng.bit_generator.state = meta["rng"]

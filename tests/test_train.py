@@ -7,6 +7,7 @@ import pytest
 from conftest import toy_config
 
 from keras_frcnn_cryo import data_generators, metrics, preprocessing, tomo_io, train
+from keras_frcnn_cryo.config import load_config
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.model import Detector
 from keras_frcnn_cryo.simple_parser import get_data
@@ -159,3 +160,36 @@ def test_time_budget_stops_after_the_epoch(toy_dataset, tmp_path, capsys):
     assert train.main(args) == 0
     out = capsys.readouterr().out
     assert "time budget of 0.001 min used after epoch 1: stopping" in out and "epoch 2:" not in out
+
+
+def test_scheduled_learning_rate():
+    cfg = toy_config(learning_rate=1e-4)
+    assert train.scheduled_learning_rate(cfg, 0.0) == train.scheduled_learning_rate(cfg, 0.99) == 1e-4  # paper: constant
+    cfg = toy_config(learning_rate=1e-4, lr_drop_fraction=0.75, lr_drop_factor=0.1)
+    assert train.scheduled_learning_rate(cfg, 0.74) == 1e-4
+    assert train.scheduled_learning_rate(cfg, 0.75) == pytest.approx(1e-5)
+    assert train.scheduled_learning_rate(cfg, 1.5) == pytest.approx(1e-5)
+
+
+def test_lr_drop_reaches_the_optimisers(toy_dataset, tmp_path, capsys):
+    base = ["-p", toy_dataset, "--epoch_length", "1", "--im-size", "96", "--anchor-scales", "24", "48", "-n", "8",
+            "--learning-rate", "1e-4", "--config_filename", str(tmp_path / "config.pickle"),
+            "--split-file", str(tmp_path / "split.json"), "--output_weight_path", str(tmp_path / "model.weights.h5")]
+    seen = []
+    original = train.Trainer.set_learning_rate
+
+    def spy(self, rate):
+        original(self, rate)
+        seen.append((rate, float(self.opt_rpn.learning_rate), float(self.opt_cls.learning_rate)))
+    train.Trainer.set_learning_rate = spy
+    try:
+        assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "4", "--lr-drop", "0.5"])) == 0
+    finally:
+        train.Trainer.set_learning_rate = original
+    out = capsys.readouterr().out
+    assert "learning rate 0.0001 -> 1e-05 from epoch 3 (50 % of the run passed)" in out
+    assert out.count("learning rate 0.0001 ->") == 1        # dropped once, not again every epoch
+    assert len(seen) == 1 and all(v == pytest.approx(1e-5) for v in seen[0])
+    assert load_config(str(tmp_path / "config.pickle")).lr_drop_fraction == 0.5   # recorded with the run
+    with pytest.raises(CryoError, match="--lr-drop must lie in"):
+        train.main(train.build_parser().parse_args(base + ["--num_epochs", "1", "--lr-drop", "1.5"]))
