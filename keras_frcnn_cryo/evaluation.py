@@ -52,7 +52,7 @@ from .atomic import write_text_atomic
 from .cli import check_output_dir
 from .config import BG_CLASS, Config, load_config
 from .errors import CryoError, parse_float
-from .predict import CSV_COLUMNS, add_precision_option, detect_images, load_detector
+from .predict import CSV_COLUMNS, add_detector_options, detect_images, load_detector
 from .tomo_io import natural_sort_key
 from .train import detections_to_dicts, load_annotations, records_to_ground_truth
 
@@ -78,10 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config_filename", default=None,
                    help=f"config written by training (default: {DEFAULT_CONFIG}; not needed with --detections and -p)")
     p.add_argument("--model", default=None, help="weights (.weights.h5); default: the config's model_path")
-    p.add_argument("--max-proposals", type=int, default=None,
-                   help="proposals through the classifier head per image (default: the config's "
-                        "rpn_max_proposals_test, the paper's 300); fewer is faster")
-    add_precision_option(p)
+    add_detector_options(p)
     p.add_argument("--detections", default=None,
                    help="detections CSV from test_frcnn.py (image,x1,y1,x2,y2,class,score): skip prediction")
     p.add_argument("--compare", default=None, metavar="CSV",
@@ -629,7 +626,8 @@ def main(args: argparse.Namespace) -> int:
     if args.detections:
         sources.append((args.detections, _load_csv_run(args.detections, index, defaults)))
     else:
-        detector = load_detector(_config_name(args), args.model, args.max_proposals, args.precision)
+        detector = load_detector(_config_name(args), args.model, args.max_proposals, args.precision,
+                                 args.min_proposal_score)
         found = detect_images(detector, [r["filepath"] for r in records], detector.cfg.eval_min_score,
                               desc=f"evaluate {args.split}")
         sources.append(("model", [d for path, dets in found.items() for d in detections_to_dicts(path, dets)]))

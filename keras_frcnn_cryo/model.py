@@ -277,7 +277,8 @@ class Detector:
         out = []
         for i in range(x_batch.shape[0]):
             rois, _ = roi_helpers.rpn_to_roi(rpn_cls[i], rpn_regr[i], self.cfg, width, height,
-                                             max_proposals=self.cfg.rpn_max_proposals_test)
+                                             max_proposals=self.cfg.rpn_max_proposals_test,
+                                             min_score=self.cfg.rpn_min_score_test)
             out.append(self._classify(features[i:i + 1], rois, width, height, min_score))
         return out
 

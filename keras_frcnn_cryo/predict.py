@@ -41,10 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimum score of a detection (default: the config's detection_threshold)")
     p.add_argument("--output", default="results", help="output folder (detections.csv, overlays/)")
     p.add_argument("--no-overlays", action="store_true", help="write no overlay pictures")
-    p.add_argument("--max-proposals", type=int, default=None,
-                   help="proposals through the classifier head per image (default: the config's "
-                        "rpn_max_proposals_test, the paper's 300); fewer is faster")
-    add_precision_option(p)
+    add_detector_options(p)
     volumes = p.add_argument_group("tomograms and tilt series (MRC input)")
     volumes.add_argument("--kind", default="auto", choices=["auto", "tomogram", "tilt_series"],
                          help="auto: .st/.mrcs/.ali or a .tlt beside the file mean a tilt series")
@@ -62,25 +59,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_precision_option(p: argparse.ArgumentParser) -> None:
-    """``--precision`` (test_frcnn.py and measure_map.py): the Detector's Config.inference_precision."""
+def add_detector_options(p: argparse.ArgumentParser) -> None:
+    """Test-time settings of the Detector (test_frcnn.py and measure_map.py), each overriding the
+    config's value: --max-proposals, --min-proposal-score, --precision."""
+    p.add_argument("--max-proposals", type=int, default=None,
+                   help="proposals through the classifier head per image (default: the config's "
+                        "rpn_max_proposals_test, the paper's 300); fewer is faster")
+    p.add_argument("--min-proposal-score", type=float, default=None,
+                   help="proposals with RPN objectness below this skip the classifier head (default: the "
+                        "config's rpn_min_score_test, 0 = none, the paper's); faster on slices with few objects")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="arithmetic of the detector (default: the config's inference_precision, float32 unless set); "
                         "bfloat16 is faster on CPUs with AVX512-BF16/AMX, scores differ slightly")
 
 
 def load_detector(config_filename: str, model_path: str | None, max_proposals: int | None = None,
-                  precision: str | None = None) -> Detector:
+                  precision: str | None = None, min_proposal_score: float | None = None) -> Detector:
     """Config + weights -> Detector (CryoError naming the file on any problem).
 
     ``max_proposals`` overrides the config's ``rpn_max_proposals_test`` (proposals through the head),
-    ``precision`` its ``inference_precision`` ("float32" or "bfloat16").
+    ``min_proposal_score`` its ``rpn_min_score_test``, ``precision`` its ``inference_precision``
+    ("float32" or "bfloat16").
     """
     cfg = load_config(config_filename)
     if max_proposals is not None:
         if max_proposals < 1:
             raise CryoError(f"--max-proposals must be >= 1, got {max_proposals}")
         cfg.rpn_max_proposals_test = max_proposals
+    if min_proposal_score is not None:
+        if not 0.0 <= min_proposal_score < 1.0:
+            raise CryoError(f"--min-proposal-score must lie in [0, 1), got {min_proposal_score}")
+        cfg.rpn_min_score_test = min_proposal_score
     if precision is not None:
         cfg.inference_precision = precision
     weights = model_path or cfg.model_path
@@ -289,7 +298,8 @@ def main(args: argparse.Namespace) -> int:
     """test_frcnn.py: images -> detections.csv + overlays; MRC volumes -> per-volume 2D/3D outputs."""
     volumes, images = split_inputs(args.path)
     check_output_dir(args.output)
-    detector = load_detector(args.config_filename, args.model, args.max_proposals, args.precision)
+    detector = load_detector(args.config_filename, args.model, args.max_proposals, args.precision,
+                             args.min_proposal_score)
     threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
     if images:
         root = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))

@@ -129,7 +129,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, overlap_thresh: float, max_boxes:
 
 def rpn_to_roi(
     rpn_cls: np.ndarray, rpn_regr: np.ndarray, cfg: Config, img_width: int, img_height: int,
-    max_proposals: int | None = None,
+    max_proposals: int | None = None, min_score: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turn the RPN outputs of one image into proposals.
 
@@ -137,8 +137,9 @@ def rpn_to_roi(
     ``[tx, ty, tw, th] * cfg.std_scaling``. A leading batch axis of size 1 is accepted. Anchors come
     from :func:`keras_frcnn_cryo.data_generators.generate_anchors` (the function calc_rpn uses).
     Steps: decode every anchor, clip to ``[0, img_width] x [0, img_height]``, drop boxes narrower or
-    lower than ``cfg.rpn_min_box_size``, keep the ``cfg.rpn_pre_nms_top_n`` best scores, NMS at
-    ``cfg.rpn_nms_overlap``, keep at most ``max_proposals`` (default ``cfg.rpn_max_proposals``).
+    lower than ``cfg.rpn_min_box_size`` and those scoring below ``min_score``, keep the
+    ``cfg.rpn_pre_nms_top_n`` best scores, NMS at ``cfg.rpn_nms_overlap``, keep at most
+    ``max_proposals`` (default ``cfg.rpn_max_proposals``).
 
     Returns ``rois`` (M, 4) float64 in network-input pixels and their ``scores`` (M,), best first.
     """
@@ -166,10 +167,10 @@ def rpn_to_roi(
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0.0, float(img_width))
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0.0, float(img_height))
 
-    big_enough = ((boxes[:, 2] - boxes[:, 0]) >= cfg.rpn_min_box_size) & (
+    kept_boxes = ((boxes[:, 2] - boxes[:, 0]) >= cfg.rpn_min_box_size) & (
         (boxes[:, 3] - boxes[:, 1]) >= cfg.rpn_min_box_size
-    )
-    boxes, scores = boxes[big_enough], scores[big_enough]
+    ) & (scores >= min_score)
+    boxes, scores = boxes[kept_boxes], scores[kept_boxes]
 
     top = np.argsort(-scores, kind="stable")[: cfg.rpn_pre_nms_top_n]
     boxes, scores = boxes[top], scores[top]

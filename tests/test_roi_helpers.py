@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_frcnn_cryo.config import Config
+from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.data_generators import calc_rpn, generate_anchors
 from keras_frcnn_cryo.roi_helpers import (
     MAX_LOG_SCALE,
@@ -312,3 +313,38 @@ def test_rpn_to_roi_test_time_cap():
     capped, _ = _rpn_to_roi(cls_map, regr_map, cfg, 128, 128, max_proposals=5)
     assert len(full) > 5 and len(capped) == 5
     np.testing.assert_array_equal(capped, full[:5])        # the cap keeps the best proposals, in order
+
+
+def test_rpn_to_roi_min_score_drops_weak_proposals():
+    from keras_frcnn_cryo.config import Config as _Config
+    from keras_frcnn_cryo.roi_helpers import rpn_to_roi as _rpn_to_roi
+    cfg = _Config(anchor_box_scales=[16.0, 32.0])
+    rng = np.random.default_rng(7)
+    k = cfg.num_anchors
+    cls_map = rng.uniform(size=(8, 8, k)) ** 4                 # most scores near 0, as from a trained RPN
+    regr_map = rng.normal(scale=0.1, size=(8, 8, 4 * k))
+    full, full_scores = _rpn_to_roi(cls_map, regr_map, cfg, 128, 128)
+    kept, kept_scores = _rpn_to_roi(cls_map, regr_map, cfg, 128, 128, min_score=0.5)
+    assert 0 < len(kept) < len(full) and kept_scores.min() >= 0.5
+    # weak boxes never suppress stronger ones, so the floor keeps exactly the strong part of the full list
+    np.testing.assert_array_equal(kept, full[full_scores >= 0.5])
+    nothing, _ = _rpn_to_roi(cls_map, regr_map, cfg, 128, 128, min_score=1.0 + 1e-9)
+    assert nothing.shape == (0, 4)
+
+
+def test_detector_min_proposal_score_option(tmp_path):
+    """--min-proposal-score reaches the Detector's config; values outside [0, 1) are refused."""
+    from conftest import toy_config
+
+    from keras_frcnn_cryo import predict
+    from keras_frcnn_cryo.config import save_config
+    config_path = str(tmp_path / "config.pickle")
+    cfg = toy_config(model_path=str(tmp_path / "absent.weights.h5"))
+    save_config(cfg, config_path)
+    args = predict.build_parser().parse_args(["-p", str(tmp_path), "--min-proposal-score", "0.3"])
+    assert args.min_proposal_score == 0.3
+    assert predict.build_parser().parse_args(["-p", "x"]).min_proposal_score is None
+    with pytest.raises(CryoError, match="--min-proposal-score must lie in"):
+        predict.load_detector(config_path, None, min_proposal_score=1.5)
+    with pytest.raises(CryoError, match="weights file not found"):    # the score was accepted first
+        predict.load_detector(config_path, None, min_proposal_score=0.3)
