@@ -3,6 +3,8 @@
     python benchmarks/speed_predict.py                      # about 5 minutes on 2 loaded cores
     python benchmarks/speed_predict.py --norms frozen_bn --repeats 20 --extras
     python benchmarks/speed_predict.py --im-size 128 --repeats 1 --warmup 0 --no-peer   # smoke test
+    python benchmarks/speed_predict.py --only-trained --trained RUN/config.pickle RUN/model_frcnn.weights.h5 \
+        --trained-images RUN/../data/images/tomo_01_z00*.png --proposals 300 64 --min-scores 0 0.05
 
 Input: one 600 x 600 float32 slice of the synthetic tomogram of benchmarks/tomogram.py (so
 Config.im_size 600 means no resizing). Ours: ``Detector.detect`` on that slice with untrained
@@ -32,6 +34,10 @@ them (tf.function) and with XLA (``jit_compile=True``), in float32 and with the 
 (``build_models(cfg, precision="bfloat16")``); the bfloat16 Detector against the same steps written
 out by hand; and per-slice latency of a batch of 4 slices (predict_volume's default). XLA and the
 by-hand path change no package code: they show what a change there could give.
+
+``--trained CONFIG WEIGHTS --trained-images ...`` (optional section): a trained detector on real
+slices, for each ``--proposals`` cap, ``--min-scores`` floor (Config.rpn_min_score_test, proposals
+below it skip the head) and precision: seconds per slice and the mean number of RoIs the head got.
 """
 from __future__ import annotations
 
@@ -95,8 +101,35 @@ def rois_to_head(detector, image: np.ndarray) -> int:
     rpn_cls, rpn_regr, _ = detector.models.model_rpn(x_img[None].astype(np.float32), training=False)
     rois, _ = roi_helpers.rpn_to_roi(np.asarray(rpn_cls[0], np.float32), np.asarray(rpn_regr[0], np.float32),
                                      detector.cfg, x_img.shape[1], x_img.shape[0],
-                                     max_proposals=detector.cfg.rpn_max_proposals_test)
+                                     max_proposals=detector.cfg.rpn_max_proposals_test,
+                                     min_score=detector.cfg.rpn_min_score_test)
     return int(rois.shape[0])
+
+
+def trained_section(config_path: str, weights: str, image_paths: list[str], caps: list[int],
+                    min_scores: list[float], precisions: list[str], repeats: int, warmup: int) -> None:
+    """A trained detector on real slices: per-slice latency and RoIs reaching the head, for each
+    test-time proposal cap, proposal score floor (Config.rpn_min_score_test) and precision.
+
+    With untrained weights every slice sends the full cap to the head; a trained RPN scores most
+    proposals near 0 on slices with few objects, which is what the score floor uses."""
+    from keras_frcnn_cryo import predict, tomo_io
+
+    images = [tomo_io.read_image(path) for path in image_paths]
+    print(f"
+trained model {weights} on {len(images)} slices ({images[0].shape[1]}x{images[0].shape[0]} px); "
+          f"per slice: median over slices of the median of {repeats} calls; {load_text()}")
+    print(f"  {'precision':<9} {'max proposals':>13} {'min score':>9} {'mean RoIs to head':>18} {'s per slice':>12}")
+    for precision in precisions:
+        detector = predict.load_detector(config_path, weights, precision=precision)
+        for cap in caps:
+            for floor in min_scores:
+                detector.cfg.rpn_max_proposals_test, detector.cfg.rpn_min_score_test = cap, floor
+                per_image = [median_seconds(lambda im=im: detector.detect(im, 0.0), repeats, warmup)[0]
+                             for im in images]
+                rois = np.mean([rois_to_head(detector, im) for im in images])
+                print(f"  {precision:<9} {cap:>13} {floor:>9g} {rois:>18.1f} {np.median(per_image):>12.3f}",
+                      flush=True)
 
 
 def run_peer(python: str, image_path: str, size: int, max_size: int, proposals: list[int], repeats: int,
@@ -226,7 +259,17 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--extras", action="store_true", help="also XLA, bfloat16 and batch-of-4 timings")
     parser.add_argument("--seed", type=int, default=0)
+    trained = parser.add_argument_group("a trained model on real slices (optional section)")
+    trained.add_argument("--trained", nargs=2, metavar=("CONFIG", "WEIGHTS"), default=None,
+                         help="config.pickle and weights of a trained detector")
+    trained.add_argument("--trained-images", nargs="+", default=[], help="slices (PNG/TIF/MRC) to time it on")
+    trained.add_argument("--min-scores", type=float, nargs="+", default=[0.0, 0.05],
+                         help="Config.rpn_min_score_test values (0: the paper's, no floor)")
+    trained.add_argument("--trained-precisions", nargs="+", default=["float32", "bfloat16"])
+    trained.add_argument("--only-trained", action="store_true", help="skip the untrained rows and the peer")
     args = parser.parse_args()
+    if args.trained and not args.trained_images:
+        parser.error("--trained needs --trained-images")
     try:
         bf16_rows = parse_rows(args.bf16_rows)
     except ValueError as exc:
@@ -244,6 +287,12 @@ def main() -> None:
     print(f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__} "
           f"(intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}), "
           f"{load_text()} (1/5/15 min), {time.strftime('%Y-%m-%d %H:%M')}")
+    if args.only_trained:
+        if not args.trained:
+            parser.error("--only-trained needs --trained")
+        trained_section(*args.trained, args.trained_images, args.proposals, args.min_scores,
+                        args.trained_precisions, args.repeats, args.warmup)
+        return
     image = make_slice(args.im_size, args.seed)
     print(f"input: one {args.im_size}x{args.im_size} float32 synthetic slice; median of {args.repeats} calls "
           f"after {args.warmup} warm-up calls; untrained weights")
@@ -306,6 +355,9 @@ def main() -> None:
               "> 1 means ours is faster)")
     if args.extras:
         extras(image, args.im_size, args.proposals[0], args.repeats, args.warmup)
+    if args.trained:
+        trained_section(*args.trained, args.trained_images, args.proposals, args.min_scores,
+                        args.trained_precisions, args.repeats, args.warmup)
 
 
 if __name__ == "__main__":
