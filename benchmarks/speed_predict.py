@@ -116,8 +116,7 @@ def trained_section(config_path: str, weights: str, image_paths: list[str], caps
     from keras_frcnn_cryo import predict, tomo_io
 
     images = [tomo_io.read_image(path) for path in image_paths]
-    print(f"
-trained model {weights} on {len(images)} slices ({images[0].shape[1]}x{images[0].shape[0]} px); "
+    print(f"\ntrained model {weights} on {len(images)} slices ({images[0].shape[1]}x{images[0].shape[0]} px); "
           f"per slice: median over slices of the median of {repeats} calls; {load_text()}")
     print(f"  {'precision':<9} {'max proposals':>13} {'min score':>9} {'mean RoIs to head':>18} {'s per slice':>12}")
     for precision in precisions:
