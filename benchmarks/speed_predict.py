@@ -96,13 +96,11 @@ def make_slice(size: int, seed: int) -> np.ndarray:
 
 def rois_to_head(detector, image: np.ndarray) -> int:
     """Number of proposals the RPN passes to the head for ``image`` (as Detector.detect makes them)."""
-    from keras_frcnn_cryo import preprocessing, roi_helpers
+    from keras_frcnn_cryo import preprocessing
     x_img, _ = preprocessing.prepare_image(image, detector.cfg)
     rpn_cls, rpn_regr, _ = detector.models.model_rpn(x_img[None].astype(np.float32), training=False)
-    rois, _ = roi_helpers.rpn_to_roi(np.asarray(rpn_cls[0], np.float32), np.asarray(rpn_regr[0], np.float32),
-                                     detector.cfg, x_img.shape[1], x_img.shape[0],
-                                     max_proposals=detector.cfg.rpn_max_proposals_test,
-                                     min_score=detector.cfg.rpn_min_score_test)
+    rois = detector.proposals(np.asarray(rpn_cls[0], np.float32), np.asarray(rpn_regr[0], np.float32),
+                              x_img.shape[1], x_img.shape[0])
     return int(rois.shape[0])
 
 

@@ -274,13 +274,16 @@ class Detector:
         rpn_cls, rpn_regr, features = self._rpn_fn(tf.convert_to_tensor(x_batch, tf.float32))
         height, width = x_batch.shape[1:3]
         rpn_cls, rpn_regr = rpn_cls.numpy(), rpn_regr.numpy()
-        out = []
-        for i in range(x_batch.shape[0]):
-            rois, _ = roi_helpers.rpn_to_roi(rpn_cls[i], rpn_regr[i], self.cfg, width, height,
-                                             max_proposals=self.cfg.rpn_max_proposals_test,
-                                             min_score=self.cfg.rpn_min_score_test)
-            out.append(self._classify(features[i:i + 1], rois, width, height, min_score))
-        return out
+        return [self._classify(features[i:i + 1], self.proposals(rpn_cls[i], rpn_regr[i], width, height),
+                               width, height, min_score) for i in range(x_batch.shape[0])]
+
+    def proposals(self, rpn_cls: np.ndarray, rpn_regr: np.ndarray, width: int, height: int) -> np.ndarray:
+        """The RoIs (M, 4), network-input pixels, that reach the head for one image's RPN outputs
+        (h, w, k) and (h, w, 4k): rpn_to_roi with the test-time cap and score floor of the config."""
+        rois, _ = roi_helpers.rpn_to_roi(rpn_cls, rpn_regr, self.cfg, width, height,
+                                         max_proposals=self.cfg.rpn_max_proposals_test,
+                                         min_score=self.cfg.rpn_min_score_test)
+        return rois
 
     def detect_many(self, images: list[np.ndarray], min_score: float | None = None) -> list[Detections]:
         """Detections on several 2D images (e.g. consecutive slices); same-sized ones share one batch.
