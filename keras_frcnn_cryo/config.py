@@ -46,6 +46,7 @@ class Config:
 
     # --- run bookkeeping -------------------------------------------------------------------
     verbose: bool = True
+    recipe: str = "paper"                     # training recipe that set the values below (recipes.py)
     network: str = "resnet50"                 # paper: ResNet-50 backbone
     seed: int = 42                            # one seed for numpy, python and TensorFlow
     model_path: str = "model_frcnn.weights.h5"
@@ -67,6 +68,11 @@ class Config:
     img_scaling_factor: float = 1.0
     dark_objects: bool = True                 # contrast polarity: density (membranes) is dark, as in
                                               # raw cryo-ET. Set False for inverted (white) density.
+    # What fills the backbone's 3 input channels: "repeat" (the slice itself on all three: the paper)
+    # or "slabs" (the means of input_slab slices just above, at and just below the slice, read from
+    # the source tomogram: more signal at low SNR; see tomo_io.ImageSource / Volume.slab_channels).
+    input_channels: str = "repeat"
+    input_slab: int = 3
 
     # --- preprocessing (paper: bilateral filter, then histogram equalisation) -------------
     preprocess: bool = True                   # --no-preprocess switches both steps off (ablation)
@@ -101,6 +107,12 @@ class Config:
 
     # --- classifier head ---------------------------------------------------------------
     pool_size: int = 7                        # paper: 7x7 RoI max pooling
+    # How each window of h/7 x w/7 is read (roi_pooling.py): "bilinear" takes the maximum over
+    # roi_samples_per_bin^2 points interpolated at sub-cell positions, so a RoI moved by part of a
+    # 16-px cell pools different values; "cells" widens every window to whole cells (Fast R-CNN's
+    # RoI pooling; configs written before this field existed load with it).
+    roi_pool_mode: str = "bilinear"
+    roi_samples_per_bin: int = 2
     num_rois: int = 32                        # RoIs per classifier step (keras-frcnn -n)
     classifier_min_overlap: float = 0.1       # RoIs with IoU in [0.1, 0.5) are background
     classifier_max_overlap: float = 0.5       # RoIs with IoU >= 0.5 are positive
@@ -109,6 +121,11 @@ class Config:
     # Ground-truth boxes join the RPN proposals when sampling classifier RoIs (as torchvision does;
     # keras-frcnn does not): the head sees positives even while the RPN is still untrained.
     classifier_add_gt_rois: bool = True
+    # A third head output (not in the paper): the IoU of each RoI with its object, learnt on the
+    # sampled RoIs (losses.class_loss_iou, weight lambda_cls_iou). At detection the score becomes
+    # class probability^(1 - w) * predicted IoU^w, w = detection_iou_weight, so well-placed boxes rank
+    # above poorly placed ones (class probabilities alone saturate near 1 for both).
+    classifier_iou_head: bool = False
 
     # --- backbone ------------------------------------------------------------------------
     # "auto": "frozen_bn" when base_net_weights is given (ImageNet statistics kept), else "group"
@@ -128,6 +145,7 @@ class Config:
     lambda_rpn_regr: float = 1.0              # paper: lambda = 1
     lambda_cls_class: float = 1.0
     lambda_cls_regr: float = 1.0              # paper: lambda = 1
+    lambda_cls_iou: float = 1.0               # weight of the IoU head's loss (classifier_iou_head)
     loss_epsilon: float = 1e-4                # normaliser guard in the losses (keras-frcnn)
     # Step decay of the learning rate (not in the paper, whose rate is constant: 0 = off). Once
     # this fraction of the run has passed (of num_epochs, or of --time-budget when one is given),
@@ -135,6 +153,7 @@ class Config:
     # sharpens the box regression of a model trained from scratch.
     lr_drop_fraction: float = 0.0
     lr_drop_factor: float = 0.1
+    lr_warmup_steps: int = 0                  # linear ramp from 0 over this many images (paper: none)
 
     # --- training schedule ---------------------------------------------------------------
     # "alternating" (paper, keras-frcnn): an RPN step, then a classifier step that runs the backbone
@@ -150,6 +169,14 @@ class Config:
     # --- detection / evaluation ------------------------------------------------------------
     detection_threshold: float = 0.8          # keras-frcnn's test threshold; --threshold overrides
     detection_nms_overlap: float = 0.5        # per-class NMS on final boxes
+    # Test-time box refinement (not in the paper; 0 / 0.0 = off, the paper's single pass):
+    # detection_refine_steps: the head is applied again to its own refined boxes this many times
+    # (boxes that can reach min_score only); the class scores of the passes are averaged.
+    detection_refine_steps: int = 0
+    # detection_box_voting_iou: each box kept by the final NMS is replaced by the score-weighted mean
+    # of the candidate boxes of its class that overlap it at IoU >= this (box voting).
+    detection_box_voting_iou: float = 0.0
+    detection_iou_weight: float = 0.5         # with classifier_iou_head: see there
     max_detections: int = 100                 # per image
     eval_min_score: float = 0.05              # measure_map keeps detections above this for AP
     eval_iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
@@ -198,14 +225,56 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Config":
-        """Build a Config from a dict; unknown keys are ignored with a warning, missing ones default."""
+        """Build a Config from a dict; unknown keys are ignored with a warning, missing ones default
+        (to :data:`LEGACY_DEFAULTS` where a field changes what an already trained model computes)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             warnings.warn(f"{source}: ignoring fields this version does not know: {', '.join(unknown)}")
-        cfg = cls(**{k: v for k, v in data.items() if k in known})
+        values = {**LEGACY_DEFAULTS, **{k: v for k, v in data.items() if k in known}}
+        cfg = cls(**values)
         cfg.norm_percentiles = tuple(cfg.norm_percentiles)  # type: ignore[assignment]
         return cfg
+
+
+def apply_overrides(cfg: Config, assignments: list[str] | None) -> list[str]:
+    """Set fields from ``FIELD=VALUE`` strings (the commands' ``--set``); returns the fields set.
+
+    VALUE is read as JSON when it parses (``0.3``, ``true``, ``[64, 128]``, ``"cells"``), else as a
+    plain string; it must fit the field's current type (an int where a float is expected is fine).
+    CryoError for an unknown field or a value of the wrong type.
+    """
+    known = {f.name: f for f in dataclasses.fields(Config)}
+    changed = []
+    for assignment in assignments or []:
+        name, sep, text = assignment.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise CryoError(f"--set {assignment!r}: expected FIELD=VALUE with a Config field "
+                            f"(e.g. detection_nms_overlap=0.3)")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        current = getattr(cfg, name)
+        if isinstance(current, bool) or isinstance(value, bool):
+            ok = isinstance(current, bool) and isinstance(value, bool)
+        elif isinstance(current, float) and isinstance(value, int):
+            value, ok = float(value), True
+        elif isinstance(current, (tuple, list)) and isinstance(value, list):
+            value, ok = (tuple(value) if isinstance(current, tuple) else value), True
+        else:
+            ok = current is None or value is None or isinstance(value, type(current))
+        if not ok:
+            raise CryoError(f"--set {assignment!r}: {name} takes a {type(current).__name__}, got {text!r}")
+        setattr(cfg, name, value)
+        changed.append(name)
+    return changed
+
+
+# Fields whose default changed the computation of a trained model: a stored config without the
+# field was trained (and must predict) with the value given here, not with today's default.
+LEGACY_DEFAULTS: dict[str, Any] = {"roi_pool_mode": "cells"}
 
 
 # ------------------------------------------------------------------------------------------

@@ -627,7 +627,7 @@ def main(args: argparse.Namespace) -> int:
         sources.append((args.detections, _load_csv_run(args.detections, index, defaults)))
     else:
         detector = load_detector(_config_name(args), args.model, args.max_proposals, args.precision,
-                                 args.min_proposal_score)
+                                 args.min_proposal_score, args.overrides)
         found = detect_images(detector, [r["filepath"] for r in records], detector.cfg.eval_min_score,
                               desc=f"evaluate {args.split}")
         sources.append(("model", [d for path, dets in found.items() for d in detections_to_dicts(path, dets)]))

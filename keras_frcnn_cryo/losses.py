@@ -1,6 +1,6 @@
 """Faster R-CNN losses (keras-frcnn's four, Keras 3 argument order ``loss(y_true, y_pred)``).
 
-keras-frcnn called binary cross-entropy as ``bce(y_pred, y_true)`` (defect 5 in DESIGN.md); on
+keras-frcnn called binary cross-entropy as ``bce(y_pred, y_true)`` (fix 5 in docs/fixes.md); on
 current Keras that is a different function of the prediction. Here every cross-entropy takes the
 label first and the probability second.
 
@@ -93,4 +93,17 @@ def class_loss_cls(lambda_cls_class: float = 1.0) -> LossFn:
         return lambda_cls_class * ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
 
     loss.__name__ = "class_loss_cls"
+    return loss
+
+
+def class_loss_iou(lambda_cls_iou: float = 1.0) -> LossFn:
+    """IoU head loss: fn(y_true (1, R, 1) IoU of each RoI with its object in [0, 1], y_pred (1, R, 1)
+    sigmoid) -> scalar: mean binary cross-entropy with the IoU as a soft label, times ``lambda_cls_iou``.
+    """
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(y_true, y_pred.dtype)
+        return lambda_cls_iou * ops.mean(ops.binary_crossentropy(y_true, y_pred))
+
+    loss.__name__ = "class_loss_iou"
     return loss

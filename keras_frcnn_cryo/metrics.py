@@ -9,7 +9,7 @@ the mean IoU of the detections. This module computes those numbers from plain Py
 
 Boxes are float pixels ``[x1, y1, x2, y2]`` with width ``x2 - x1`` (no +1), as everywhere in the package.
 
-Definitions (the ancestors' code got two of them wrong, DESIGN.md defects 7 and 12):
+Definitions (the ancestors' code got two of them wrong, fixes 7 and 12 in docs/fixes.md):
 
 * **Matching (VOC devkit rule)**, :func:`match_detections`: detections of one class, in descending
   score (stable), each take the ground-truth box of the same image and class that it overlaps most.

@@ -5,7 +5,8 @@ Three Keras sub-models share weights by construction:
 * ``base``            image (1, H, W, 3) -> conv4 features (1, ceil(H/16), ceil(W/16), 1024)  (nn_base)
 * ``rpn_head``        features -> objectness (1, h, w, k) sigmoid, regression (1, h, w, 4k)
 * ``classifier_head`` [features, RoIs (1, R, 4) in feature-map units] ->
-                      class probabilities (1, R, C) softmax, regression (1, R, 4(C-1))
+                      class probabilities (1, R, C) softmax, regression (1, R, 4(C-1)), and with
+                      ``Config.classifier_iou_head`` the predicted IoU (1, R, 1)
 
 ``model_all`` wraps the three so that one ``.weights.h5`` file holds the whole detector.
 keras-frcnn's names are kept: ``model_rpn`` (image -> rpn outputs and features) and
@@ -112,15 +113,16 @@ def _build(cfg: Config, num_classes: int, norm: str, precision: str) -> FrcnnMod
     rpn_out = resnet.rpn_layer(feat_input, cfg.num_anchors)
     rpn_head = keras.Model(feat_input, rpn_out, name="rpn")
     cls_out = resnet.classifier(feat_input, roi_input, num_classes, cfg.pool_size, norm=norm,
-                                groups=cfg.group_norm_groups)
+                                groups=cfg.group_norm_groups, pool_mode=cfg.roi_pool_mode,
+                                pool_samples=cfg.roi_samples_per_bin, iou_head=cfg.classifier_iou_head)
     classifier_head = keras.Model([feat_input, roi_input], cls_out, name="classifier")
 
     features = base(img_input)
     rpn_cls, rpn_regr = rpn_head(features)
-    out_cls, out_regr = classifier_head([features, roi_input])
+    cls_outputs = list(classifier_head([features, roi_input]))
     model_rpn = keras.Model(img_input, [rpn_cls, rpn_regr, features], name="model_rpn")
-    model_classifier = keras.Model([img_input, roi_input], [out_cls, out_regr], name="model_classifier")
-    model_all = keras.Model([img_input, roi_input], [rpn_cls, rpn_regr, out_cls, out_regr], name="model_all")
+    model_classifier = keras.Model([img_input, roi_input], cls_outputs, name="model_classifier")
+    model_all = keras.Model([img_input, roi_input], [rpn_cls, rpn_regr, *cls_outputs], name="model_all")
     return FrcnnModels(base, rpn_head, classifier_head, model_rpn, model_classifier, model_all, norm, precision)
 
 
@@ -139,6 +141,31 @@ def load_imagenet_weights(models: FrcnnModels, path: str) -> list[str]:
     if missing:
         raise CryoError(f"weights file lacks {len(missing)} backbone layers (first: {missing[0]})", path)
     return sorted(loaded)
+
+
+# keras.applications' ResNet-50 ImageNet weights without the top, as keras caches them
+IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_FILE
+IMAGENET_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
+
+
+def fetch_imagenet_weights() -> str:
+    """Path of keras.applications' ResNet-50 ``notop`` ImageNet weights (``--input_weight_path imagenet``).
+
+    Uses the copy in Keras' cache (``~/.keras/models``) when there is one, else downloads it there.
+    Offline: CryoError saying how to bring the file from a machine with internet access.
+    """
+    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models", IMAGENET_FILE)
+    if os.path.isfile(cached):
+        return cached
+    try:
+        return keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models", file_hash=IMAGENET_MD5)
+    except Exception as exc:  # no network, proxy, DNS, HTTP errors: keras raises several types
+        raise CryoError(
+            f"cannot download the ImageNet ResNet-50 weights ({exc.__class__.__name__}): on a machine with internet "
+            f"access run python -c \"import keras; keras.applications.ResNet50(include_top=False, "
+            f"weights='imagenet').save_weights('resnet50_notop.weights.h5')\" and pass that file to "
+            f"--input_weight_path", IMAGENET_URL) from None
 
 
 def check_weights_path(path: str) -> None:
@@ -228,37 +255,66 @@ class Detector:
         rpn_cls, rpn_regr, features = self.models.model_rpn(x, training=False)
         return tf.cast(rpn_cls, tf.float32), tf.cast(rpn_regr, tf.float32), features
 
-    def _cls_call(self, features: tf.Tensor, rois: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _cls_call(self, features: tf.Tensor, rois: tf.Tensor) -> tuple[tf.Tensor, ...]:
         """Features (1, h, w, 1024) in ``feature_dtype``, RoIs (1, R, 4) float32 feature units ->
-        class probabilities (1, R, C) and deltas (1, R, 4(C-1)), float32."""
-        probs, regr = self.models.classifier_head([features, rois], training=False)
-        return tf.cast(probs, tf.float32), tf.cast(regr, tf.float32)
+        class probabilities (1, R, C), deltas (1, R, 4(C-1)) and, with the IoU head, the predicted
+        IoU (1, R, 1); float32."""
+        outputs = self.models.classifier_head([features, rois], training=False)
+        return tuple(tf.cast(out, tf.float32) for out in outputs)
+
+    def _head(self, features, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """conv5 head on boxes (M, 4) in network-input pixels (one batched call).
+
+        Returns class probabilities (M, C), unscaled deltas (M, C - 1, 4) (classifier_regr_std
+        undone) and the predicted IoU (M,) of each box with its object (None without the IoU head)."""
+        cfg = self.cfg
+        rois_feat = (boxes / float(cfg.rpn_stride)).astype(np.float32)[None]
+        outputs = self._cls_fn(features, tf.convert_to_tensor(rois_feat))
+        std = np.asarray(cfg.classifier_regr_std, np.float32)
+        iou = outputs[2][0, :, 0].numpy().astype(np.float64) if len(outputs) > 2 else None
+        return outputs[0][0].numpy(), outputs[1][0].numpy().reshape(boxes.shape[0], -1, 4) / std, iou
 
     def _classify(self, features, rois: np.ndarray, width: int, height: int, min_score: float) -> Detections:
-        """conv5 head on all proposals of one image (one batched call), per-class decoding and NMS.
+        """conv5 head on all proposals of one image, per-class decoding, refinement, NMS and voting.
 
-        features: (1, h, w, 1024) in ``feature_dtype``; rois: (M, 4) in network-input pixels. Boxes returned
-        in those pixels, scores float64.
+        features: (1, h, w, 1024) in ``feature_dtype``; rois: (M, 4) in network-input pixels. Per
+        class: proposals that can reach ``min_score`` are decoded; with ``cfg.detection_refine_steps``
+        the head runs again on the decoded boxes (each pass decodes from the previous boxes, and the
+        class probability is the mean over passes); with the IoU head the score is that probability
+        ``^ (1 - w)`` times the IoU the last pass predicts for its input box ``^ w`` (w =
+        ``cfg.detection_iou_weight``), else the probability; per-class NMS at
+        ``cfg.detection_nms_overlap``; with ``cfg.detection_box_voting_iou`` each kept box becomes the
+        score-weighted mean of the boxes it suppressed or kept (IoU >= that value). Boxes returned in
+        network-input pixels, scores float64 (all >= ``min_score``).
         """
         cfg = self.cfg
         if rois.shape[0] == 0:
             return _empty(self.class_names)
-        rois_feat = (rois / float(cfg.rpn_stride)).astype(np.float32)[None]
-        probs, regr = self._cls_fn(features, tf.convert_to_tensor(rois_feat))
-        probs, regr = probs[0].numpy(), regr[0].numpy()
-        std = np.asarray(cfg.classifier_regr_std, np.float32)
+        limits = [width, height, width, height]
+        probs, deltas, iou = self._head(features, rois)
+        iou_weight = cfg.detection_iou_weight if iou is not None else 0.0
         all_boxes, all_scores, all_labels = [], [], []
         for cls in range(cfg.num_classes - 1):
-            scores = probs[:, cls]
-            keep = scores >= min_score
+            keep = probs[:, cls] ** (1.0 - iou_weight) >= min_score       # the IoU factor is at most 1
             if not np.any(keep):
                 continue
-            boxes = roi_helpers.apply_regr(rois[keep], regr[keep, 4 * cls:4 * cls + 4] / std)
-            boxes = np.clip(boxes, 0.0, [width, height, width, height])
-            valid = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3)
-            boxes, scores = boxes[valid], scores[keep][valid]
+            boxes = np.clip(roi_helpers.apply_regr(rois[keep], deltas[keep, cls]), 0.0, limits)
+            prob_sum = probs[keep, cls].astype(np.float64)
+            quality = iou[keep] if iou is not None else None
+            for _ in range(cfg.detection_refine_steps):
+                step_probs, step_deltas, quality = self._head(features, boxes)
+                boxes = np.clip(roi_helpers.apply_regr(boxes, step_deltas[:, cls]), 0.0, limits)
+                prob_sum += step_probs[:, cls]
+            scores = prob_sum / (cfg.detection_refine_steps + 1)
+            if quality is not None:
+                scores = scores ** (1.0 - iou_weight) * np.clip(quality, 0.0, 1.0) ** iou_weight
+            valid = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3) & (scores >= min_score)
+            boxes, scores = boxes[valid], scores[valid]
             order = roi_helpers.nms(boxes, scores, cfg.detection_nms_overlap, cfg.max_detections)
-            all_boxes.append(boxes[order])
+            kept = boxes[order]
+            if cfg.detection_box_voting_iou > 0.0:
+                kept = roi_helpers.box_voting(kept, boxes, scores, cfg.detection_box_voting_iou)
+            all_boxes.append(kept)
             all_scores.append(scores[order])
             all_labels.append(np.full(len(order), cls, np.int64))
         if not all_boxes:

@@ -15,6 +15,8 @@ import csv
 import dataclasses
 import os
 import sys
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from . import tomo_io, tracking, writers
 from .atomic import atomic_path
 from .cli import check_output_dir
-from .config import load_config
+from .config import apply_overrides, load_config
 from .errors import CryoError
 from .model import PRECISIONS, Detections, Detector
 
@@ -71,15 +73,19 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="arithmetic of the detector (default: the config's inference_precision, float32 unless set); "
                         "bfloat16 is faster on CPUs with AVX512-BF16/AMX, scores differ slightly")
+    p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE", dest="overrides",
+                   help="override a test-time Config field of the trained model, e.g. detection_nms_overlap=0.3 "
+                        "(repeatable; see config.py)")
 
 
 def load_detector(config_filename: str, model_path: str | None, max_proposals: int | None = None,
-                  precision: str | None = None, min_proposal_score: float | None = None) -> Detector:
+                  precision: str | None = None, min_proposal_score: float | None = None,
+                  overrides: list[str] | None = None) -> Detector:
     """Config + weights -> Detector (CryoError naming the file on any problem).
 
     ``max_proposals`` overrides the config's ``rpn_max_proposals_test`` (proposals through the head),
     ``min_proposal_score`` its ``rpn_min_score_test``, ``precision`` its ``inference_precision``
-    ("float32" or "bfloat16").
+    ("float32" or "bfloat16"); ``overrides`` are ``FIELD=VALUE`` strings (config.apply_overrides).
     """
     cfg = load_config(config_filename)
     if max_proposals is not None:
@@ -92,6 +98,7 @@ def load_detector(config_filename: str, model_path: str | None, max_proposals: i
         cfg.rpn_min_score_test = min_proposal_score
     if precision is not None:
         cfg.inference_precision = precision
+    apply_overrides(cfg, overrides)
     weights = model_path or cfg.model_path
     if not weights:
         raise CryoError("no model weights given and the config names none", config_filename)
@@ -100,14 +107,21 @@ def load_detector(config_filename: str, model_path: str | None, max_proposals: i
 
 def detect_images(detector: Detector, paths: list[str], min_score: float,
                   on_result=None, desc: str = "detect") -> dict[str, Detections]:
-    """Run the detector on every image path; ``on_result(path, image, dets)`` is called per image."""
+    """Run the detector on every image path; ``on_result(path, image, dets)`` is called per image with
+    the 2D image (with ``input_channels`` "slabs", the slab at the slice).
+
+    Each image is read as the model was trained (tomo_io.ImageSource of the detector's config)."""
     results: dict[str, Detections] = {}
-    for path in tqdm(paths, desc=desc, unit="img"):
-        image = tomo_io.read_image(path)
-        dets = detector.detect(image, min_score=min_score)
-        results[path] = dets
-        if on_result is not None:
-            on_result(path, image, dets)
+    source = tomo_io.image_source(detector.cfg)
+    try:
+        for path in tqdm(paths, desc=desc, unit="img"):
+            image = source(path)
+            dets = detector.detect(image, min_score=min_score)
+            results[path] = dets
+            if on_result is not None:
+                on_result(path, image if image.ndim == 2 else image[:, :, 1], dets)
+    finally:
+        source.close()
     return results
 
 
@@ -219,14 +233,16 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
         indices = list(range(first, stop, options.step))
         overlay_at = set(np.unique(np.linspace(0, len(indices) - 1, options.overlay_slices).round().astype(int))
                          ) if options.overlays and options.overlay_slices else set()
+        read = volume_reader(volume, cfg)
         per_slice: dict[int, Detections] = {}
         overlays: dict[int, np.ndarray] = {}
         projection = None
         bar = tqdm(total=len(indices), desc=name, unit="slice" if volume.kind == "tomogram" else "tilt")
         for start in range(0, len(indices), options.batch_size):
             batch = indices[start:start + options.batch_size]
-            images = [volume.slice(i) for i in batch]
+            images = [read(i) for i in batch]
             for offset, (index, image, dets) in enumerate(zip(batch, images, detector.detect_many(images, threshold))):
+                image = image if image.ndim == 2 else image[:, :, 1]            # the slab at the slice
                 per_slice[index] = dets
                 projection = image.astype(np.float64) if projection is None else projection + image
                 if start + offset in overlay_at:
@@ -237,6 +253,21 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
         kind, pixel_size, angles = volume.kind, volume.pixel_size_a, volume.angles
     return write_volume_outputs(path, out_dir, name, kind, per_slice, overlays, projection, pixel_size, angles,
                                 cfg, threshold, options)
+
+
+def volume_reader(volume: tomo_io.Volume, cfg) -> Callable[[int], np.ndarray]:
+    """index -> the network's view of slice ``index``: Volume.slice, or with ``cfg.input_channels``
+    "slabs" on a tomogram, Volume.slab_channels (a tilt series is read slice by slice, with a warning)."""
+    if cfg.input_channels != "slabs":
+        return volume.slice
+    if volume.kind != "tomogram":
+        warnings.warn(f"{volume.path}: the model reads three slabs of a tomogram; tilt images have none, so "
+                      "each is repeated on the three channels instead")
+        return volume.slice
+    if volume.slab > 1:
+        raise CryoError(f"the model averages slabs of {cfg.input_slab} slices itself (input_channels 'slabs'): "
+                        "leave out --slab", volume.path)
+    return lambda index: volume.slab_channels(index, cfg.input_slab)
 
 
 def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slice: dict[int, Detections],
@@ -299,7 +330,7 @@ def main(args: argparse.Namespace) -> int:
     volumes, images = split_inputs(args.path)
     check_output_dir(args.output)
     detector = load_detector(args.config_filename, args.model, args.max_proposals, args.precision,
-                             args.min_proposal_score)
+                             args.min_proposal_score, args.overrides)
     threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
     if images:
         root = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))

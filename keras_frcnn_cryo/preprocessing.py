@@ -260,15 +260,20 @@ def preprocess_image(image: np.ndarray, cfg: Config) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[float, float]]:
-    """Resize (H, W) so the shorter side is ``cfg.im_size`` and the longer at most ``cfg.im_max_size``.
+    """Resize (H, W) or (H, W, C) so the shorter side is ``cfg.im_size`` and the longer at most ``cfg.im_max_size``.
 
     Returns ``(resized, (sx, sy))`` with ``sx = new_W / W`` and ``sy = new_H / H`` exactly: a box in
     the original image maps to ``box * [sx, sy, sx, sy]``. uint8 stays uint8, anything else becomes
     float32; cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when enlarging.
     """
-    arr = _check_2d(image)
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        for channel in range(arr.shape[2]):
+            _check_2d(arr[:, :, channel])
+    else:
+        arr = _check_2d(arr)
     arr = arr if arr.dtype == np.uint8 else arr.astype(np.float32)
-    height, width = arr.shape
+    height, width = arr.shape[:2]
     scale = cfg.im_size / float(min(height, width))
     if cfg.im_max_size > 0 and max(height, width) * scale > cfg.im_max_size:
         scale = cfg.im_max_size / float(max(height, width))
@@ -279,21 +284,33 @@ def resize_image(image: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[floa
     else:
         interpolation = cv2.INTER_AREA if new_w * new_h < width * height else cv2.INTER_LINEAR
         resized = cv2.resize(np.ascontiguousarray(arr), (new_w, new_h), interpolation=interpolation)
+        if arr.ndim == 3 and resized.ndim == 2:      # cv2 drops a single channel axis
+            resized = resized[:, :, None]
     return resized, (new_w / width, new_h / height)
 
 
 def prepare_image(image: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[float, float]]:
-    """(H, W) any real dtype -> ((H', W', 3) float32 network input, (sx, sy)); used by training and prediction.
+    """Image -> ((H', W', 3) float32 network input, (sx, sy)); used by training and prediction.
 
-    resize_image -> preprocess_image -> grey repeated on 3 channels -> minus ``cfg.img_channel_mean``
-    (channel i gets mean i, in the backbone's channel order) -> times ``cfg.img_scaling_factor``.
+    ``image``: (H, W) any real dtype, the grey image, repeated on the 3 channels (keras-frcnn's and
+    the paper's input, ``Config.input_channels`` "repeat"); or (H, W, 3), one grey image per channel
+    (three slabs of a tomogram, "slabs": see tomo_io.ImageSource). resize_image -> preprocess_image
+    on each grey image -> minus ``cfg.img_channel_mean`` (channel i gets mean i, in the backbone's
+    channel order) -> times ``cfg.img_scaling_factor``.
     """
-    resized, scale = resize_image(image, cfg)
-    grey = preprocess_image(resized, cfg)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] != 3:
+        raise ValueError(f"expected a 2D image or 3 channels, got shape {arr.shape}")
+    resized, scale = resize_image(arr, cfg)
     mean = np.asarray(cfg.img_channel_mean, np.float32)
     if mean.shape != (3,):
         raise ValueError(f"img_channel_mean must have 3 values, got {cfg.img_channel_mean}")
-    net_input = np.repeat(grey[:, :, None].astype(np.float32), 3, axis=2) - mean
+    if resized.ndim == 2:
+        grey = preprocess_image(resized, cfg).astype(np.float32)
+        net_input = np.repeat(grey[:, :, None], 3, axis=2) - mean
+    else:
+        net_input = np.stack([preprocess_image(resized[:, :, c], cfg) for c in range(3)],
+                             axis=2).astype(np.float32) - mean
     return net_input * np.float32(cfg.img_scaling_factor), scale
 
 

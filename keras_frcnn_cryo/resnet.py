@@ -3,7 +3,7 @@
 Layer names, paddings, strides, BatchNorm epsilon and biases are exactly those of
 ``keras.applications.ResNet50`` (Keras 2.2+/Keras 3 "v1" layout: the stride of a stage's first
 block sits in its 1x1 ``_1_conv`` and ``_0_conv``), so a keras.applications ResNet-50 ``notop``
-weight file loads by layer name (defect 13 in DESIGN.md). The feature map of ``nn_base`` has
+weight file loads by layer name (fix 13 in docs/fixes.md). The feature map of ``nn_base`` has
 stride 16: an H x W image gives ``ceil(H / 16) x ceil(W / 16)`` cells, cell ``(i, j)`` covering
 image pixels ``[16 j, 16 j + 16) x [16 i, 16 i + 16)``.
 
@@ -165,16 +165,21 @@ class UnfoldRois(keras.layers.Layer):
 
 
 def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, norm: str = "group",
-               groups: int = 32, trainable: bool = True) -> list[Any]:
+               groups: int = 32, trainable: bool = True, pool_mode: str = "bilinear",
+               pool_samples: int = 2, iou_head: bool = False) -> list[Any]:
     """Detection head: RoI max pooling, conv5_x on all RoIs as one batch, two dense outputs.
 
     base: (1, h, w, 1024) feature map; input_rois: (1, R, 4) float ``[x1, y1, x2, y2]`` in
-    feature-map units (R may be None); nb_classes includes the background (last).
+    feature-map units (R may be None); nb_classes includes the background (last); pool_mode and
+    pool_samples: see roi_pooling.RoiPoolingConv.
     Returns [out_class (1, R, nb_classes) softmax, out_regr (1, R, 4 * (nb_classes - 1)) linear],
     layers "dense_class_{nb_classes}" and "dense_regress_{nb_classes}", both computing in float32
-    whatever the dtype policy (see OUTPUT_DTYPE).
+    whatever the dtype policy (see OUTPUT_DTYPE); with ``iou_head`` a third output out_iou (1, R, 1),
+    sigmoid, layer "dense_iou": the predicted IoU of each RoI with the object it lies on (0 on
+    background), which ranks detections by how well they are placed (Config.classifier_iou_head).
     """
-    pooled = RoiPoolingConv(pool_size, name="roi_pooling_conv")([base, input_rois])   # (1, R, P, P, C)
+    pooled = RoiPoolingConv(pool_size, mode=pool_mode, samples=pool_samples,
+                            name="roi_pooling_conv")([base, input_rois])                # (1, R, P, P, C)
     crops = FoldRois(name="fold_rois")(pooled)                                         # (R, P, P, C)
     features = classifier_layers(crops, norm=norm, groups=groups, trainable=trainable)  # (R, 2048)
     out_class = keras.layers.Dense(
@@ -187,7 +192,12 @@ def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, 
         name=f"dense_regress_{nb_classes}", dtype=OUTPUT_DTYPE)(features)
     out_class = UnfoldRois(name="unfold_class", dtype=OUTPUT_DTYPE)(out_class)
     out_regr = UnfoldRois(name="unfold_regress", dtype=OUTPUT_DTYPE)(out_regr)
-    return [out_class, out_regr]
+    if not iou_head:
+        return [out_class, out_regr]
+    out_iou = keras.layers.Dense(
+        1, activation="sigmoid", kernel_initializer=keras.initializers.RandomNormal(stddev=CLASS_INIT_STDDEV),
+        name="dense_iou", dtype=OUTPUT_DTYPE)(features)
+    return [out_class, out_regr, UnfoldRois(name="unfold_iou", dtype=OUTPUT_DTYPE)(out_iou)]
 
 
 # ------------------------------------------------------------------------------------------

@@ -127,6 +127,23 @@ def nms(boxes: np.ndarray, scores: np.ndarray, overlap_thresh: float, max_boxes:
     return np.asarray(keep, dtype=np.int64)
 
 
+def box_voting(kept: np.ndarray, candidates: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
+    """Each kept box replaced by the score-weighted mean of the candidates overlapping it at IoU >= ``iou_thresh``.
+
+    kept: (K, 4); candidates: (N, 4) with scores (N,) >= 0 (the kept boxes are normally among them).
+    A kept box with no such candidate (or zero total weight) is returned unchanged. Returns (K, 4) float64.
+    """
+    kept_boxes = as_boxes(kept, "kept")
+    cand = as_boxes(candidates, "candidates")
+    weights = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if kept_boxes.shape[0] == 0 or cand.shape[0] == 0:
+        return kept_boxes.copy()
+    members = (iou_matrix(kept_boxes, cand) >= iou_thresh) * weights[None, :]      # (K, N)
+    total = members.sum(axis=1, keepdims=True)
+    voted = members @ cand / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, voted, kept_boxes)
+
+
 def rpn_to_roi(
     rpn_cls: np.ndarray, rpn_regr: np.ndarray, cfg: Config, img_width: int, img_height: int,
     max_proposals: int | None = None, min_score: float = 0.0,

@@ -1,12 +1,23 @@
-"""RoI max pooling (Li et al. 2019: each proposal max-pooled into a P x P grid).
+"""RoI max pooling (Li et al. 2019: each proposal max-pooled into P x P windows of size h/P x w/P).
 
-keras-frcnn cropped every RoI and resized it bilinearly in a Python loop (defect 6 in DESIGN.md);
-this module computes true max pooling for all RoIs at once.
+keras-frcnn cropped every RoI and resized it bilinearly in a Python loop (the paper says max
+pooling); this module computes max pooling for all RoIs at once, in one of two modes
+(``Config.roi_pool_mode``):
+
+* ``"bilinear"`` (default): the windows are exactly h/P x w/P, at sub-cell positions. Each window's
+  maximum is taken over ``s x s`` points (``Config.roi_samples_per_bin``, default 2) read from the
+  feature map by bilinear interpolation at the centres of an even s x s split of the window (the
+  sampling of Mask R-CNN's RoIAlign, with max instead of mean). Moving a RoI by a fraction of a
+  cell changes what it pools, so the head can place boxes to a few pixels: with whole cells
+  (16 px) a shift of up to half a cell is invisible to it, which caps the IoU it can reach. See
+  :func:`roi_bilinear_max_pool`.
+* ``"cells"``: each window is widened outward to whole feature cells and max-pooled exactly (Fast
+  R-CNN's RoI pooling), described below; the mode of models trained before version 0.2.
 
 Coordinates: RoIs are float ``[x1, y1, x2, y2]`` in FEATURE-MAP units (image pixels / stride),
 x right, y down; feature cell ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``.
 
-Bin definition (for pool size P, along x; y is the same with H):
+Bin definition of ``"cells"`` (for pool size P, along x; y is the same with H):
 
 * ``w = x2 - x1``; bin ``j`` (0 <= j < P) spans cells ``[start, end)`` with
   ``start = floor(x1 + j * w / P)`` and ``end = ceil(x1 + (j + 1) * w / P)`` (exclusive);
@@ -198,31 +209,123 @@ def roi_max_pool(features: Any, rois: Any, pool_size: int) -> tf.Tensor:
     return pooled
 
 
+def roi_bilinear_max_pool(features: Any, rois: Any, pool_size: int, samples: int = 2) -> tf.Tensor:
+    """Max-pool every RoI into ``pool_size`` x ``pool_size`` windows sampled at sub-cell positions.
+
+    features: (H, W, C) float tensor; rois: (R, 4) float ``[x1, y1, x2, y2]`` in feature-map units
+    (cell ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``, so its centre is at
+    ``col + 0.5``). Window ``(i, j)`` spans ``x1 + j w / P .. x1 + (j + 1) w / P`` (likewise in y);
+    its value is the maximum over ``samples x samples`` points at the centres of an even split of the
+    window, each read by bilinear interpolation between the four nearest cell centres. The RoI is
+    first clipped to the map ``[0, W] x [0, H]`` (proposals and boxes always lie inside it; one
+    wholly outside shrinks onto the border), and points within half a cell of the border read the
+    border cells (the map is edge-padded by one cell). Returns (R, P, P, C) in the dtype of
+    ``features``.
+
+    Differentiable with respect to ``features``: the upstream gradient of each window and channel
+    goes to the four cells around its arg-max point, with the interpolation weights (summed in a
+    fixed order, so training is reproducible; TensorFlow's own CropAndResize gradient on the CPU adds
+    from several threads at once and is not). RoIs get no gradient. The values come from
+    tf.image.crop_and_resize.
+    """
+    features = tf.convert_to_tensor(features)
+    dtype = features.dtype
+    rois = tf.stop_gradient(tf.cast(tf.convert_to_tensor(rois), tf.float32))
+    map_size = tf.cast(tf.shape(features)[:2], tf.float32)                   # (H, W)
+    limits = tf.stack([map_size[1], map_size[0], map_size[1], map_size[0]])
+    rois = tf.clip_by_value(rois, 0.0, limits)
+    grid = pool_size * samples
+
+    def sample_positions(low: tf.Tensor, high: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(first, step): sample k of a RoI sits at ``first + k * step`` in padded-map cell indices
+        (cell c's centre is c + 0.5 in RoI units and index c + 1 in the padded map)."""
+        step = (high - low) / float(grid)
+        return low + 0.5 * step + 0.5, step
+
+    y_first, y_step = sample_positions(rois[:, 1], rois[:, 3])
+    x_first, x_step = sample_positions(rois[:, 0], rois[:, 2])
+    padded = tf.pad(tf.cast(features, tf.float32), [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    pad_h, pad_w, channels = tf.shape(padded)[0], tf.shape(padded)[1], tf.shape(padded)[2]
+    # crop_and_resize's unit: 0 = centre of the first cell, 1 = of the last
+    scale_y = tf.cast(pad_h - 1, tf.float32)
+    scale_x = tf.cast(pad_w - 1, tf.float32)
+    boxes = tf.stack([y_first / scale_y, x_first / scale_x, (y_first + (grid - 1) * y_step) / scale_y,
+                      (x_first + (grid - 1) * x_step) / scale_x], axis=1)
+    num_rois = tf.shape(rois)[0]
+
+    @tf.custom_gradient
+    def pool(padded_map: tf.Tensor) -> tuple[tf.Tensor, Any]:
+        crops = tf.image.crop_and_resize(padded_map[None], boxes, tf.zeros([num_rois], tf.int32),
+                                         [grid, grid], method="bilinear")         # (R, grid, grid, C)
+        windows = tf.reshape(crops, tf.stack([num_rois, pool_size, samples, pool_size, samples, channels]))
+        windows = tf.reshape(tf.transpose(windows, [0, 1, 3, 2, 4, 5]),
+                             tf.stack([num_rois, pool_size, pool_size, samples * samples, channels]))
+        pooled = tf.reduce_max(windows, axis=3)                                   # (R, P, P, C)
+        best = tf.argmax(windows, axis=3, output_type=tf.int32)                   # which sample
+
+        def grad(upstream: tf.Tensor) -> tf.Tensor:
+            window_index = tf.range(pool_size) * samples
+            row = window_index[None, :, None, None] + best // samples             # (R, P, P, C)
+            col = window_index[None, None, :, None] + best % samples
+            y = y_first[:, None, None, None] + tf.cast(row, tf.float32) * y_step[:, None, None, None]
+            x = x_first[:, None, None, None] + tf.cast(col, tf.float32) * x_step[:, None, None, None]
+            top, left = tf.floor(y), tf.floor(x)
+            wy, wx = y - top, x - left
+            top_i, left_i = tf.cast(top, tf.int32), tf.cast(left, tf.int32)
+            bottom_i, right_i = tf.minimum(top_i + 1, pad_h - 1), tf.minimum(left_i + 1, pad_w - 1)
+            channel = tf.range(channels)[None, None, None, :]
+            index = tf.stack([(top_i * pad_w + left_i) * channels + channel,
+                              (top_i * pad_w + right_i) * channels + channel,
+                              (bottom_i * pad_w + left_i) * channels + channel,
+                              (bottom_i * pad_w + right_i) * channels + channel])
+            weight = tf.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx])
+            summed = tf.math.unsorted_segment_sum(tf.reshape(weight * upstream[None], [-1]),
+                                                  tf.reshape(index, [-1]), pad_h * pad_w * channels)
+            return tf.reshape(summed, tf.shape(padded_map))
+
+        return pooled, grad
+
+    pooled = tf.cast(pool(padded), dtype)
+    pooled.set_shape([rois.shape[0], pool_size, pool_size, features.shape[-1]])
+    return pooled
+
+
+POOL_MODES = ("bilinear", "cells")
+
+
 @keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
 class RoiPoolingConv(keras.layers.Layer):
     """RoI max pooling layer (name kept from keras-frcnn).
 
     Called on ``[features, rois]``: features (1, H, W, C), rois (1, R, 4) float
     ``[x1, y1, x2, y2]`` in feature-map units (R may be dynamic). Returns (1, R, P, P, C) in the
-    layer's compute dtype (float32, or bfloat16 under "mixed_bfloat16": the features are cast to it
-    before pooling, which gives the same maxima as casting after, rounding being monotonic; the RoIs
-    stay float32). Only batch size 1 is supported (one image per step, as in keras-frcnn). The layer uses
-    data-dependent shapes (a while loop over table levels), so it opts out of XLA: a model holding
-    it gets ``jit_compile=False`` (Keras would otherwise turn XLA on for "auto" on a GPU).
+    layer's compute dtype (float32, or bfloat16 under "mixed_bfloat16"; the RoIs stay float32).
+    ``mode`` is one of :data:`POOL_MODES` ("bilinear": :func:`roi_bilinear_max_pool` with
+    ``samples`` x ``samples`` points per window; "cells": :func:`roi_max_pool`). Only batch size 1 is
+    supported (one image per step, as in keras-frcnn). Neither mode compiles with XLA on a CPU
+    ("cells" has data-dependent shapes, "bilinear" uses CropAndResize, which XLA's CPU backend
+    lacks), so the layer opts out of it (``supports_jit`` False).
     """
 
-    def __init__(self, pool_size: int, **kwargs: Any) -> None:
+    def __init__(self, pool_size: int, mode: str = "bilinear", samples: int = 2, **kwargs: Any) -> None:
         # no autocast: under a mixed-precision policy the RoI coordinates stay float32
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
+        if mode not in POOL_MODES:
+            raise ValueError(f"unknown RoI pooling mode {mode!r} (use one of {', '.join(POOL_MODES)})")
+        if int(samples) < 1:
+            raise ValueError(f"samples per window must be >= 1, got {samples}")
         self.pool_size = int(pool_size)
+        self.mode = mode
+        self.samples = int(samples)
         self.supports_jit = False
 
     def call(self, inputs: list[Any]) -> tf.Tensor:  # noqa: D102
         features, rois = inputs
         features = tf.cast(features, self.compute_dtype)
-        pooled = roi_max_pool(features[0], rois[0], self.pool_size)
-        return pooled[None]
+        if self.mode == "cells":
+            return roi_max_pool(features[0], rois[0], self.pool_size)[None]
+        return roi_bilinear_max_pool(features[0], rois[0], self.pool_size, self.samples)[None]
 
     def compute_output_shape(self, input_shape: list[tuple]) -> tuple:  # noqa: D102
         feature_shape, roi_shape = input_shape
@@ -230,5 +333,5 @@ class RoiPoolingConv(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:  # noqa: D102
         config = super().get_config()
-        config.update({"pool_size": self.pool_size})
+        config.update({"pool_size": self.pool_size, "mode": self.mode, "samples": self.samples})
         return config

@@ -1118,7 +1118,8 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
 
     Layout (paths in text files are relative to out_dir; slice numbers and tilt indices 0-based):
       tomograms/tomo_NN.mrc   float32 (z, y, x), voxel_size set; tilts/tomo_NN.mrc (+ .tlt, one angle per line)
-      images/tomo_NN_zKKKK.png  8-bit slices every ``slice_step`` (robust percentiles of the whole tomogram)
+      images/tomo_NN_zKKKK.png  8-bit slices every ``slice_step`` (robust percentiles of the whole tomogram),
+                              each with a sidecar .png.json naming its tomogram and slice (tomo_io.slice_sidecar)
       annotations.txt         ``path,x1,y1,x2,y2,class``; an image without objects as ``path,,,,,``
       annotations_3d.csv      tomogram,class,x1,y1,z1,x2,y2,z2,incomplete (exclusive upper edges)
       tilt_annotations.csv    tomogram,tilt_index,angle,class,x1,y1,x2,y2 (boxes on the tilt images)
@@ -1164,6 +1165,8 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
         for z in range(slice_step // 2, nz, slice_step):
             rel = f"images/{name}_z{z:04d}.png"
             write_png(os.path.join(out_dir, rel), to_uint8(result["tomogram"][z], low, high))
+            tomo_io.write_sidecar(os.path.join(out_dir, rel), tomo_io.slice_sidecar(
+                f"../tomograms/{name}.mrc", "tomogram", z, (nz, ny, nx), (ny, nx), pixel_size_a))
             n_images += 1
             boxes = result["slice_boxes"][z]
             if not boxes:

@@ -664,6 +664,28 @@ class Volume:
             total += self._read_plane(z)
         return bin_image((total / (stop - start)).astype(np.float32), self.binning)
 
+    def slab_channels(self, index: int, slab: int) -> np.ndarray:
+        """Three slabs around tomogram slice ``index`` as float32 ``(y // binning, x // binning, 3)``.
+
+        Channel c (0, 1, 2) is the mean of the ``slab`` slices centred on ``index + (c - 1) * slab``
+        (from ``centre - (slab - 1) // 2``), slices beyond either end of the stack replaced by the
+        end slice; then block-mean binning. The network input of ``Config.input_channels`` "slabs":
+        noise in neighbouring reconstructed slices is correlated over about two slices (weighted
+        back-projection), so separate slabs add independent views of the same structure.
+        """
+        if self.data is None:
+            raise ValueError(f"{self.path}: volume is closed")
+        index = self.check_index(index)
+        slab = _positive_int(slab, "slab")
+        channels = []
+        for offset in (-slab, 0, slab):
+            first = index + offset - (slab - 1) // 2
+            total = np.zeros(self.data.shape[1:], np.float64)
+            for z in range(first, first + slab):
+                total += self._read_plane(min(max(z, 0), self.n_slices - 1))
+            channels.append(bin_image((total / slab).astype(np.float32), self.binning))
+        return np.stack(channels, axis=2)
+
     def iter_slices(self, indices: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, self.slice(index))`` for each index (all slices when None), one at a time."""
         for index in range(self.n_slices) if indices is None else indices:
@@ -756,33 +778,47 @@ def export_slices_for_labelling(
     with open_volume(volume_path, kind=kind, apix=apix, slab=slab, binning=binning) as volume:
         chosen = _resolve_indices(indices, volume)
         stem = os.path.splitext(os.path.basename(volume.path))[0]
-        index_key = "tilt_index" if volume.kind == "tilt_series" else "z"
         for index in chosen:
             image = to_uint8(volume.slice(index), percentiles)
             png_path = os.path.join(str(out_dir), slice_png_name(stem, volume.kind, index))
-            start, stop = volume.slab_range(index)
-            sidecar = {
-                "format": SIDECAR_FORMAT,
-                "source": volume.path,
-                "kind": volume.kind,
-                "index_base": 0,
-                "note": "slice and tilt indices are 0-based (IMOD's 3dmod counts from 1); "
-                        "PNG pixel (x, y) covers volume pixels [x*binning, (x+1)*binning) in x and y",
-                index_key: index,
-                "angle": None if volume.angles is None else volume.angles[index],
-                "pixel_size_a": volume.slice_pixel_size_a,
-                "source_pixel_size_a": volume.pixel_size_a,
-                "binning": volume.binning,
-                "slab": volume.slab,
-                "slab_range": [start, stop],
-                "volume_shape_zyx": [int(n) for n in volume.data.shape],
-                "png_shape_yx": [int(n) for n in image.shape],
-                "percentiles": [float(p) for p in percentiles],
-            }
+            sidecar = slice_sidecar(volume.path, volume.kind, index, volume.data.shape, image.shape,
+                                    volume.pixel_size_a, volume.binning, volume.slab, volume.slab_range(index),
+                                    None if volume.angles is None else volume.angles[index])
+            sidecar["percentiles"] = [float(p) for p in percentiles]
             write_png_atomic(png_path, image)
-            write_bytes_atomic(png_path + ".json", (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
+            write_sidecar(png_path, sidecar)
             written.append(png_path)
     return written
+
+
+def slice_sidecar(source: str, kind: str, index: int, volume_shape_zyx: Sequence[int], png_shape_yx: Sequence[int],
+                  source_pixel_size_a: float | None, binning: int = 1, slab: int = 1,
+                  slab_range: Sequence[int] | None = None, angle: float | None = None) -> dict:
+    """The sidecar of a PNG made from image ``index`` (0-based) of the volume ``source`` (absolute, or
+    relative to the PNG's folder; see :func:`sidecar_source`)."""
+    index_key = "tilt_index" if kind == "tilt_series" else "z"
+    return {
+        "format": SIDECAR_FORMAT,
+        "source": source,
+        "kind": kind,
+        "index_base": 0,
+        "note": "slice and tilt indices are 0-based (IMOD's 3dmod counts from 1); "
+                "PNG pixel (x, y) covers volume pixels [x*binning, (x+1)*binning) in x and y",
+        index_key: int(index),
+        "angle": angle,
+        "pixel_size_a": None if source_pixel_size_a is None else source_pixel_size_a * binning,
+        "source_pixel_size_a": source_pixel_size_a,
+        "binning": int(binning),
+        "slab": int(slab),
+        "slab_range": list(slab_range) if slab_range is not None else [int(index), int(index) + 1],
+        "volume_shape_zyx": [int(n) for n in volume_shape_zyx],
+        "png_shape_yx": [int(n) for n in png_shape_yx],
+    }
+
+
+def write_sidecar(png_path: str, sidecar: dict) -> None:
+    """Write ``PNG.json`` beside ``png_path`` (atomically)."""
+    write_bytes_atomic(png_path + ".json", (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
 
 
 def read_sidecar(path: str) -> dict:
@@ -799,6 +835,96 @@ def read_sidecar(path: str) -> dict:
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         raise CryoError(f"not a slice sidecar (format is not {SIDECAR_FORMAT!r})", json_path)
     return sidecar
+
+
+def sidecar_source(sidecar: dict, sidecar_path: str) -> str:
+    """The volume a sidecar names: its ``source`` as written (absolute), or relative to the sidecar's folder."""
+    source = sidecar.get("source")
+    if not isinstance(source, str) or not source:
+        raise CryoError("sidecar names no source volume", sidecar_path)
+    return source if os.path.isabs(source) else os.path.normpath(
+        os.path.join(os.path.dirname(os.path.abspath(sidecar_path)), source))
+
+
+INPUT_CHANNEL_MODES = ("repeat", "slabs")
+
+
+class ImageSource:
+    """What the network reads for an image file, by ``Config.input_channels``.
+
+    ``"repeat"``: :func:`read_image` (a 2-D grey image; prepare_image repeats it on 3 channels).
+    ``"slabs"``: when the image has a sidecar (``IMAGE.json``, written by
+    :func:`export_slices_for_labelling` and the synthetic generator) naming a tomogram that can be
+    opened, :meth:`Volume.slab_channels` of its slice ``z`` with the sidecar's binning, shape
+    (H, W, 3); otherwise the 2-D image, with one warning per folder (tilt images, plain PNGs).
+    Volumes stay memory-mapped between calls (at most ``max_open``); :meth:`close` releases them.
+    """
+
+    def __init__(self, input_channels: str = "repeat", slab: int = 1, max_open: int = 16):
+        if input_channels not in INPUT_CHANNEL_MODES:
+            raise CryoError(f"unknown input_channels {input_channels!r} (use {', '.join(INPUT_CHANNEL_MODES)})")
+        self.input_channels = input_channels
+        self.slab = _positive_int(slab, "input slab")
+        self.max_open = max_open
+        self._volumes: dict[str, Volume] = {}
+        self._warned: set[str] = set()
+
+    def __call__(self, path: str) -> np.ndarray:
+        """The network's view of the image file ``path``: (H, W) or (H, W, 3)."""
+        if self.input_channels == "slabs":
+            found = self._slab_source(path)
+            if found is not None:
+                volume, z = found
+                stack = volume.slab_channels(z, self.slab)
+                height, width = image_size(path)[::-1]
+                if stack.shape[:2] != (height, width):
+                    raise CryoError(f"its sidecar's volume gives {stack.shape[1]} x {stack.shape[0]} px slices, "
+                                    f"the image is {width} x {height} px", path)
+                return stack
+        return read_image(path)
+
+    def _slab_source(self, path: str) -> tuple[Volume, int] | None:
+        sidecar_path = str(path) + ".json"
+        folder = os.path.dirname(os.path.abspath(path))
+        reason = None
+        if not os.path.isfile(sidecar_path):
+            reason = "no sidecar (.json) beside the images"
+        else:
+            sidecar = read_sidecar(sidecar_path)
+            if sidecar.get("kind") != "tomogram":
+                reason = "they are tilt images, not tomogram slices"
+            else:
+                source = sidecar_source(sidecar, sidecar_path)
+                if not os.path.isfile(source):
+                    reason = f"the volume their sidecar names is missing ({source})"
+                else:
+                    volume = self._open(source, sidecar)
+                    return volume, volume.check_index(sidecar_index(sidecar))
+        if folder not in self._warned:
+            self._warned.add(folder)
+            warnings.warn(f"{folder}: the model reads three slabs of the source tomogram, but these images "
+                          f"have none ({reason}): each image is repeated on the three channels instead")
+        return None
+
+    def _open(self, source: str, sidecar: dict) -> Volume:
+        binning = sidecar.get("binning", 1)
+        key = f"{source}|{binning}"
+        if key not in self._volumes:
+            if len(self._volumes) >= self.max_open:
+                self._volumes.pop(next(iter(self._volumes))).close()
+            self._volumes[key] = open_volume(source, kind="tomogram", binning=binning)
+        return self._volumes[key]
+
+    def close(self) -> None:
+        """Release every open volume."""
+        for volume in self._volumes.values():
+            volume.close()
+        self._volumes.clear()
+
+
+def image_source(cfg: Config) -> ImageSource:
+    """The :class:`ImageSource` of a Config (``input_channels``, ``input_slab``)."""
+    return ImageSource(cfg.input_channels, cfg.input_slab)
 
 
 def sidecar_index(sidecar: dict) -> int:

@@ -30,86 +30,136 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from . import data_generators, metrics, roi_helpers, splits, tomo_io
+from . import data_generators, metrics, recipes, roi_helpers, splits, tomo_io
 from .atomic import atomic_path, remove_stale_temporaries
 from .cli import check_output_dir, set_seed
-from .config import BG_CLASS, Config, save_config
+from .config import BG_CLASS, Config, apply_overrides, save_config
 from .errors import CryoError
-from .model import Detector, build_models, check_weights_path, load_imagenet_weights, save_weights_atomic
+from .model import (Detector, build_models, check_weights_path, fetch_imagenet_weights, load_imagenet_weights,
+                    save_weights_atomic)
 from .preprocessing import prepare_image
 
 PARSERS = ("simple", "pascal_voc")
+IMAGENET = "imagenet"   # --input_weight_path value: keras.applications' ResNet-50 ImageNet file
 TRAIN_MODES = ("alternating", "joint")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Command-line options (keras-frcnn's flags plus --seed, --val-split, --im-size, ...)."""
+    """Command-line options (keras-frcnn's flags plus --recipe, --seed, --val-split, --im-size, ...).
+
+    Options the recipe sets default to None here: given on the command line they override it.
+    """
     defaults = Config()
     p = argparse.ArgumentParser(description="Train the Faster R-CNN detector (Li et al. 2019).")
     p.add_argument("-p", "--path", required=True, help="annotations: simple txt file, or LabelImg/VOC folder")
     p.add_argument("-o", "--parser", default="simple", help="annotation format: simple or pascal_voc")
+    p.add_argument("--recipe", default="auto", choices=list(recipes.RECIPES),
+                   help="auto (default): 'paper' with --input_weight_path, else 'scratch'. paper: Li et al. "
+                        "2019 exactly; scratch: settings for training from random weights on a CPU (joint "
+                        "steps, lr 1e-4 with warm-up and a final drop, flips and rotations, input size and "
+                        "anchors fitted to the boxes). Options below override the recipe")
     p.add_argument("-n", "--num_rois", type=int, default=defaults.num_rois, help="RoIs per classifier step")
-    p.add_argument("--hf", action="store_true", help="augment with horizontal flips")
-    p.add_argument("--vf", action="store_true", help="augment with vertical flips")
-    p.add_argument("--rot", "--rot_90", dest="rot", action="store_true", help="augment with 90-degree rotations")
+    p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=None,
+                   help="augment with horizontal flips (recipe: scratch on, paper off)")
+    p.add_argument("--vf", action=argparse.BooleanOptionalAction, default=None, help="augment with vertical flips")
+    p.add_argument("--rot", "--rot_90", dest="rot", action=argparse.BooleanOptionalAction, default=None,
+                   help="augment with 90-degree rotations")
     p.add_argument("--num_epochs", type=int, default=defaults.num_epochs)
     p.add_argument("--epoch_length", type=int, default=defaults.epoch_length, help="images per epoch")
     p.add_argument("--config_filename", default="config.pickle", help="where to write the run's config")
     p.add_argument("--output_weight_path", default=defaults.model_path, help="model weights (.weights.h5)")
     p.add_argument("--input_weight_path", default=None,
-                   help="ImageNet ResNet-50 notop weights (.h5) to start from; default: train from scratch")
+                   help="ImageNet ResNet-50 notop weights (.h5) to start from, or 'imagenet' to use keras.applications' "
+                        "file (cached, else downloaded); default: train from scratch")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--val-split", type=float, default=defaults.val_fraction,
                    help="fraction of the training groups (tomograms) held out for validation")
     p.add_argument("--test-split", type=float, default=defaults.test_fraction,
                    help="fraction of groups held out for measure_map (paper: 1/6)")
     p.add_argument("--split-file", default=None, help="split JSON (default: beside the annotations)")
-    p.add_argument("--im-size", type=int, default=defaults.im_size, help="shorter image side (px)")
+    p.add_argument("--im-size", type=int, default=None,
+                   help=f"shorter image side (px); paper {defaults.im_size}, scratch: fitted to the box sizes")
+    p.add_argument("--input-channels", default=None, choices=list(tomo_io.INPUT_CHANNEL_MODES),
+                   help="repeat (paper): each image on the 3 input channels; slabs (scratch, when every image has a "
+                        "sidecar naming its tomogram): three slabs of --input-slab slices around the slice")
+    p.add_argument("--input-slab", type=int, default=Config.input_slab,
+                   help="slices per slab with --input-channels slabs")
     p.add_argument("--no-preprocess", action="store_true",
                    help="skip bilateral filter and histogram equalisation (ablation)")
     p.add_argument("--anchor-scales", nargs="+", default=None,
                    help="anchor sizes in px of the resized image (paper: 128 256 512), or 'auto' to "
-                        "propose them from the labelled box sizes")
+                        "propose them from the labelled box sizes (scratch: auto when the paper's fit poorly)")
     p.add_argument("--backbone-norm", default=defaults.backbone_norm, choices=["auto", "frozen_bn", "group", "batch"],
                    help="auto: frozen_bn with --input_weight_path, GroupNorm from scratch")
-    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    p.add_argument("--train-mode", default=defaults.train_mode, choices=list(TRAIN_MODES),
-                   help="alternating (paper: RPN step, then classifier step) or joint (one backbone pass "
-                        "and one update per image, about half the time per image)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"Adam learning rate (paper {defaults.learning_rate:g}, scratch {recipes.ScratchRecipe.learning_rate:g})")
+    p.add_argument("--lr-warmup", type=int, default=None, metavar="STEPS",
+                   help="ramp the learning rate up from 0 over this many images (paper 0, scratch "
+                        f"{recipes.ScratchRecipe.lr_warmup_steps})")
+    p.add_argument("--train-mode", default=None, choices=list(TRAIN_MODES),
+                   help="alternating (paper: RPN step, then classifier step) or joint (scratch: one backbone "
+                        "pass and one update per image, about half the time per image)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
-                   help="stop after the epoch during which this much wall time has passed")
-    p.add_argument("--lr-drop", type=float, default=defaults.lr_drop_fraction, metavar="FRACTION",
+                   help="stop once this much wall time has passed (the epoch then running ends early and "
+                        "is scored on the images it saw); the learning-rate schedule follows this budget")
+    p.add_argument("--lr-drop", type=float, default=None, metavar="FRACTION",
                    help="multiply the learning rate by 0.1 once this fraction of the epochs (or of "
-                        "--time-budget) has passed; 0 (default, the paper's constant rate) = never")
+                        "--time-budget) has passed; 0 = never (paper); scratch "
+                        f"{recipes.ScratchRecipe.lr_drop_fraction:g}")
+    p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE", dest="overrides",
+                   help="set any Config field last, e.g. roi_pool_mode=cells (repeatable; see config.py)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last completed epoch (*_state.npz)")
     return p
 
 
+# command-line option -> the Config field it sets (options the recipe also sets)
+_RECIPE_OPTIONS = {"train_mode": "train_mode", "learning_rate": "learning_rate", "lr_warmup": "lr_warmup_steps",
+                   "lr_drop": "lr_drop_fraction", "hf": "use_horizontal_flips", "vf": "use_vertical_flips",
+                   "rot": "rot_90", "input_channels": "input_channels"}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    """A Config carrying the paper's defaults overridden by the command line."""
+    """A Config with the recipe's values (Config.recipe), then the options given on the command line.
+
+    The choices fitted to the labelled boxes (input size, anchors) are made later, in :func:`main`,
+    once the annotations are read.
+    """
     cfg = Config()
     if args.parser not in PARSERS:
         raise CryoError(f"unknown parser {args.parser!r} (use simple or pascal_voc)")
     for name, value in (("num_rois", args.num_rois), ("num_epochs", args.num_epochs),
                         ("epoch_length", args.epoch_length), ("im_size", args.im_size)):
-        if value < 1:
+        if value is not None and value < 1:
             raise CryoError(f"--{name} must be a positive integer, got {value}")
     if not 0.0 <= args.val_split < 1.0 or not 0.0 <= args.test_split < 1.0:
         raise CryoError("--val-split and --test-split must lie in [0, 1)")
-    if not 0.0 <= args.lr_drop < 1.0:
+    if args.lr_drop is not None and not 0.0 <= args.lr_drop < 1.0:
         raise CryoError(f"--lr-drop must lie in [0, 1) (a fraction of the run; 0 = off), got {args.lr_drop}")
+    if args.lr_warmup is not None and args.lr_warmup < 0:
+        raise CryoError(f"--lr-warmup must be >= 0 images, got {args.lr_warmup}")
+    if args.learning_rate is not None and not args.learning_rate > 0.0:
+        raise CryoError(f"--learning-rate must be positive, got {args.learning_rate}")
+    cfg.recipe = recipes.resolve(args.recipe, bool(args.input_weight_path))
+    for name, value in recipes.recipe_values(cfg.recipe).items():
+        setattr(cfg, name, value)
+    for option, name in _RECIPE_OPTIONS.items():
+        if getattr(args, option) is not None:
+            setattr(cfg, name, getattr(args, option))
     cfg.parser = args.parser
     cfg.annotation_path = os.path.abspath(args.path)
     cfg.num_rois = args.num_rois
-    cfg.use_horizontal_flips, cfg.use_vertical_flips, cfg.rot_90 = args.hf, args.vf, args.rot
     cfg.num_epochs, cfg.epoch_length = args.num_epochs, args.epoch_length
     cfg.model_path = os.path.abspath(args.output_weight_path)
     cfg.base_net_weights = os.path.abspath(args.input_weight_path) if args.input_weight_path else None
     cfg.seed = args.seed
     cfg.val_fraction, cfg.test_fraction = args.val_split, args.test_split
-    cfg.im_size = args.im_size
+    if args.im_size is not None:
+        cfg.im_size = args.im_size
     cfg.preprocess = not args.no_preprocess
+    if args.input_slab < 1:
+        raise CryoError(f"--input-slab must be a positive number of slices, got {args.input_slab}")
+    cfg.input_slab = args.input_slab
     if args.anchor_scales and args.anchor_scales != ["auto"]:
         try:
             cfg.anchor_box_scales = [float(s) for s in args.anchor_scales]
@@ -118,10 +168,26 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if min(cfg.anchor_box_scales) <= 0:
             raise CryoError("--anchor-scales must be positive")
     cfg.backbone_norm = args.backbone_norm
-    cfg.learning_rate = args.learning_rate
-    cfg.lr_drop_fraction = args.lr_drop
-    cfg.train_mode = args.train_mode
+    apply_overrides(cfg, args.overrides)
     return cfg
+
+
+def fit_config_to_boxes(cfg: Config, args: argparse.Namespace, records: list[dict]) -> None:
+    """The data-dependent part of the recipe: input size, anchors and detection cap (printed with reasons).
+
+    Scratch recipe: recipes.fit_to_boxes for what the command line left open. Either recipe:
+    ``--anchor-scales auto`` proposes anchors from the boxes at the chosen input size.
+    """
+    overridden = {a.partition("=")[0].strip() for a in args.overrides or []}
+    if cfg.recipe == "scratch":
+        notes = recipes.fit_to_boxes(cfg, records, fit_size=args.im_size is None and "im_size" not in overridden,
+                                     fit_anchors=args.anchor_scales is None and "anchor_box_scales" not in overridden)
+        notes.append(recipes.fit_input_channels(cfg, records))
+        for note in notes:
+            print(f"recipe scratch: {note}")
+    if args.anchor_scales == ["auto"]:
+        cfg.anchor_box_scales = data_generators.propose_anchor_scales(records, cfg)
+        print(f"anchor scales proposed from the labelled boxes: {cfg.anchor_box_scales}")
 
 
 def load_annotations(path: str, parser: str) -> tuple[list[dict], dict[str, int], dict[str, int]]:
@@ -186,6 +252,13 @@ class Trainer:
         self.loss_rpn_regr = losses.rpn_loss_regr(k, cfg.lambda_rpn_regr, cfg.loss_epsilon)
         self.loss_cls_cls = losses.class_loss_cls(cfg.lambda_cls_class)
         self.loss_cls_regr = losses.class_loss_regr(n_fg, cfg.lambda_cls_regr, cfg.loss_epsilon)
+        self.iou_head = cfg.classifier_iou_head
+        loss_cls_iou = losses.class_loss_iou(cfg.lambda_cls_iou)
+
+        def head_losses(outputs, y_cls, y_regr, y_iou):
+            """(class loss, box loss, IoU loss (0 without the IoU head)) of the head's outputs."""
+            l_iou = loss_cls_iou(y_iou, outputs[2]) if self.iou_head else tf.constant(0.0)
+            return self.loss_cls_cls(y_cls, outputs[0]), self.loss_cls_regr(y_regr, outputs[1]), l_iou
         m = self.models
         if cfg.train_mode not in TRAIN_MODES:
             raise CryoError(f"unknown train_mode {cfg.train_mode!r} (use {' or '.join(TRAIN_MODES)})")
@@ -209,18 +282,18 @@ class Trainer:
                      tf.TensorSpec((1, None, None, 8 * k), tf.float32)]
         cls_specs = [img_spec, tf.TensorSpec((1, None, 4), tf.float32),
                      tf.TensorSpec((1, None, n_fg + 1), tf.float32),
-                     tf.TensorSpec((1, None, 8 * n_fg), tf.float32)]
+                     tf.TensorSpec((1, None, 8 * n_fg), tf.float32), tf.TensorSpec((1, None, 1), tf.float32)]
 
         def rpn_forward(x, y_cls, y_regr, training):
             features = m.base(x, training=training)
             p_cls, p_regr = m.rpn_head(features, training=training)
             return self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr), p_cls, p_regr
 
-        def cls_forward(x, rois, y_cls, y_regr, training):
+        def cls_forward(x, rois, y_cls, y_regr, y_iou, training):
             features = m.base(x, training=training)
-            p_cls, p_regr = m.classifier_head([features, rois], training=training)
-            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(p_cls, -1), tf.argmax(y_cls, -1)), tf.float32))
-            return self.loss_cls_cls(y_cls, p_cls), self.loss_cls_regr(y_regr, p_regr), acc
+            outputs = m.classifier_head([features, rois], training=training)
+            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs[0], -1), tf.argmax(y_cls, -1)), tf.float32))
+            return (*head_losses(outputs, y_cls, y_regr, y_iou), acc)
 
         def rpn_train(x, y_cls, y_regr):
             with tf.GradientTape() as tape:
@@ -230,37 +303,40 @@ class Trainer:
             self.opt_rpn.apply_gradients(zip(grads, self.rpn_vars))
             return l_cls, l_regr, p_cls, p_regr
 
-        def cls_train(x, rois, y_cls, y_regr):
+        def cls_train(x, rois, y_cls, y_regr, y_iou):
             with tf.GradientTape() as tape:
-                l_cls, l_regr, acc = cls_forward(x, rois, y_cls, y_regr, True)
-                total = l_cls + l_regr
+                l_cls, l_regr, l_iou, acc = cls_forward(x, rois, y_cls, y_regr, y_iou, True)
+                total = l_cls + l_regr + l_iou
             grads = tape.gradient(total, self.cls_vars)
             self.opt_cls.apply_gradients(zip(grads, self.cls_vars))
-            return l_cls, l_regr, acc
+            return l_cls, l_regr, l_iou, acc
 
         def numpy_targets(p_cls, p_regr, boxes, labels):
             """Classifier targets from RPN outputs, as in the alternating mode (runs as numpy)."""
             targets = self.classifier_targets(self._joint_shape, boxes, labels, p_cls, p_regr, self._joint_rng)
             if targets is None:  # nothing to train the head on: one dummy RoI with zero weight
                 return (np.array([[[0, 0, 1, 1]]], np.float32), np.eye(n_fg + 1, dtype=np.float32)[None, -1:],
-                        np.zeros((1, 1, 8 * n_fg), np.float32), np.float32(0.0), np.float32(np.nan))
-            rois, y_cls, y_regr, pos_fraction = targets
-            return rois, y_cls, y_regr, np.float32(1.0), np.float32(pos_fraction)
+                        np.zeros((1, 1, 8 * n_fg), np.float32), np.zeros((1, 1, 1), np.float32), np.float32(0.0),
+                        np.float32(np.nan))
+            rois, y_cls, y_regr, y_iou, pos_fraction = targets
+            return rois, y_cls, y_regr, y_iou, np.float32(1.0), np.float32(pos_fraction)
 
         def joint_train(x, y_cls, y_regr, boxes, labels):
             with tf.GradientTape() as tape:
                 features = m.base(x, training=True)
                 p_cls, p_regr = m.rpn_head(features, training=True)
                 l_rpn_cls, l_rpn_regr = self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr)
-                rois, c_true, r_true, used, pos_fraction = tf.numpy_function(
+                rois, c_true, r_true, iou_true, used, pos_fraction = tf.numpy_function(
                     numpy_targets, [tf.stop_gradient(p_cls), tf.stop_gradient(p_regr), boxes, labels],
-                    [tf.float32] * 5, stateful=True)
+                    [tf.float32] * 6, stateful=True)
                 rois.set_shape((1, None, 4))
                 c_true.set_shape((1, None, n_fg + 1))
                 r_true.set_shape((1, None, 8 * n_fg))
-                c_pred, r_pred = m.classifier_head([features, rois], training=True)
-                l_cls, l_regr = self.loss_cls_cls(c_true, c_pred), self.loss_cls_regr(r_true, r_pred)
-                total = l_rpn_cls + l_rpn_regr + used * (l_cls + l_regr)
+                iou_true.set_shape((1, None, 1))
+                outputs = m.classifier_head([features, rois], training=True)
+                c_pred = outputs[0]
+                l_cls, l_regr, l_iou = head_losses(outputs, c_true, r_true, iou_true)
+                total = l_rpn_cls + l_rpn_regr + used * (l_cls + l_regr + l_iou)
             grads = tape.gradient(total, self.rpn_vars + self.cls_vars)
             self.opt_rpn.apply_gradients(zip(grads[:len(self.rpn_vars)], self.rpn_vars))
             head_grads = grads[len(self.rpn_vars):]
@@ -270,7 +346,7 @@ class Trainer:
                 return tf.constant(True)
             tf.cond(used > 0, apply_head, lambda: tf.constant(False))
             acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(c_pred, -1), tf.argmax(c_true, -1)), tf.float32))
-            return l_rpn_cls, l_rpn_regr, l_cls, l_regr, acc, used, pos_fraction
+            return l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, acc, used, pos_fraction
 
         self._joint_shape, self._joint_rng = (0, 0), np.random.default_rng(0)
         self.joint_train_step = tf.function(joint_train, input_signature=[
@@ -280,7 +356,8 @@ class Trainer:
         self.cls_train_step = tf.function(cls_train, input_signature=cls_specs)
         self.rpn_eval_step = tf.function(lambda x, c, r: rpn_forward(x, c, r, False), input_signature=rpn_specs,
                                          autograph=False)
-        self.cls_eval_step = tf.function(lambda x, r, c, g: cls_forward(x, r, c, g, False), input_signature=cls_specs,
+        self.cls_eval_step = tf.function(lambda x, r, c, g, u: cls_forward(x, r, c, g, u, False),
+                                         input_signature=cls_specs,
                                          autograph=False)
 
     def set_learning_rate(self, rate: float) -> None:
@@ -298,68 +375,88 @@ class Trainer:
         p_cls (1, h, w, k), p_regr (1, h, w, 4k): the RPN outputs.
 
         Returns (RoIs (1, R, 4) in feature-map units, one-hot classes (1, R, C), regression targets
-        (1, R, 8(C-1)), fraction of positives), R = ``cfg.num_rois``.
+        (1, R, 8(C-1)), IoU of each RoI with its matched box (1, R, 1), fraction of positives),
+        R = ``cfg.num_rois``.
         """
         cfg = self.cfg
         height, width = shape
         rois, _ = roi_helpers.rpn_to_roi(p_cls[0], p_regr[0], cfg, width, height)
         if cfg.classifier_add_gt_rois and len(boxes):
             rois = np.concatenate([rois, boxes.astype(rois.dtype)], axis=0)
-        rois, y_class, y_regr, _ = roi_helpers.calc_iou(rois, boxes, labels, cfg, cfg.num_classes)
+        rois, y_class, y_regr, ious = roi_helpers.calc_iou(rois, boxes, labels, cfg, cfg.num_classes)
         if rois.shape[0] == 0:
             return None
         idx = roi_helpers.sample_rois(y_class, cfg.num_rois, cfg.classifier_positive_fraction, rng)
         rois_feat = (rois[idx] / float(cfg.rpn_stride)).astype(np.float32)
         return (rois_feat[None], y_class[idx].astype(np.float32)[None], y_regr[idx].astype(np.float32)[None],
-                float(np.mean(y_class[idx, -1] == 0)))
+                ious[idx].astype(np.float32)[None, :, None], float(np.mean(y_class[idx, -1] == 0)))
 
     def train_on_sample(self, sample: dict, rng: np.random.Generator) -> dict[str, float]:
-        """One training iteration on one image (both modes); the losses (nan where the head was skipped)."""
+        """One training iteration on one image (both modes); the losses (nan where the head was skipped,
+        and for ``cls_iou`` without the IoU head)."""
         if self.joint:
             self._joint_shape, self._joint_rng = sample["x_img"].shape[1:3], rng
             out = self.joint_train_step(sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"],
                                         np.asarray(sample["boxes"], np.float64).reshape(-1, 4),
                                         np.asarray(sample["labels"], np.int64).reshape(-1))
-            l_rpn_cls, l_rpn_regr, l_cls, l_regr, acc, used, pos_fraction = (float(v) for v in out)
-            head = used > 0
-            return {"rpn_cls": l_rpn_cls, "rpn_regr": l_rpn_regr, "cls_cls": l_cls if head else math.nan,
-                    "cls_regr": l_regr if head else math.nan, "cls_acc": acc if head else math.nan,
-                    "pos_fraction": pos_fraction if head else math.nan}
+            l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, acc, used, pos_fraction = (float(v) for v in out)
+            result = {"rpn_cls": l_rpn_cls, "rpn_regr": l_rpn_regr, **_HEAD_SKIPPED}
+            if used > 0:
+                result.update(self._head_result(l_cls, l_regr, l_iou, acc, pos_fraction))
+            return result
         l_rpn_cls, l_rpn_regr, p_cls, p_regr = self.rpn_train_step(
             sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"])
-        out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), "cls_cls": math.nan,
-               "cls_regr": math.nan, "cls_acc": math.nan, "pos_fraction": math.nan}
+        out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), **_HEAD_SKIPPED}
         targets = self.classifier_targets(sample["x_img"].shape[1:3], sample["boxes"], sample["labels"],
                                           p_cls.numpy(), p_regr.numpy(), rng)
         if targets is not None:
-            rois, y_cls, y_regr, pos_fraction = targets
-            l_cls, l_regr, acc = self.cls_train_step(sample["x_img"], rois, y_cls, y_regr)
-            out.update(cls_cls=float(l_cls), cls_regr=float(l_regr), cls_acc=float(acc), pos_fraction=pos_fraction)
+            rois, y_cls, y_regr, y_iou, pos_fraction = targets
+            l_cls, l_regr, l_iou, acc = self.cls_train_step(sample["x_img"], rois, y_cls, y_regr, y_iou)
+            out.update(self._head_result(l_cls, l_regr, l_iou, acc, pos_fraction))
         return out
+
+    def _head_result(self, l_cls, l_regr, l_iou, acc, pos_fraction) -> dict[str, float]:
+        return {"cls_cls": float(l_cls), "cls_regr": float(l_regr),
+                "cls_iou": float(l_iou) if self.iou_head else math.nan, "cls_acc": float(acc),
+                "pos_fraction": float(pos_fraction)}
 
     def eval_on_sample(self, sample: dict, rng: np.random.Generator) -> dict[str, float]:
-        """The same four losses without updating anything (validation)."""
+        """The same losses without updating anything (validation)."""
         l_rpn_cls, l_rpn_regr, p_cls, p_regr = self.rpn_eval_step(
             sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"])
-        out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), "cls_cls": math.nan, "cls_regr": math.nan}
+        out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), "cls_cls": math.nan,
+               "cls_regr": math.nan, "cls_iou": math.nan}
         targets = self.classifier_targets(sample["x_img"].shape[1:3], sample["boxes"], sample["labels"],
                                           p_cls.numpy(), p_regr.numpy(), rng)
         if targets is not None:
-            rois, y_cls, y_regr, _ = targets
-            l_cls, l_regr, _ = self.cls_eval_step(sample["x_img"], rois, y_cls, y_regr)
-            out.update(cls_cls=float(l_cls), cls_regr=float(l_regr))
+            rois, y_cls, y_regr, y_iou, _ = targets
+            l_cls, l_regr, l_iou, _ = self.cls_eval_step(sample["x_img"], rois, y_cls, y_regr, y_iou)
+            out.update(cls_cls=float(l_cls), cls_regr=float(l_regr),
+                       cls_iou=float(l_iou) if self.iou_head else math.nan)
         return out
 
 
-LOSS_KEYS = ("rpn_cls", "rpn_regr", "cls_cls", "cls_regr")
+# the head's entries of a step whose classifier did not run
+_HEAD_SKIPPED = {"cls_cls": math.nan, "cls_regr": math.nan, "cls_iou": math.nan, "cls_acc": math.nan,
+                 "pos_fraction": math.nan}
+LOSS_KEYS = ("rpn_cls", "rpn_regr", "cls_cls", "cls_regr", "cls_iou")
 
 
-def scheduled_learning_rate(cfg: Config, progress: float) -> float:
-    """Learning rate once ``progress`` (0..1) of the run has passed: the step decay of
-    ``cfg.lr_drop_fraction`` / ``lr_drop_factor`` (constant when the fraction is 0)."""
+def _head_keys(trainer: Trainer) -> tuple[str, ...]:
+    """The head's losses a step reports (the IoU loss only with the IoU head)."""
+    return ("cls_cls", "cls_regr", "cls_iou") if trainer.iou_head else ("cls_cls", "cls_regr")
+
+
+def scheduled_learning_rate(cfg: Config, progress: float, step: int | None = None) -> float:
+    """Learning rate for training image ``step`` (0-based; None: after the warm-up) once ``progress``
+    (0..1) of the run has passed: a linear warm-up over the first ``cfg.lr_warmup_steps`` images,
+    then the step decay of ``cfg.lr_drop_fraction`` / ``lr_drop_factor`` (constant when both are 0)."""
+    rate = cfg.learning_rate
     if cfg.lr_drop_fraction > 0.0 and progress >= cfg.lr_drop_fraction:
-        return cfg.learning_rate * cfg.lr_drop_factor
-    return cfg.learning_rate
+        rate *= cfg.lr_drop_factor
+    if step is not None and step < cfg.lr_warmup_steps:
+        rate *= (step + 1) / cfg.lr_warmup_steps
+    return rate
 
 
 def total_loss(stats: EpochStats) -> float:
@@ -372,15 +469,16 @@ def validate(trainer: Trainer, records: list[dict], seed: int) -> dict[str, floa
     cfg = trainer.cfg
     rng = np.random.default_rng(seed)
     stats = EpochStats()
-    gen = data_generators.iter_training_samples(records, cfg, rng, tomo_io.read_image, prepare_image,
-                                                augment_images=False)
+    source = tomo_io.image_source(cfg)
+    gen = data_generators.iter_training_samples(records, cfg, rng, source, prepare_image, augment_images=False)
     for _ in range(len(records)):
         stats.add(**trainer.eval_on_sample(next(gen), rng))
     detector = Detector(cfg, models=trainer.models)
     detections = []
     for record in records:
-        dets = detector.detect(tomo_io.read_image(record["filepath"]), min_score=cfg.eval_min_score)
+        dets = detector.detect(source(record["filepath"]), min_score=cfg.eval_min_score)
         detections.extend(detections_to_dicts(record["filepath"], dets))
+    source.close()
     results = metrics.evaluate(records_to_ground_truth(records), detections, cfg.eval_iou_thresholds,
                                classes=cfg.class_names[:-1])
     out = {"val_loss": total_loss(stats)}
@@ -411,6 +509,9 @@ def main(args: argparse.Namespace) -> int:
     check_weights_path(cfg.model_path)
     check_output_dir(os.path.dirname(cfg.model_path))
     check_output_dir(os.path.dirname(os.path.abspath(args.config_filename)))
+    if args.input_weight_path == IMAGENET:
+        cfg.base_net_weights = fetch_imagenet_weights()
+        print(f"ImageNet weights: {cfg.base_net_weights}")
     if cfg.base_net_weights and not os.path.isfile(cfg.base_net_weights):
         raise CryoError("--input_weight_path file not found", cfg.base_net_weights)
     set_seed(cfg.seed)
@@ -423,15 +524,13 @@ def main(args: argparse.Namespace) -> int:
     if BG_CLASS not in class_mapping:
         class_mapping[BG_CLASS] = len(class_mapping)
     cfg.class_mapping = dict(class_mapping)
-    if args.anchor_scales == ["auto"]:
-        cfg.anchor_box_scales = data_generators.propose_anchor_scales(records, cfg)
-        print(f"anchor scales proposed from the labelled boxes: {cfg.anchor_box_scales}")
     split_path = args.split_file or splits.default_split_path(cfg.annotation_path)
     splits.assign_splits(records, split_path, cfg.test_fraction, cfg.val_fraction, cfg.seed)
     train_records = [r for r in records if r.get("imageset") == "train"]
     val_records = [r for r in records if r.get("imageset") == "val"]
     if not train_records:
         raise CryoError("the split left no training images", split_path)
+    fit_config_to_boxes(cfg, args, train_records)
     print(f"classes: {', '.join(f'{k} ({v})' for k, v in classes_count.items() if k != BG_CLASS)}")
     print(f"images: {len(train_records)} train, {len(val_records)} val, "
           f"{sum(r.get('imageset') == 'test' for r in records)} test (split: {split_path})")
@@ -441,8 +540,8 @@ def main(args: argparse.Namespace) -> int:
     started = time.time()
     trainer = Trainer(cfg)
     rng = np.random.default_rng(cfg.seed)
-    gen = data_generators.iter_training_samples(train_records, cfg, rng, tomo_io.read_image, prepare_image,
-                                                augment_images=True)
+    source = tomo_io.image_source(cfg)
+    gen = data_generators.iter_training_samples(train_records, cfg, rng, source, prepare_image, augment_images=True)
     best_loss, best_val, first_epoch = math.inf, -math.inf, 0
     # The config is written right after this run's first weights save, so that a run failing or
     # killed before it leaves an earlier run's config and weights as they were (a matching pair).
@@ -453,24 +552,37 @@ def main(args: argparse.Namespace) -> int:
         first_epoch, best_loss, best_val, log_rows = (state["epoch"], state["best_loss"], state["best_val"],
                                                       state["log_rows"])
         print(f"resuming after epoch {first_epoch} (best loss so far {best_loss:.4f})")
-        gen = data_generators.iter_training_samples(train_records, cfg, rng, tomo_io.read_image, prepare_image,
+        gen = data_generators.iter_training_samples(train_records, cfg, rng, source, prepare_image,
                                                     augment_images=True)
+    def progress(epoch: int, index: int) -> float:
+        """Share of the run passed: of --time-budget when one is given, else of the images."""
+        if args.time_budget:
+            return (time.time() - started) / (60.0 * args.time_budget)
+        return (epoch * cfg.epoch_length + index) / (cfg.num_epochs * cfg.epoch_length)
+
+    announced_rate = cfg.learning_rate
     for epoch in range(first_epoch, cfg.num_epochs):
-        progress = ((time.time() - started) / (60.0 * args.time_budget) if args.time_budget
-                    else epoch / cfg.num_epochs)
-        rate = scheduled_learning_rate(cfg, progress)
-        if not math.isclose(rate, trainer.learning_rate):
-            print(f"learning rate {trainer.learning_rate:g} -> {rate:g} from epoch {epoch + 1} "
-                  f"({100 * progress:.0f} % of the run passed)")
-            trainer.set_learning_rate(rate)
         stats = EpochStats()
         start = time.time()
         bar = tqdm(range(cfg.epoch_length), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
-        for _ in bar:
+        for index in bar:
+            passed = progress(epoch, index)
+            if args.time_budget is not None and passed >= 1.0 and index > 0:
+                tqdm.write(f"time budget of {args.time_budget:g} min used: epoch {epoch + 1} ends after "
+                           f"{index} of {cfg.epoch_length} images")
+                break
+            base_rate = scheduled_learning_rate(cfg, passed)          # without the warm-up
+            if base_rate < announced_rate:
+                tqdm.write(f"learning rate {announced_rate:g} -> {base_rate:g} from epoch {epoch + 1}, "
+                           f"image {index + 1} ({100 * passed:.0f} % of the run passed)")
+                announced_rate = base_rate
+            rate = scheduled_learning_rate(cfg, passed, epoch * cfg.epoch_length + index)
+            if not math.isclose(rate, trainer.learning_rate):
+                trainer.set_learning_rate(rate)
             step = trainer.train_on_sample(next(gen), rng)
             classifier_ran = not math.isnan(step["pos_fraction"])  # nan classifier losses: step skipped
             if not all(math.isfinite(step[k]) for k in ("rpn_cls", "rpn_regr")) or \
-                    (classifier_ran and not all(math.isfinite(step[k]) for k in ("cls_cls", "cls_regr"))):
+                    (classifier_ran and not all(math.isfinite(step[k]) for k in _head_keys(trainer))):
                 kept = (f"the last good weights are kept in {cfg.model_path}" if math.isfinite(best_loss)
                         else "no weights were saved yet")
                 raise CryoError(f"loss became NaN/Inf in epoch {epoch + 1} ({step}); {kept} (try a lower "
@@ -482,10 +594,12 @@ def main(args: argparse.Namespace) -> int:
         bar.close()
         curr = total_loss(stats)
         row = {"epoch": epoch + 1, "loss": curr, **{k: stats.mean(k) for k in LOSS_KEYS},
-               "cls_acc": stats.mean("cls_acc"), "seconds": time.time() - start}
+               "cls_acc": stats.mean("cls_acc"), "seconds": time.time() - start,
+               "images": len(stats.values.get("rpn_cls", []))}
+        iou_text = f", iou {row['cls_iou']:.4f}" if trainer.iou_head else ""
         print(f"epoch {epoch + 1}: loss {curr:.4f} (rpn cls {row['rpn_cls']:.4f}, rpn regr {row['rpn_regr']:.4f}, "
-              f"cls {row['cls_cls']:.4f}, regr {row['cls_regr']:.4f}), classifier accuracy {row['cls_acc']:.3f}, "
-              f"{row['seconds']:.1f} s")
+              f"cls {row['cls_cls']:.4f}, regr {row['cls_regr']:.4f}{iou_text}), classifier accuracy "
+              f"{row['cls_acc']:.3f}, {row['seconds']:.1f} s")
         if curr < best_loss:
             print(f"total loss decreased from {best_loss:.4f} to {curr:.4f}, saving weights to {cfg.model_path}")
             best_loss = curr
@@ -508,7 +622,8 @@ def main(args: argparse.Namespace) -> int:
         _write_log(_log_path(cfg.model_path), log_rows)
         save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng, log_rows)
         if args.time_budget is not None and time.time() - started > 60.0 * args.time_budget:
-            print(f"time budget of {args.time_budget:g} min used after epoch {epoch + 1}: stopping")
+            print(f"time budget of {args.time_budget:g} min used after epoch {epoch + 1}: stopping "
+                  f"({sum(int(r.get('images', cfg.epoch_length)) for r in log_rows)} training images seen)")
             break
     return 0
 
@@ -540,16 +655,17 @@ def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator) -
     try:
         with np.load(path) as data:
             meta = json.loads(bytes(data["meta"]).decode())
+            if meta["class_mapping"] != trainer.cfg.class_mapping:
+                raise CryoError("training state was made for other classes than these annotations", path)
+            saved_mode = meta.get("train_mode", "alternating")
+            if saved_mode != trainer.cfg.train_mode:  # checked before the optimiser slots, whose count differs
+                raise CryoError(f"training state was made with --train-mode {saved_mode}; resume with the same mode",
+                                path)
             weights = [data[f"w{i}"] for i in range(meta["n_weights"])]
             slots = {name: [data[f"{name}{i}"] for i in range(len(opt.variables))]
                      for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls))}
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise CryoError(f"training state is unreadable ({exc.__class__.__name__})", path) from None
-    if meta["class_mapping"] != trainer.cfg.class_mapping:
-        raise CryoError("training state was made for other classes than these annotations", path)
-    saved_mode = meta.get("train_mode", "alternating")
-    if saved_mode != trainer.cfg.train_mode:
-        raise CryoError(f"training state was made with --train-mode {saved_mode}; resume with the same mode", path)
     try:
         trainer.models.model_all.set_weights(weights)
         for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls)):

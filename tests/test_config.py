@@ -99,3 +99,32 @@ def test_stale_temporaries_of_one_file_are_removed(tmp_path):
     other.write_bytes(b"someone else's")
     assert remove_stale_temporaries(target) == [stale.name]
     assert not stale.exists() and other.exists()
+
+
+def test_configs_from_before_a_changed_default_keep_their_old_behaviour(tmp_path):
+    # models trained before roi_pool_mode existed pooled whole cells: they must keep doing so
+    cfg = Config(class_mapping={"mito": 0, "bg": 1})
+    del cfg.__dict__["roi_pool_mode"]
+    path = tmp_path / "config.pickle"
+    path.write_bytes(pickle.dumps(cfg, protocol=4))
+    assert load_config(str(path)).roi_pool_mode == "cells"
+    assert Config().roi_pool_mode == "bilinear"
+    cfg = Config(class_mapping={"mito": 0, "bg": 1})
+    path.write_bytes(pickle.dumps(cfg, protocol=4))
+    assert load_config(str(path)).roi_pool_mode == "bilinear"    # a stored value always wins
+
+
+def test_overrides_by_field_name():
+    from keras_frcnn_cryo.config import apply_overrides
+    cfg = Config()
+    assert apply_overrides(cfg, ["detection_nms_overlap=0.3", "roi_pool_mode=cells", "num_rois=16",
+                                 "use_horizontal_flips=true", "anchor_box_scales=[32, 64]",
+                                 "norm_percentiles=[1, 99]", "learning_rate=1"]) == [
+        "detection_nms_overlap", "roi_pool_mode", "num_rois", "use_horizontal_flips", "anchor_box_scales",
+        "norm_percentiles", "learning_rate"]
+    assert (cfg.detection_nms_overlap, cfg.roi_pool_mode, cfg.num_rois) == (0.3, "cells", 16)
+    assert cfg.use_horizontal_flips is True and cfg.anchor_box_scales == [32, 64]
+    assert cfg.norm_percentiles == (1, 99) and cfg.learning_rate == 1.0
+    for bad in ("nms=0.3", "detection_nms_overlap", "num_rois=many", "num_rois=1.5", "preprocess=1"):
+        with pytest.raises(CryoError, match="--set"):
+            apply_overrides(Config(), [bad])

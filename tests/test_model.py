@@ -103,3 +103,38 @@ def test_detector_output_is_well_formed(models):
     assert np.all(dets.boxes[:, 2] > dets.boxes[:, 0]) and np.all(dets.boxes[:, 3] > dets.boxes[:, 1])
     assert np.all(dets.boxes >= 0) and np.all(dets.boxes[:, [0, 2]] <= 120) and np.all(dets.boxes[:, [1, 3]] <= 90)
     assert np.all(np.diff(dets.scores) <= 0)
+
+
+def test_refinement_and_voting_keep_detections_well_formed(models):
+    image = np.random.default_rng(1).integers(0, 255, (90, 120)).astype(np.uint8)
+    plain = model_mod.Detector(toy_config(), models=models).detect(image, min_score=0.0)
+    tuned = model_mod.Detector(toy_config(detection_refine_steps=1, detection_box_voting_iou=0.6),
+                               models=models).detect(image, min_score=0.0)
+    assert len(tuned) > 0 and tuned.boxes.shape[1] == 4
+    assert np.all(tuned.boxes[:, 2] > tuned.boxes[:, 0]) and np.all(tuned.boxes[:, 3] > tuned.boxes[:, 1])
+    assert np.all(tuned.boxes >= 0) and np.all(tuned.boxes[:, [0, 2]] <= 120) and np.all(tuned.boxes[:, [1, 3]] <= 90)
+    moved = [not np.any(np.all(np.isclose(box, plain.boxes), axis=1)) for box in tuned.boxes]
+    assert any(moved)                                                   # the second pass moved boxes
+
+
+def test_three_channel_input_is_detected_like_a_grey_image(models):
+    detector = model_mod.Detector(toy_config(), models=models)
+    image = np.random.default_rng(2).integers(0, 255, (96, 96)).astype(np.uint8)
+    grey = detector.detect(image, min_score=0.0)
+    stacked = detector.detect(np.repeat(image[:, :, None], 3, axis=2), min_score=0.0)
+    np.testing.assert_allclose(stacked.boxes, grey.boxes, atol=1e-3)
+    np.testing.assert_allclose(stacked.scores, grey.scores, atol=1e-5)
+
+
+def test_imagenet_weights_come_from_the_cache_or_stop_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+    monkeypatch.setattr(model_mod.keras.utils, "get_file", offline)
+    with pytest.raises(CryoError, match="cannot download the ImageNet ResNet-50 weights .*--input_weight_path"):
+        model_mod.fetch_imagenet_weights()
+    cached = tmp_path / "models" / model_mod.IMAGENET_FILE
+    cached.parent.mkdir()
+    cached.write_bytes(b"h5")
+    assert model_mod.fetch_imagenet_weights() == str(cached)

@@ -317,3 +317,18 @@ def test_estimate_snr_limits():
     assert math.isnan(pp.estimate_snr(np.ones((10, 10))))
     with pytest.raises(ValueError):
         pp.estimate_snr(np.zeros((2, 10)))
+
+
+def test_prepare_image_three_channels_are_prepared_one_by_one():
+    rng = np.random.default_rng(5)
+    cfg = Config(im_size=48, im_max_size=0)
+    channels = [rng.normal(size=(64, 80)).astype(np.float32) for _ in range(3)]
+    stacked, scale = pp.prepare_image(np.stack(channels, axis=2), cfg)
+    assert stacked.shape == (48, 60, 3) and scale == (0.75, 0.75)
+    for c, image in enumerate(channels):
+        single, _ = pp.prepare_image(image, cfg)                # each grey image alone, repeated
+        np.testing.assert_array_equal(stacked[:, :, c], single[:, :, c])
+    grey = stacked + np.asarray(cfg.img_channel_mean, np.float32)
+    assert not np.array_equal(grey[:, :, 0], grey[:, :, 1])     # three images, not one repeated
+    with pytest.raises(ValueError, match="3 channels"):
+        pp.prepare_image(np.zeros((8, 8, 2), np.float32), cfg)

@@ -12,6 +12,7 @@ from keras_frcnn_cryo.data_generators import calc_rpn, generate_anchors
 from keras_frcnn_cryo.roi_helpers import (
     MAX_LOG_SCALE,
     apply_regr,
+    box_voting,
     calc_iou,
     encode_boxes,
     iou_matrix,
@@ -348,3 +349,16 @@ def test_detector_min_proposal_score_option(tmp_path):
         predict.load_detector(config_path, None, min_proposal_score=1.5)
     with pytest.raises(CryoError, match="weights file not found"):    # the score was accepted first
         predict.load_detector(config_path, None, min_proposal_score=0.3)
+
+
+def test_box_voting_by_hand():
+    kept = np.array([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    candidates = np.array([[0.0, 0.0, 10.0, 10.0], [2.0, 0.0, 12.0, 10.0], [30.0, 30.0, 40.0, 40.0],
+                           [50.0, 50.0, 60.0, 60.0]])
+    scores = np.array([0.9, 0.3, 0.8, 0.5])
+    # IoU of the 2nd candidate with the 1st kept box: 80 / 120 = 0.667
+    voted = box_voting(kept, candidates, scores, 0.6)
+    np.testing.assert_allclose(voted[0], [0.5, 0.0, 10.5, 10.0])       # (0.9 * 0 + 0.3 * 2) / 1.2
+    np.testing.assert_allclose(voted[1], kept[1])                      # only itself
+    np.testing.assert_allclose(box_voting(kept, candidates, scores, 0.7), kept)
+    assert box_voting(np.zeros((0, 4)), candidates, scores, 0.5).shape == (0, 4)

@@ -497,3 +497,63 @@ def test_streaming_does_not_keep_the_file_resident(tmp_path):
         grown = _rss_file_kib() - before
     assert np.isfinite(checksum)
     assert grown < 24 * 1024, f"file pages resident after streaming: {grown} KiB of a 98304 KiB file"
+
+
+# ------------------------------------------------------------------------------------------
+# three slabs as the network's input channels (Config.input_channels "slabs")
+# ------------------------------------------------------------------------------------------
+def _ramp_volume(tmp_path, nz=9, size=8) -> str:
+    """Slice z holds the value z everywhere (and x/100 added, so binning is visible)."""
+    data = np.zeros((nz, size, size), np.float32) + np.arange(nz, dtype=np.float32)[:, None, None]
+    data += np.arange(size, dtype=np.float32)[None, None, :] / 100.0
+    return _mrc(tmp_path / "ramp.mrc", data, voxel=10.0)
+
+
+def test_slab_channels_by_hand(tmp_path):
+    with open_volume(_ramp_volume(tmp_path)) as volume:
+        stack = volume.slab_channels(4, 3)                   # slabs 1..3, 4..6... centred on 1, 4, 7
+        assert stack.shape == (8, 8, 3) and stack.dtype == np.float32
+        np.testing.assert_allclose(stack[0, 0], [1.0, 4.0, 7.0], atol=1e-6)
+        np.testing.assert_allclose(volume.slab_channels(4, 1)[0, 0], [3.0, 4.0, 5.0], atol=1e-6)
+        # slab 2 around 0: slices -2..-1 (the end slice 0 stands in), 0..1, 2..3 -> 0, 0.5, 2.5
+        np.testing.assert_allclose(volume.slab_channels(0, 2)[0, 0], [0.0, 0.5, 2.5], atol=1e-6)
+        np.testing.assert_allclose(volume.slab_channels(8, 1)[0, 0], [7.0, 8.0, 8.0], atol=1e-6)
+        with pytest.raises(CryoError, match="out of range"):
+            volume.slab_channels(9, 1)
+    with open_volume(_ramp_volume(tmp_path), binning=2) as volume:
+        stack = volume.slab_channels(4, 1)
+        assert stack.shape == (4, 4, 3)
+        np.testing.assert_allclose(stack[0, 0], np.array([3.0, 4.0, 5.0]) + 0.005, atol=1e-6)
+
+
+def test_image_source_reads_slabs_through_the_sidecar(tmp_path):
+    volume_path = _ramp_volume(tmp_path)
+    png = export_slices_for_labelling(volume_path, str(tmp_path / "png"), [4])[0]
+    source = tomo_io.ImageSource("slabs", slab=1)
+    stack = source(png)
+    np.testing.assert_allclose(stack[0, 0], [3.0, 4.0, 5.0], atol=1e-5)
+    # a sidecar naming its volume relative to its own folder works too (moved data sets)
+    sidecar = read_sidecar(png)
+    sidecar["source"] = os.path.relpath(volume_path, os.path.dirname(png))
+    tomo_io.write_sidecar(png, sidecar)
+    np.testing.assert_allclose(tomo_io.ImageSource("slabs", slab=1)(png)[0, 0], [3.0, 4.0, 5.0], atol=1e-5)
+    source.close()
+    # "repeat" reads the PNG itself
+    assert tomo_io.ImageSource("repeat")(png).shape == (8, 8)
+
+
+def test_image_source_falls_back_to_the_image_with_one_warning(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(plain / name), np.full((8, 8), 100, np.uint8))
+    source = tomo_io.ImageSource("slabs", slab=3)
+    with pytest.warns(UserWarning, match="no sidecar") as record:
+        assert source(str(plain / "a.png")).shape == (8, 8)
+        assert source(str(plain / "b.png")).shape == (8, 8)
+    assert len(record) == 1                                  # one warning per folder
+    tilts = export_slices_for_labelling(_mrc(tmp_path / "ts.st", _tomogram(1, (3, 8, 8))), str(tmp_path / "t"), [1])
+    with pytest.warns(UserWarning, match="tilt images"):
+        assert source(tilts[0]).shape == (8, 8)
+    with pytest.raises(CryoError, match="unknown input_channels"):
+        tomo_io.ImageSource("rgb")

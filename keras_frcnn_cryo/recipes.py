@@ -1,0 +1,189 @@
+"""Training recipes: the paper's settings, or a recipe for training from scratch on a CPU.
+
+``train_frcnn.py --recipe auto`` (the default) picks:
+
+* ``"paper"`` when ImageNet weights are given (``--input_weight_path``): every Config default,
+  i.e. Li et al. (2019) as published: alternating RPN / classifier steps, Adam at a constant 1e-5,
+  anchors of 128 / 256 / 512 px, shorter side 600 px, no augmentation, a single detection pass;
+* ``"scratch"`` otherwise: the settings that, measured in BENCHMARKS.md, give the most accuracy
+  per CPU-hour from random weights (:class:`ScratchRecipe`), plus three choices fitted to the
+  labelled boxes (:func:`fit_to_boxes`): the input size, the anchor sizes and the cap on
+  detections per image.
+
+Options given on the command line always win over the recipe. The recipe the run used is recorded
+in the config (``Config.recipe``) together with every value it set.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from .config import Config
+from .data_generators import anchor_shapes, propose_anchor_scales
+from .errors import CryoError
+
+RECIPES = ("auto", "paper", "scratch")
+
+
+@dataclass(frozen=True)
+class ScratchRecipe:
+    """Config values of the from-scratch recipe (field names are Config's)."""
+
+    train_mode: str = "joint"                 # one backbone pass per image: about twice the images per hour
+    learning_rate: float = 1e-4               # 10x the paper's: random weights need larger steps
+    lr_warmup_steps: int = 100                # linear ramp from 0 over the first steps
+    lr_drop_fraction: float = 0.75            # last quarter of the run at a tenth of the rate
+    use_horizontal_flips: bool = True
+    use_vertical_flips: bool = True
+    rot_90: bool = True
+    input_channels: str = "slabs"             # when every training image's tomogram is known (fit_input_channels)
+
+
+# Input size and anchors fitted to the boxes (scratch recipe; see fit_to_boxes)
+MIN_OBJECT_CELLS = 4.0         # the median labelled box is made at least this many feature cells wide
+MAX_OBJECT_CELLS = 8.0         # ... and at most this many (larger objects: smaller, faster images)
+MAX_UPSCALE = 2.0              # images are enlarged at most this much
+SIZE_MULTIPLE = 32             # im_size is rounded up to a multiple of this
+ANCHOR_MATCH_IOU = 0.5         # a box is "matched" when some anchor shape, centred on it, reaches this IoU
+ANCHOR_MATCH_FRACTION = 0.9    # fit anchors when fewer than this share of the boxes is matched
+DETECTIONS_PER_LABEL = 3       # max_detections >= this x the most boxes labelled on one image
+
+
+def resolve(name: str, has_imagenet_weights: bool) -> str:
+    """"paper" or "scratch" for a --recipe value ("auto": paper with ImageNet weights, else scratch)."""
+    if name not in RECIPES:
+        raise CryoError(f"unknown recipe {name!r} (use one of {', '.join(RECIPES)})")
+    if name == "auto":
+        return "paper" if has_imagenet_weights else "scratch"
+    return name
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """Config fields a resolved recipe sets: the Config defaults for "paper", ScratchRecipe's for "scratch"."""
+    source = Config() if name == "paper" else ScratchRecipe()
+    return {f.name: getattr(source, f.name) for f in fields(ScratchRecipe)}
+
+
+def box_sizes(records: list[dict[str, Any]]) -> np.ndarray:
+    """sqrt(w * h) of every labelled box, in pixels of its original image (float64, (N,))."""
+    return np.asarray([math.sqrt(max(b["x2"] - b["x1"], 1e-6) * max(b["y2"] - b["y1"], 1e-6))
+                       for r in records for b in r["bboxes"]], dtype=np.float64)
+
+
+def anchor_match_fraction(records: list[dict[str, Any]], cfg: Config) -> float:
+    """Share of the labelled boxes that some anchor shape, centred on the box, overlaps at IoU >=
+    ANCHOR_MATCH_IOU, after resizing as in training (shorter side ``cfg.im_size``).
+
+    An upper bound on what the anchors on the 16-px grid reach; a box under it gets no positive anchor
+    but its single best one, so the RPN learns it slowly and places it poorly.
+    """
+    shapes = anchor_shapes(cfg)                                            # (K, 2) w, h
+    matched = total = 0
+    for record in records:
+        scale = training_scale(record, cfg)
+        for b in record["bboxes"]:
+            w, h = (b["x2"] - b["x1"]) * scale, (b["y2"] - b["y1"]) * scale
+            inter = np.minimum(w, shapes[:, 0]) * np.minimum(h, shapes[:, 1])
+            iou = inter / (w * h + shapes[:, 0] * shapes[:, 1] - inter)
+            matched += bool(iou.max() >= ANCHOR_MATCH_IOU)
+            total += 1
+    return matched / total if total else 1.0
+
+
+def training_scale(record: dict[str, Any], cfg: Config) -> float:
+    """The factor training resizes ``record``'s image by (shorter side ``cfg.im_size``, longer side
+    capped at ``cfg.im_max_size``), as preprocessing.resize_image does."""
+    width, height = float(record["width"]), float(record["height"])
+    scale = cfg.im_size / min(width, height)
+    if cfg.im_max_size and max(width, height) * scale > cfg.im_max_size:
+        scale = cfg.im_max_size / max(width, height)
+    return scale
+
+
+def tomogram_slices(records: list[dict[str, Any]]) -> tuple[int, str]:
+    """How many of the records are tomogram slices whose volume can be read (a sidecar beside the image
+    naming an existing tomogram), and the reason for the first that is not ("" when all are)."""
+    from . import tomo_io
+
+    found, reason = 0, ""
+    for record in records:
+        sidecar_path = record["filepath"] + ".json"
+        why = ""
+        if not os.path.isfile(sidecar_path):
+            why = f"{record['filepath']} has no sidecar (.json)"
+        else:
+            sidecar = tomo_io.read_sidecar(sidecar_path)
+            if sidecar.get("kind") != "tomogram":
+                why = f"{record['filepath']} is a tilt image"
+            elif not os.path.isfile(tomo_io.sidecar_source(sidecar, sidecar_path)):
+                why = f"the tomogram of {record['filepath']} is missing"
+        found += not why
+        reason = reason or why
+    return found, reason
+
+
+def fit_input_channels(cfg: Config, records: list[dict[str, Any]]) -> str:
+    """Keep ``cfg.input_channels`` "slabs" only when every training image is a slice of a readable
+    tomogram (:func:`tomogram_slices`); otherwise "repeat". Returns the line saying which and why."""
+    if cfg.input_channels != "slabs":
+        return f"input: each image repeated on the 3 channels (input_channels {cfg.input_channels})"
+    found, reason = tomogram_slices(records)
+    if found == len(records):
+        return (f"input: slabs of {cfg.input_slab} slices above, at and below each slice, from the tomograms "
+                f"named by the images' sidecars (all {found} training images)")
+    cfg.input_channels = "repeat"
+    return f"input: each image repeated on the 3 channels ({found} of {len(records)} images have a tomogram: {reason})"
+
+
+def fit_to_boxes(cfg: Config, records: list[dict[str, Any]], fit_size: bool = True,
+                 fit_anchors: bool = True) -> list[str]:
+    """Fit the input size, the anchors and the detection cap to the labelled boxes (scratch recipe).
+
+    * ``im_size``: the images' shorter side, scaled only as far as needed to bring the median box to
+      between MIN_OBJECT_CELLS and MAX_OBJECT_CELLS feature cells (enlarged at most MAX_UPSCALE x),
+      rounded up to SIZE_MULTIPLE px; ``im_max_size`` keeps the images' aspect ratio.
+    * anchors: kept when at least ANCHOR_MATCH_FRACTION of the boxes match them
+      (:func:`anchor_match_fraction`), else proposed from the box sizes
+      (data_generators.propose_anchor_scales).
+    * ``max_detections``: raised to DETECTIONS_PER_LABEL x the most boxes on one image if that is more.
+
+    Changes ``cfg`` in place; returns one line per decision, saying why.
+    """
+    sizes = box_sizes(records)
+    if sizes.size == 0:
+        raise CryoError("no labelled boxes to fit the recipe to")
+    notes = []
+    short_sides = np.asarray([min(float(r["width"]), float(r["height"])) for r in records])
+    long_sides = np.asarray([max(float(r["width"]), float(r["height"])) for r in records])
+    native = float(np.median(short_sides))
+    median_box = float(np.median(sizes))
+    if fit_size:
+        cells = median_box / cfg.rpn_stride
+        scale = min(max(1.0, MIN_OBJECT_CELLS / cells), MAX_OBJECT_CELLS / cells)
+        scale = min(scale, MAX_UPSCALE)
+        size = int(SIZE_MULTIPLE * math.ceil(native * scale / SIZE_MULTIPLE))
+        aspect = float(np.median(long_sides / short_sides))
+        cfg.im_size = size
+        cfg.im_max_size = int(SIZE_MULTIPLE * math.ceil(size * max(aspect, 1.0) / SIZE_MULTIPLE))
+        notes.append(f"input size: shorter side {size} px (images {native:.0f} px, median box {median_box:.0f} px "
+                     f"becomes {median_box * size / native / cfg.rpn_stride:.1f} feature cells; "
+                     f"{MIN_OBJECT_CELLS:g}-{MAX_OBJECT_CELLS:g} wanted, images enlarged at most {MAX_UPSCALE:g}x)")
+    if fit_anchors:
+        share = anchor_match_fraction(records, cfg)
+        if share < ANCHOR_MATCH_FRACTION:
+            old = " / ".join(f"{s:g}" for s in cfg.anchor_box_scales)
+            cfg.anchor_box_scales = propose_anchor_scales(records, cfg)
+            new = " / ".join(f"{s:g}" for s in cfg.anchor_box_scales)
+            notes.append(f"anchors: {new} px fitted to the boxes: the anchors {old} px reach IoU "
+                         f">= {ANCHOR_MATCH_IOU:g} for only {100 * share:.0f} % of them")
+        else:
+            notes.append(f"anchors: kept ({100 * share:.0f} % of the boxes match them at IoU >= {ANCHOR_MATCH_IOU:g})")
+    most = max((len(r["bboxes"]) for r in records), default=0)
+    if DETECTIONS_PER_LABEL * most > cfg.max_detections:
+        cfg.max_detections = DETECTIONS_PER_LABEL * most
+        notes.append(f"detections per image capped at {cfg.max_detections} ({most} boxes labelled on one image)")
+    return notes
