@@ -1,90 +1,63 @@
-"""Accuracy on real EM data nobody in this project made: Lucchi++ mitochondria (FIB-SEM), paper anchors vs fitted ones.
+"""Accuracy on real EM data nobody in this project made: Lucchi++ mitochondria (FIB-SEM), README's defaults.
 
-    python benchmarks/accuracy_real_em.py --out runs/accuracy_real_em [--budget-min 30] [--jobs 2] [--train-mode joint]
+    python benchmarks/accuracy_real_em.py --data PATH/lucchi_pp_train --out runs/accuracy_real_em
+        [--budget-min 60] [--variants default paper] [--jobs 2] [--threads N]
 
-Data: ../shared/data/lucchi_pp_train (55 slices, 1024x768, every third slice of the training volume;
-see its README). Boxes are the 8-connected components of the expert masks
+Data (``--data``): a lucchi_pp_train folder with images/ and masks/ (55 slices, 1024x768, every third
+slice of the Lucchi++ FIB-SEM training volume, with the experts' binary mitochondria masks). Boxes are the 8-connected components of the expert masks
 (keras_frcnn_cryo.masks_to_boxes). The split is by contiguous slice ranges, as that README asks:
-the first two thirds of the slices train, the last third is evaluated (split file beside the
-annotations, method "contiguous").
+the first two thirds of the slices train, the last third is evaluated (``--test-split 1/3``; split
+file beside the annotations, method "contiguous").
 
-These mitochondria are 40-220 px, far below the paper's 128/256/512 px anchors, so two models are
-trained, each from scratch for at most ``--budget-min`` minutes: one with the paper's anchors and one
-with anchors proposed from the labelled box sizes (data_generators.propose_anchor_scales, i.e.
-``train_frcnn.py --anchor-scales auto``); ``--jobs 2`` trains both at once, each on half the cores.
-measure_map then puts both side by side.
+Each variant trains from scratch for ``--budget-min`` minutes with
+``train_frcnn.py -p annotations.txt --test-split 0.333 --time-budget B`` plus its flags: "default"
+adds none (the recipe README gives a new user: here the input size and anchors are fitted to these
+40-220 px mitochondria), "paper" adds ``--recipe paper`` (Li et al. 2019 as published: 600-px input,
+128/256/512-px anchors, alternating steps at lr 1e-5). ``--jobs 2`` trains both at once, each on
+half the cores; a single variant gets every core.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from keras_frcnn_cryo import evaluation, masks_to_boxes, predict, splits, train  # noqa: E402
-from parallel_training import limit_threads, run_variants  # noqa: E402
+from accuracy_common import evaluate, load_run, records_of, train_variant  # noqa: E402
+from keras_frcnn_cryo import masks_to_boxes  # noqa: E402
+from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                    "shared", "data", "lucchi_pp_train")
 TEST_FRACTION = 1.0 / 3.0
-
-
-VARIANTS = {"paper": ("paper anchors", ["128", "256", "512"]), "fitted": ("fitted anchors", ["auto"])}
-
-
-def train_model(annotations: str, run_dir: str, args: argparse.Namespace, anchors: list[str]) -> None:
-    """Train one model from scratch with the given --anchor-scales values."""
-    argv = ["-p", annotations, "--num_epochs", "100000", "--epoch_length", str(args.epoch_length),
-            "--im-size", str(args.im_size), "--anchor-scales", *anchors, "--hf", "--vf", "--rot",
-            "--learning-rate", str(args.learning_rate), "--lr-drop", str(args.lr_drop), "--seed", str(args.seed),
-            "--test-split", str(TEST_FRACTION), "--time-budget", str(args.budget_min),
-            "--config_filename", os.path.join(run_dir, "config.pickle"),
-            "--output_weight_path", os.path.join(run_dir, "model_frcnn.weights.h5"), "--train-mode", args.train_mode]
-    started = time.time()
-    train.main(train.build_parser().parse_args(argv))
-    print(f"training with anchors {' '.join(anchors)}: {(time.time() - started) / 60:.1f} min")
-
-
-def detect(annotations: str, run_dir: str, args: argparse.Namespace) -> str:
-    """Detections of a trained model on the test slices; the CSV path."""
-    records, _, _ = train.load_annotations(annotations, "simple")
-    splits.assign_splits(records, splits.default_split_path(annotations), TEST_FRACTION, None, args.seed)
-    test_paths = [r["filepath"] for r in records if r["imageset"] == "test"]
-    detector = predict.load_detector(os.path.join(run_dir, "config.pickle"),
-                                     os.path.join(run_dir, "model_frcnn.weights.h5"))
-    return predict.predict_images(detector, test_paths, os.path.join(run_dir, "predictions"),
-                                  threshold=detector.cfg.eval_min_score, root=os.path.join(args.data, "images"),
-                                  overlays=True)
+VARIANTS = {"default": [], "paper": ["--recipe", "paper"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=DATA, help="the lucchi_pp_train folder (images/, masks/)")
+    parser.add_argument("--data", required=True, help="the lucchi_pp_train folder (images/, masks/)")
     parser.add_argument("--out", default="runs/accuracy_real_em")
-    parser.add_argument("--im-size", type=int, default=600)
-    parser.add_argument("--epoch-length", type=int, default=37, help="images per epoch (the training slices)")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--lr-drop", type=float, default=0.75,
-                        help="learning rate x 0.1 after this fraction of the budget (0: constant, the paper's)")
-    parser.add_argument("--budget-min", type=float, default=30.0, help="training wall-time budget per model")
-    parser.add_argument("--jobs", type=int, default=1, choices=[1, 2],
-                        help="2: train both models at once, each on half the cores")
-    parser.add_argument("--train-mode", default="joint", choices=["joint", "alternating"],
-                        help="joint: about twice the images per budget; alternating: the paper's schedule")
+    parser.add_argument("--budget-min", type=float, default=60.0, help="training wall-time budget per model")
+    parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # --jobs 2 children
-    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--train-only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # --jobs children
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow threads for this run (0: all cores); to run two benchmarks side by side")
     args = parser.parse_args()
     box_dir = os.path.join(args.out, "boxes")
     annotations = os.path.join(box_dir, "annotations.txt")
+    flags = {name: ["--test-split", f"{TEST_FRACTION:.6f}", *extra] for name, extra in VARIANTS.items()}
     if args.train_only:
         limit_threads(args.threads)
-        train_model(annotations, os.path.join(args.out, args.train_only), args, VARIANTS[args.train_only][1])
+        train_variant(annotations, os.path.join(args.out, args.train_only), args.budget_min, args.seed,
+                      flags[args.train_only], args.train_only)
         return
-    print(f"machine: {os.cpu_count()} CPU cores, load {os.getloadavg()}")
+    if args.threads:
+        limit_threads(args.threads)
+    print(f"machine: {cpu_description()}; threads {args.threads or os.cpu_count()}; load {os.getloadavg()}",
+          flush=True)
     if not os.path.isdir(args.data):
         sys.exit(f"error: {args.data}: Lucchi++ data folder not found")
     records = masks_to_boxes.masks_to_records(os.path.join(args.data, "masks"), os.path.join(args.data, "images"),
@@ -92,18 +65,19 @@ def main() -> None:
     annotations = masks_to_boxes.write_annotations(records, box_dir, source=args.data)
     sizes = sorted(((b["x2"] - b["x1"]) * (b["y2"] - b["y1"])) ** 0.5 for r in records for b in r["bboxes"])
     print(f"{len(records)} slices, {len(sizes)} boxes, sqrt(area) {sizes[0]:.0f}-{sizes[-1]:.0f} px "
-          f"(median {sizes[len(sizes) // 2]:.0f})")
-    variants = ["fitted", "paper"]
-    if args.jobs > 1:
-        run_variants(os.path.abspath(__file__), sys.argv[1:], variants, args.jobs)
+          f"(median {sizes[len(sizes) // 2]:.0f})", flush=True)
+    if args.jobs > 1 and len(args.variants) > 1:
+        run_variants(os.path.abspath(__file__), sys.argv[1:], args.variants, args.jobs)
     else:
-        for variant in variants:
-            train_model(annotations, os.path.join(args.out, variant), args, VARIANTS[variant][1])
-    fitted, paper = (detect(annotations, os.path.join(args.out, v), args) for v in variants)
-    evaluation.main(evaluation.build_parser().parse_args([
-        "--detections", fitted, "--compare", paper, "--labels", VARIANTS["fitted"][0], VARIANTS["paper"][0],
-        "-p", annotations, "--split", "test", "--output", os.path.join(args.out, "evaluation"),
-        "--pr-iou", "0.5", "0.7"]))
+        for variant in args.variants:
+            train_variant(annotations, os.path.join(args.out, variant), args.budget_min, args.seed, flags[variant],
+                          variant)
+    test = records_of(annotations, "test", args.seed, TEST_FRACTION)
+    results = {variant: evaluate(load_run(os.path.join(args.out, variant)), test, f"{variant} | last third")
+               for variant in args.variants}
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=2)
+    print(f"results -> {os.path.join(args.out, 'results.json')}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""Shared by the accuracy benchmarks: train a variant with train_frcnn.py's options, evaluate a detector.
+
+Each variant is ``train_frcnn.py -p ANNOTATIONS --time-budget B`` plus its own flags; evaluation runs
+the package's own Detector, reading each image as the model was trained (predict.detect_images), and
+metrics.evaluate (measure_map's arithmetic), so every figure is what a user gets.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable
+
+from keras_frcnn_cryo import metrics, predict, splits, train
+from keras_frcnn_cryo.config import Config
+
+IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def train_variant(annotations: str, run_dir: str, budget_min: float, seed: int, flags: list[str],
+                  label: str) -> None:
+    """train_frcnn.py -p annotations --time-budget budget_min --seed seed + flags, into run_dir; prints
+    the minutes, epochs and training images seen."""
+    argv = ["-p", annotations, "--time-budget", str(budget_min), "--seed", str(seed),
+            "--config_filename", os.path.join(run_dir, "config.pickle"),
+            "--output_weight_path", os.path.join(run_dir, "model_frcnn.weights.h5"), *flags]
+    started = time.time()
+    train.main(train.build_parser().parse_args(argv))
+    with open(os.path.join(run_dir, "model_frcnn_log.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    print(f"variant {label}: trained {(time.time() - started) / 60:.1f} min, {len(rows)} epochs, "
+          f"{sum(int(r['images']) for r in rows)} images seen, final epoch loss {float(rows[-1]['loss']):.3f}",
+          flush=True)
+
+
+def load_run(run_dir: str, overrides: list[str] | None = None):
+    """The Detector of a trained variant (config.pickle + model_frcnn.weights.h5 in run_dir)."""
+    return predict.load_detector(os.path.join(run_dir, "config.pickle"),
+                                 os.path.join(run_dir, "model_frcnn.weights.h5"), overrides=overrides)
+
+
+def records_of(annotations: str, split: str, seed: int, test_fraction: float = Config().test_fraction) -> list[dict]:
+    """The records of one split ("test", ...) of an annotation file, or all of them ("all")."""
+    records, _, _ = train.load_annotations(annotations, "simple")
+    if split == "all":
+        return records
+    splits.assign_splits(records, splits.default_split_path(annotations), test_fraction, None, seed)
+    return [r for r in records if r["imageset"] == split]
+
+
+def evaluate(detector, records: list[dict], label: str,
+             group_note: Callable[[str], str] | None = None) -> dict:
+    """AP at IOUS, COCO AP, F1@0.7 and mIoU of ``detector`` on ``records`` (printed with a per-group
+    table at IoU 0.7; ``group_note(group)`` adds text to a group's line). Returns the summary dict."""
+    dets = []
+    for path, found in predict.detect_images(detector, [r["filepath"] for r in records],
+                                             detector.cfg.eval_min_score, desc=label).items():
+        dets += train.detections_to_dicts(path, found)
+    gt = train.records_to_ground_truth(records)
+    classes = detector.cfg.class_names[:-1]
+    result = metrics.evaluate(gt, dets, IOUS, classes=classes)
+    per_group = metrics.evaluate_by_group(gt, dets, {r["filepath"]: splits.image_group(r["filepath"])
+                                                     for r in records}, 0.7, classes=classes)
+    aps = "  ".join(f"AP@{t:g} {result['mAP'][t]:.3f}" for t in IOUS)
+    print(f"[{label}] {len(records)} images, {sum(len(v) for v in gt.values())} objects: {aps}  "
+          f"COCO AP {result['mean']['coco_ap']:.3f}  F1@0.7 {result['mean']['f1'][0.7]:.3f}  "
+          f"mIoU {result['mean']['miou']:.3f}", flush=True)
+    for group in sorted(per_group):
+        row = per_group[group]
+        note = group_note(group) if group_note else ""
+        print(f"[{label}]   {group}: {note}AP@0.7 {row['ap']:.3f}  F1@0.7 {row['f1']:.3f}  mIoU {row['miou']:.3f}",
+              flush=True)
+    return {"ap": {str(t): result["mAP"][t] for t in IOUS}, "coco_ap": result["mean"]["coco_ap"],
+            "f1@0.7": result["mean"]["f1"][0.7], "miou": result["mean"]["miou"],
+            "per_group": {g: per_group[g]["ap"] for g in per_group}}
