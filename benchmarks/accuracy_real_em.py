@@ -30,7 +30,7 @@ from accuracy_common import evaluate, load_run, records_of, train_variant  # noq
 from keras_frcnn_cryo import masks_to_boxes  # noqa: E402
 from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
 
-TEST_FRACTION = 1.0 / 3.0
+TEST_FRACTION = round(1.0 / 3.0, 6)  # as written to the split file
 VARIANTS = {"default": [], "paper": ["--recipe", "paper"]}
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     box_dir = os.path.join(args.out, "boxes")
     annotations = os.path.join(box_dir, "annotations.txt")
-    flags = {name: ["--test-split", f"{TEST_FRACTION:.6f}", *extra] for name, extra in VARIANTS.items()}
+    flags = {name: ["--test-split", str(TEST_FRACTION), *extra] for name, extra in VARIANTS.items()}
     if args.train_only:
         limit_threads(args.threads)
         train_variant(annotations, os.path.join(args.out, args.train_only), args.budget_min, args.seed,

@@ -169,8 +169,8 @@ def main() -> None:
         results[label] = {name: evaluate(detector, records, f"{label} | {name}", notes[name])
                           for name, (_, records) in sets.items()}
         if overrides is None:
-            for data in test_sets.values():
-                evaluate_tilts(detector, data, args.tilt_step, label)
+            for name, data in test_sets.items():
+                evaluate_tilts(detector, data, args.tilt_step, f"{label} | test set, {name} SNR")
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=2)
     print(f"results -> {os.path.join(args.out, 'results.json')}")
