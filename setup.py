@@ -10,6 +10,7 @@ setup(
     packages=find_packages(include=["keras_frcnn_cryo", "keras_frcnn_cryo.*"]),
     python_requires=">=3.10",
     install_requires=[
+        "tensorflow>=2.16",  # the Keras backend; the standard build runs on CPUs, and on GPUs with CUDA present
         "keras>=3.5",
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
@@ -20,8 +21,9 @@ setup(
         "h5py>=3.8",
     ],
     extras_require={
-        # TensorFlow is the Keras backend. Pick one build: CPU (laptops, CI) or GPU (CUDA, Linux).
-        "cpu": ["tensorflow-cpu>=2.16"],
+        # A plain install (tensorflow) runs on CPUs. "gpu" adds NVIDIA's CUDA and cuDNN as pip wheels
+        # (Linux). "cpu" adds nothing: it is kept so that older install commands still work.
+        "cpu": [],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "test": ["pytest>=7", "pycocotools>=2.0.7"],
     },

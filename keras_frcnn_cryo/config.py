@@ -53,8 +53,11 @@ class Config:
     base_net_weights: str | None = None       # --input_weight_path (keras.applications ResNet50 notop .h5)
     class_mapping: dict[str, int] = field(default_factory=dict)  # name -> index, "bg" last
     annotation_path: str | None = None
+    split_path: str | None = None     # the train/val/test split file training used (measure_map reads it)
     parser: str = "simple"
-    pixel_size_angstrom: float | None = None  # from the MRC header or --apix; recorded in outputs
+    pixel_size_angstrom: float | None = None  # training images' pixel size (A/px): sidecars, MRC headers or --apix
+    network_pixel_size_angstrom: float | None = None  # A per network-input pixel in training (after resizing)
+    match_pixel_size: bool = True             # detection resizes inputs of known pixel size to that scale
 
     # --- augmentation (keras-frcnn flags --hf --vf --rot) ----------------------------------
     use_horizontal_flips: bool = False
@@ -179,6 +182,7 @@ class Config:
     detection_iou_weight: float = 0.5         # with classifier_iou_head: see there
     max_detections: int = 100                 # per image
     eval_min_score: float = 0.05              # measure_map keeps detections above this for AP
+    snr_sample_slices: int = 5                # slices per volume or image group whose median SNR estimate is reported
     eval_iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
 
     # --- whole tomograms (tracking.py): boxes on consecutive slices linked into 3D objects --

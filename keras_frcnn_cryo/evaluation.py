@@ -16,8 +16,10 @@ whatever its score: write it with ``test_frcnn.py --threshold 0`` for full PR cu
 model itself (config + weights, the same :class:`~keras_frcnn_cryo.model.Detector` as test_frcnn.py,
 keeping scores >= ``Config.eval_min_score``). CSV rows are matched to the annotations by image file
 name (by the trailing path components when two annotated images share a name). Rows of annotated
-images outside the evaluated split are dropped (and counted); a name that matches no annotated image
-is an error, and so is an annotated class the config's model was not trained on. All metric
+images outside the evaluated split are dropped (and counted), and so are rows of images that are not
+in the annotations (reported with examples); an annotated class the config's model was not trained
+on is an error. Without ``--split`` the test split is evaluated when the annotations have a split
+file (the one training wrote), else every image; measure_map.py never writes a split file. All metric
 arithmetic lives in :mod:`keras_frcnn_cryo.metrics`.
 
 3D objects (``--objects3d PRED.csv --gt3d GT.csv``): the ground truth is the synthetic generator's
@@ -47,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics, splits, tracking
+from . import metrics, preprocessing, splits, tomo_io, tracking
 from .atomic import write_text_atomic
 from .cli import check_output_dir
 from .config import BG_CLASS, Config, load_config
@@ -85,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a second detections CSV (e.g. a run without preprocessing) shown side by side")
     p.add_argument("--labels", nargs=2, default=None, metavar=("FIRST", "SECOND"),
                    help="names of the two runs with --compare (default: the CSV file names)")
-    p.add_argument("--split", default="test", choices=SPLITS, help="which images to evaluate (default: test)")
-    p.add_argument("--split-file", default=None, help="split JSON (default: beside the annotations)")
+    p.add_argument("--split", default=None, choices=SPLITS,
+                   help="which images to evaluate (default: test when the annotations have a split file, "
+                        "else all of them)")
+    p.add_argument("--split-file", default=None,
+                   help="split JSON written by training (default: the one the config records, else beside the "
+                        "annotations); never written by measure_map.py")
     p.add_argument("--output", default="evaluation", help="folder for metrics.json, metrics.md and PR plots")
     p.add_argument("--json", default=None, help="also write the JSON here")
     p.add_argument("--pr-iou", type=float, nargs="+", default=[PAPER_TABLE_IOU],
@@ -142,13 +148,40 @@ def check_classes_known(gt: Mapping[str, Sequence[Mapping[str, Any]]], cfg: Conf
                             f"(it knows: {', '.join(sorted(known))})", ann_path)
 
 
-def select_split(records: list[dict], split: str, ann_path: str, split_file: str | None,
-                 defaults: Config) -> list[dict]:
-    """The records of ``split`` (all of them for "all"); CryoError naming the split file when none."""
+def resolve_split(args: argparse.Namespace, cfg: Config | None, ann_path: str) -> tuple[str, str]:
+    """(split name, split file) for this evaluation; the file is only read here, never written.
+
+    The file: ``--split-file``, else the one training recorded in the config (when the annotations
+    are the config's), else :func:`splits.default_split_path` beside the annotations. ``--split``
+    unset: "test" when that file exists, else "all" (said on stdout). A train/val/test split
+    without its file is a CryoError: splits are made by training, where they decide what it sees.
+    """
+    if args.split_file:
+        split_path = args.split_file
+    elif cfg is not None and cfg.split_path and cfg.annotation_path and \
+            os.path.abspath(cfg.annotation_path) == os.path.abspath(ann_path):
+        split_path = cfg.split_path
+    else:
+        split_path = splits.default_split_path(ann_path)
+    exists = os.path.isfile(split_path)
+    split = args.split
+    if split is None:
+        split = "test" if exists else "all"
+        if not exists:
+            print(f"{ann_path}: no split file ({split_path}): evaluating every image (--split all)")
+    if split != "all" and not exists:
+        raise CryoError(f"no split file to take the {split} split from: training writes it; name it with "
+                        "--split-file, or evaluate every image with --split all", split_path)
+    return split, split_path
+
+
+def select_split(records: list[dict], split: str, split_path: str, defaults: Config) -> list[dict]:
+    """The records of ``split`` (all of them for "all") as the existing ``split_path`` assigns them;
+    CryoError naming the split file when the split is empty or does not fit these annotations."""
     if split == "all":
         return list(records)
-    split_path = split_file or splits.default_split_path(ann_path)
-    splits.assign_splits(records, split_path, defaults.test_fraction, defaults.val_fraction, defaults.seed)
+    # val_fraction None: the stored one, so the file is reused as it is and never rewritten
+    splits.assign_splits(records, split_path, defaults.test_fraction, None, defaults.seed)
     chosen = [r for r in records if r.get("imageset") == split]
     if not chosen:
         raise CryoError(f"the {split} split has no images", split_path)
@@ -218,6 +251,7 @@ class DetectionsFile:
     detections: list[dict] = field(default_factory=list)
     n_rows: int = 0
     n_other_split: int = 0   # rows of annotated images outside the evaluated split (dropped)
+    unannotated: dict[str, int] = field(default_factory=dict)  # image name -> rows, images not in the annotations
     min_score: float = math.nan
 
 
@@ -264,9 +298,9 @@ def read_detections_csv(path: str, index: ImageIndex) -> DetectionsFile:
 
     Each dict: ``{"image": ground-truth id, "class": str, "x1", "y1", "x2", "y2", "score": float}``
     (float pixels, x2/y2 exclusive). Rows of annotated images outside ``index.evaluated`` are
-    dropped and counted. CryoError naming ``path`` (and the line) for: a missing file or column, a
-    non-numeric or non-finite value (NaN score), x2 < x1 or y2 < y1, an empty class, an image name
-    that matches no annotated image.
+    dropped and counted, and so are rows of images that are not in the annotations at all
+    (``unannotated``). CryoError naming ``path`` (and the line) for: a missing file or column, a
+    non-numeric or non-finite value (NaN score), x2 < x1 or y2 < y1, an empty class.
     """
     out = DetectionsFile(path=path)
     _, rows = read_csv_rows(path, CSV_COLUMNS, "detections")
@@ -282,9 +316,8 @@ def read_detections_csv(path: str, index: ImageIndex) -> DetectionsFile:
         name = row["image"]
         image_id = index.lookup(name, path, line_no)
         if image_id is None:
-            raise CryoError(f"image {name!r} matches no annotated image (by file name); evaluate only "
-                            "annotated images, or annotate an image without objects as 'path,,,,,'",
-                            path, line_no)
+            out.unannotated[name] = out.unannotated.get(name, 0) + 1
+            continue
         if image_id not in index.evaluated:
             out.n_other_split += 1
             continue
@@ -406,13 +439,32 @@ def format_summary(results: Mapping[str, Any], table_iou: float = PAPER_TABLE_IO
 
 def format_group_table(by_group: Mapping[Any, Mapping[str, Any]], iou_threshold: float = PAPER_TABLE_IOU,
                        markdown: bool = False) -> str:
-    """Per-tomogram table (the paper's Table 2): F1, AP, mIoU, precision, recall at ``iou_threshold``."""
+    """Per-tomogram table (the paper's Table 2): F1, AP, mIoU, precision, recall at ``iou_threshold``,
+    and the group's estimated SNR when known (``snr_estimate``, :func:`group_snr`)."""
     t = f"{iou_threshold:g}"
-    header = ["group", "images", "objects", f"F1@{t}", f"AP@{t}", f"mIoU@{t}", f"P@{t}", f"R@{t}"]
+    header = ["group", "images", "objects", f"F1@{t}", f"AP@{t}", f"mIoU@{t}", f"P@{t}", f"R@{t}", "SNR est."]
     rows = [[str(name), str(v["n_images"]), str(v["n_gt"]), *(_num(v[k]) for k in ("f1", "ap", "miou", "precision",
-                                                                                      "recall"))]
+                                                                                      "recall")),
+             _num(v.get("snr_estimate", math.nan))]
             for name, v in sorted(by_group.items(), key=lambda kv: natural_sort_key(str(kv[0])))]
     return render_table(header, rows, markdown)
+
+
+def group_snr(records: Sequence[Mapping[str, Any]], groups: Mapping[str, str], per_group: int) -> dict[str, float]:
+    """{group: median single-image SNR estimate (preprocessing.estimate_snr, Thong et al. 2001) of up
+    to ``per_group`` evenly spaced images of it}; NaN for a group whose images cannot be read."""
+    members: dict[str, list[str]] = {}
+    for record in records:
+        members.setdefault(groups[record["filepath"]], []).append(record["filepath"])
+    out = {}
+    for group, paths in members.items():
+        paths = sorted(paths, key=natural_sort_key)
+        picks = sorted({paths[i] for i in np.linspace(0, len(paths) - 1, min(per_group, len(paths))).round().astype(int)})
+        try:
+            out[group] = preprocessing.median_snr(tomo_io.read_image(path) for path in picks)
+        except (CryoError, OSError, ValueError):
+            out[group] = math.nan
+    return out
 
 
 def format_comparison(runs: Sequence[EvaluatedRun], table_iou: float = PAPER_TABLE_IOU, markdown: bool = False) -> str:
@@ -610,14 +662,15 @@ def main(args: argparse.Namespace) -> int:
     ann_path, parser_name = resolve_annotations(args, cfg)
     all_records, _, class_mapping = load_annotations(ann_path, parser_name)
     group_of = dict(zip((r["filepath"] for r in all_records), splits.record_groups(all_records)))
-    records = select_split(all_records, args.split, ann_path, args.split_file, defaults)
+    split, split_path = resolve_split(args, cfg, ann_path)
+    records = select_split(all_records, split, split_path, defaults)
     gt = records_to_ground_truth(records)
     if cfg is not None:
         check_classes_known(gt, cfg, ann_path, _config_name(args))
-    n_objects = check_ground_truth(gt, ann_path, args.split)
+    n_objects = check_ground_truth(gt, ann_path, split)
     out_dir = check_output_dir(args.output)
     groups = {r["filepath"]: group_of[r["filepath"]] for r in records}
-    print(f"{len(records)} images ({args.split} split) in {len(set(groups.values()))} group(s), "
+    print(f"{len(records)} images ({split} split) in {len(set(groups.values()))} group(s), "
           f"{n_objects} objects, from {ann_path}")
 
     # detections of each run
@@ -627,9 +680,9 @@ def main(args: argparse.Namespace) -> int:
         sources.append((args.detections, _load_csv_run(args.detections, index, defaults)))
     else:
         detector = load_detector(_config_name(args), args.model, args.max_proposals, args.precision,
-                                 args.min_proposal_score, args.overrides)
+                                 args.min_proposal_score, args.overrides, args.pixel_size_match)
         found = detect_images(detector, [r["filepath"] for r in records], detector.cfg.eval_min_score,
-                              desc=f"evaluate {args.split}")
+                              desc=f"evaluate {split}")
         sources.append(("model", [d for path, dets in found.items() for d in detections_to_dicts(path, dets)]))
     if args.compare:
         sources.append((args.compare, _load_csv_run(args.compare, index, defaults)))
@@ -641,9 +694,13 @@ def main(args: argparse.Namespace) -> int:
     classes = gt_classes + extra
     runs = [evaluate_run(label, source, gt, dets, groups, classes, thresholds, table_iou, pr_ious)
             for label, (source, dets) in zip(labels, sources)]
+    snr = group_snr(records, groups, defaults.snr_sample_slices)
+    for run in runs:
+        for group, row in run.by_group.items():
+            row["snr_estimate"] = snr.get(group, math.nan)
 
     # text outputs
-    md: list[str] = [f"# Evaluation\n\n{len(records)} images ({args.split} split), {n_objects} objects; "
+    md: list[str] = [f"# Evaluation\n\n{len(records)} images ({split} split), {n_objects} objects; "
                      f"annotations `{ann_path}`."]
     for run in runs:
         print(f"\n== {run.label}: {len(run.detections)} detections ({run.source}) ==")
@@ -660,7 +717,7 @@ def main(args: argparse.Namespace) -> int:
         md.insert(1, "## Comparison\n\n" + format_comparison(runs, table_iou, markdown=True))
 
     payload = run_payload(runs[0], table_iou)
-    payload.update(split=args.split, n_images=len(records), annotations=ann_path, label=runs[0].label)
+    payload.update(split=split, n_images=len(records), annotations=ann_path, label=runs[0].label)
     if len(runs) > 1:
         payload["runs"] = {run.label: run_payload(run, table_iou) for run in runs}
 
@@ -695,6 +752,11 @@ def main(args: argparse.Namespace) -> int:
 def _load_csv_run(path: str, index: ImageIndex, defaults: Config) -> list[dict]:
     """Detections of one CSV with the notes a user needs (dropped rows, truncated score range)."""
     found = read_detections_csv(path, index)
+    if found.unannotated:
+        names = sorted(found.unannotated, key=natural_sort_key)
+        print(f"{path}: {sum(found.unannotated.values())} detections on {len(names)} image(s) that are not in the "
+              f"ground truth (e.g. {', '.join(names[:3])}); left out. Annotate an image without objects as "
+              "'path,,,,,' to count its detections as false positives")
     if found.n_other_split:
         print(f"{path}: {found.n_other_split} of {found.n_rows} detections are on images outside the "
               "evaluated split; ignored")

@@ -25,6 +25,7 @@ all call it.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -341,14 +342,29 @@ class Detector:
                                          min_score=self.cfg.rpn_min_score_test)
         return rois
 
-    def detect_many(self, images: list[np.ndarray], min_score: float | None = None) -> list[Detections]:
+    def input_scale(self, pixel_size_a: float | None) -> float | None:
+        """Resize factor that brings an input of ``pixel_size_a`` (A/px) to the training's network pixel
+        size (``cfg.network_pixel_size_angstrom``); None (the im_size rule) when either is unknown or
+        ``cfg.match_pixel_size`` is off."""
+        network = self.cfg.network_pixel_size_angstrom
+        if not self.cfg.match_pixel_size or not network or not pixel_size_a:
+            return None
+        if not (math.isfinite(float(pixel_size_a)) and float(pixel_size_a) > 0):
+            return None
+        return float(pixel_size_a) / float(network)
+
+    def detect_many(self, images: list[np.ndarray], min_score: float | None = None,
+                    pixel_size_a: float | None = None) -> list[Detections]:
         """Detections on several 2D images (e.g. consecutive slices); same-sized ones share one batch.
 
-        Each image is preprocessed as in training; boxes come back in each image's own pixels.
+        Each image is preprocessed as in training, resized to the training's scale when
+        ``pixel_size_a`` (A/px of these images) is known (:meth:`input_scale`); boxes come back in
+        each image's own pixels.
         """
         if min_score is None:
             min_score = self.cfg.detection_threshold
-        prepared = [preprocessing.prepare_image(image, self.cfg) for image in images]
+        scale = self.input_scale(pixel_size_a)
+        prepared = [preprocessing.prepare_image(image, self.cfg, scale) for image in images]
         results: list[Detections | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, (x_img, _) in enumerate(prepared):
@@ -364,9 +380,10 @@ class Detector:
                 results[index] = dets
         return results  # type: ignore[return-value]
 
-    def detect(self, image: np.ndarray, min_score: float | None = None) -> Detections:
+    def detect(self, image: np.ndarray, min_score: float | None = None,
+               pixel_size_a: float | None = None) -> Detections:
         """Detections on one 2D image of any dtype; boxes in the image's own pixels (floats)."""
-        return self.detect_many([image], min_score)[0]
+        return self.detect_many([image], min_score, pixel_size_a)[0]
 
 
 def _empty(class_names: list[str]) -> Detections:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from . import tomo_io, tracking, writers
+from . import preprocessing, tomo_io, tracking, writers
 from .atomic import atomic_path
 from .cli import check_output_dir
 from .config import apply_overrides, load_config
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimum score of a detection (default: the config's detection_threshold)")
     p.add_argument("--output", default="results", help="output folder (detections.csv, overlays/)")
     p.add_argument("--no-overlays", action="store_true", help="write no overlay pictures")
+    p.add_argument("--overlay-threshold", type=float, default=None,
+                   help="minimum score of the boxes drawn on overlays (default: the config's detection_threshold, "
+                        "whatever --threshold puts in the CSV)")
     add_detector_options(p)
     volumes = p.add_argument_group("tomograms and tilt series (MRC input)")
     volumes.add_argument("--kind", default="auto", choices=["auto", "tomogram", "tilt_series"],
@@ -76,16 +79,20 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE", dest="overrides",
                    help="override a test-time Config field of the trained model, e.g. detection_nms_overlap=0.3 "
                         "(repeatable; see config.py)")
+    p.add_argument("--no-pixel-size-match", dest="pixel_size_match", action="store_false",
+                   help="resize inputs by the config's im_size only, even when their pixel size (MRC header, "
+                        "--apix, PNG sidecar) and the training's are known")
 
 
 def load_detector(config_filename: str, model_path: str | None, max_proposals: int | None = None,
                   precision: str | None = None, min_proposal_score: float | None = None,
-                  overrides: list[str] | None = None) -> Detector:
+                  overrides: list[str] | None = None, pixel_size_match: bool = True) -> Detector:
     """Config + weights -> Detector (CryoError naming the file on any problem).
 
     ``max_proposals`` overrides the config's ``rpn_max_proposals_test`` (proposals through the head),
     ``min_proposal_score`` its ``rpn_min_score_test``, ``precision`` its ``inference_precision``
-    ("float32" or "bfloat16"); ``overrides`` are ``FIELD=VALUE`` strings (config.apply_overrides).
+    ("float32" or "bfloat16"); ``overrides`` are ``FIELD=VALUE`` strings (config.apply_overrides);
+    ``pixel_size_match`` False turns off resizing inputs of known pixel size to the training's scale.
     """
     cfg = load_config(config_filename)
     if max_proposals is not None:
@@ -99,6 +106,7 @@ def load_detector(config_filename: str, model_path: str | None, max_proposals: i
     if precision is not None:
         cfg.inference_precision = precision
     apply_overrides(cfg, overrides)
+    cfg.match_pixel_size = cfg.match_pixel_size and pixel_size_match
     weights = model_path or cfg.model_path
     if not weights:
         raise CryoError("no model weights given and the config names none", config_filename)
@@ -110,13 +118,14 @@ def detect_images(detector: Detector, paths: list[str], min_score: float,
     """Run the detector on every image path; ``on_result(path, image, dets)`` is called per image with
     the 2D image (with ``input_channels`` "slabs", the slab at the slice).
 
-    Each image is read as the model was trained (tomo_io.ImageSource of the detector's config)."""
+    Each image is read as the model was trained (tomo_io.ImageSource of the detector's config) and,
+    when its sidecar gives its pixel size, resized to the training's scale (Detector.input_scale)."""
     results: dict[str, Detections] = {}
     source = tomo_io.image_source(detector.cfg)
     try:
         for path in tqdm(paths, desc=desc, unit="img"):
             image = source(path)
-            dets = detector.detect(image, min_score=min_score)
+            dets = detector.detect(image, min_score=min_score, pixel_size_a=tomo_io.image_pixel_size(path))
             results[path] = dets
             if on_result is not None:
                 on_result(path, image if image.ndim == 2 else image[:, :, 1], dets)
@@ -140,13 +149,15 @@ def write_detections_csv(path: str, results: dict[str, Detections], relative_to:
 
 
 def predict_images(detector: Detector, paths: list[str], out_dir: str, threshold: float,
-                   root: str | None = None, overlays: bool = True) -> str:
+                   root: str | None = None, overlays: bool = True, overlay_threshold: float | None = None) -> str:
     """Detect in ``paths``; write ``out_dir``/detections.csv and ``out_dir``/overlays/*.png. Returns the CSV path.
 
-    CSV image names are relative to ``root`` (default: absolute paths).
+    CSV image names are relative to ``root`` (default: absolute paths). Overlays show the boxes of
+    score >= ``overlay_threshold`` (default: the config's detection_threshold).
     """
     if not 0.0 <= threshold <= 1.0:
         raise CryoError(f"--threshold must lie in [0, 1], got {threshold}")
+    shown = overlay_score(detector.cfg, overlay_threshold)
     check_output_dir(out_dir)
     overlay_dir = os.path.join(out_dir, "overlays")
     if overlays:
@@ -155,15 +166,24 @@ def predict_images(detector: Detector, paths: list[str], out_dir: str, threshold
     def save_overlay(path: str, image: np.ndarray, dets: Detections) -> None:
         name = os.path.splitext(os.path.basename(path))[0] + ".png"
         writers.write_png(os.path.join(overlay_dir, name),
-                          writers.render_overlay(image, dets.boxes, dets.labels, dets.scores, dets.class_names))
+                          writers.render_overlay(image, dets.boxes, dets.labels, dets.scores, dets.class_names,
+                                                 min_score=shown))
 
     results = detect_images(detector, paths, threshold, on_result=save_overlay if overlays else None)
     csv_path = os.path.join(out_dir, "detections.csv")
     rows = write_detections_csv(csv_path, results, relative_to=root)
     print(f"{rows} detections (score >= {threshold:g}) in {len(paths)} images -> {csv_path}")
     if overlays:
-        print(f"overlays -> {overlay_dir}")
+        print(f"overlays (boxes of score >= {shown:g}) -> {overlay_dir}")
     return csv_path
+
+
+def overlay_score(cfg, overlay_threshold: float | None) -> float:
+    """The display threshold of overlays: ``overlay_threshold``, else the config's detection_threshold."""
+    shown = cfg.detection_threshold if overlay_threshold is None else float(overlay_threshold)
+    if not 0.0 <= shown <= 1.0:
+        raise CryoError(f"--overlay-threshold must lie in [0, 1], got {shown}")
+    return shown
 
 
 DONE_SUFFIX = ".done.json"
@@ -200,6 +220,7 @@ class VolumeOptions:
     overlay_slices: int = 8
     labelimg: bool = False
     overlays: bool = True
+    overlay_threshold: float | None = None   # None: the config's detection_threshold
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "VolumeOptions":
@@ -207,7 +228,8 @@ class VolumeOptions:
         if args.step < 1 or args.batch_size < 1 or args.overlay_slices < 0:
             raise CryoError("--step and --batch-size must be >= 1, --overlay-slices >= 0")
         return cls(args.kind, tuple(args.z_range) if args.z_range else None, args.step, args.slab, args.binning,
-                   args.apix, args.batch_size, args.overlay_slices, args.labelimg, not args.no_overlays)
+                   args.apix, args.batch_size, args.overlay_slices, args.labelimg, not args.no_overlays,
+                   args.overlay_threshold)
 
 
 def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float,
@@ -234,6 +256,13 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
         overlay_at = set(np.unique(np.linspace(0, len(indices) - 1, options.overlay_slices).round().astype(int))
                          ) if options.overlays and options.overlay_slices else set()
         read = volume_reader(volume, cfg)
+        pixel_size_in = volume.slice_pixel_size_a
+        scale = detector.input_scale(pixel_size_in)
+        if scale is not None:
+            print(f"{name}: {pixel_size_in:g} A/px; the model was trained on {cfg.pixel_size_angstrom:g} A/px images "
+                  f"seen at {cfg.network_pixel_size_angstrom:g} A per network pixel: slices resized x{scale:.3g} "
+                  "(--no-pixel-size-match: resize by the config's im_size instead)")
+        shown = overlay_score(cfg, options.overlay_threshold)
         per_slice: dict[int, Detections] = {}
         overlays: dict[int, np.ndarray] = {}
         projection = None
@@ -241,18 +270,28 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
         for start in range(0, len(indices), options.batch_size):
             batch = indices[start:start + options.batch_size]
             images = [read(i) for i in batch]
-            for offset, (index, image, dets) in enumerate(zip(batch, images, detector.detect_many(images, threshold))):
+            for offset, (index, image, dets) in enumerate(zip(batch, images, detector.detect_many(images, threshold, pixel_size_in))):
                 image = image if image.ndim == 2 else image[:, :, 1]            # the slab at the slice
                 per_slice[index] = dets
                 projection = image.astype(np.float64) if projection is None else projection + image
                 if start + offset in overlay_at:
                     overlays[index] = writers.render_overlay(image, dets.boxes, dets.labels, dets.scores,
-                                                             dets.class_names)
+                                                             dets.class_names, min_score=shown)
             bar.update(len(batch))
         bar.close()
         kind, pixel_size, angles = volume.kind, volume.pixel_size_a, volume.angles
+        snr = volume_snr(volume, indices, cfg.snr_sample_slices)
     return write_volume_outputs(path, out_dir, name, kind, per_slice, overlays, projection, pixel_size, angles,
-                                cfg, threshold, options)
+                                cfg, threshold, options, snr)
+
+
+def volume_snr(volume: tomo_io.Volume, indices: list[int], n_slices: int) -> float:
+    """Median single-image SNR estimate (preprocessing.estimate_snr, Thong et al. 2001) of up to
+    ``n_slices`` evenly spaced slices among ``indices`` (the slices as read, before preprocessing)."""
+    if not indices or n_slices <= 0:
+        return float("nan")
+    picks = sorted({indices[i] for i in np.linspace(0, len(indices) - 1, min(n_slices, len(indices))).round().astype(int)})
+    return preprocessing.median_snr(volume.slice(index) for index in picks)
 
 
 def volume_reader(volume: tomo_io.Volume, cfg) -> Callable[[int], np.ndarray]:
@@ -272,7 +311,8 @@ def volume_reader(volume: tomo_io.Volume, cfg) -> Callable[[int], np.ndarray]:
 
 def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slice: dict[int, Detections],
                          overlays: dict[int, np.ndarray], projection: np.ndarray | None,
-                         pixel_size: float | None, angles, cfg, threshold: float, options: VolumeOptions) -> dict:
+                         pixel_size: float | None, angles, cfg, threshold: float, options: VolumeOptions,
+                         snr: float = float("nan")) -> dict:
     """Every output file of one volume (see :func:`predict_volume`); NAME.done.json last."""
     class_names = cfg.class_names
     binning = options.binning
@@ -280,10 +320,11 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
     full = {z: (d.boxes * binning, d.scores, d.labels) for z, d in per_slice.items()}
     base = os.path.join(out_dir, name)
     rows = writers.boxes2d_rows(full, class_names)
-    writers.write_boxes2d_csv(base + "_boxes2d.csv", rows, pixel_size_a=pixel_size, source=path)
+    writers.write_boxes2d_csv(base + "_boxes2d.csv", rows)
     summary = {"input": os.path.abspath(path), "kind": kind, "slices_processed": len(per_slice),
                "detections": len(rows), "threshold": threshold, "pixel_size_a": pixel_size,
-               "binning": binning, "slab": options.slab, "coordinates": "pixels of the input file, 0-based"}
+               "binning": binning, "slab": options.slab, "coordinates": "pixels of the input file, 0-based",
+               "snr_estimate": None if np.isnan(snr) else round(float(snr), 4)}
     json_payload: dict = {"boxes": rows}
     if kind == "tilt_series":
         flags = tracking.flag_isolated_tilt_detections(full, cfg.tilt_consistency_min_iou)
@@ -295,7 +336,7 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
                   f"(listed under 'isolated' in {name}_boxes2d.json)")
     else:
         objects = tracking.link_boxes(full, tracking.TrackingParams.from_config(cfg), class_names)
-        writers.write_objects3d_csv(base + "_objects3d.csv", objects, pixel_size_a=pixel_size, source=path)
+        writers.write_objects3d_csv(base + "_objects3d.csv", objects)
         writers.write_objects3d_json(base + "_objects3d.json", objects, pixel_size_a=pixel_size, source=path)
         writers.write_cbox(base + ".cbox", objects, pixel_size_a=pixel_size, source=path)
         writers.write_imod_coords(base + ".coords", objects)
@@ -306,7 +347,8 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
             binned = [dataclasses.replace(o, x1=o.x1 / binning, y1=o.y1 / binning, x2=o.x2 / binning,
                                           y2=o.y2 / binning) for o in objects]
             writers.write_png(base + "_overview.png", writers.render_z_projection(mean, binned))
-    writers.write_json(base + "_boxes2d.json", {**summary, **json_payload})
+    writers.write_boxes2d_json(base + "_boxes2d.json", rows, pixel_size_a=pixel_size, source=path,
+                               extra={**summary, **{k: v for k, v in json_payload.items() if k != "boxes"}})
     tag = "z" if kind == "tomogram" else "t"
     for index, picture in overlays.items():
         writers.write_png(os.path.join(base + "_overlays", f"{name}_{tag}{index:04d}.png"), picture)
@@ -321,7 +363,8 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
                                               width=int(projection.shape[1]), height=int(projection.shape[0]))
     writers.write_json(base + DONE_SUFFIX, summary)
     print(f"{name}: {len(rows)} boxes on {len(per_slice)} {'slices' if kind == 'tomogram' else 'tilts'}"
-          + (f", {summary['objects3d']} 3D objects" if "objects3d" in summary else "") + f" -> {base}_*")
+          + (f", {summary['objects3d']} 3D objects" if "objects3d" in summary else "")
+          + (f", estimated SNR {snr:.3g}" if not np.isnan(snr) else "") + f" -> {base}_*")
     return summary
 
 
@@ -330,11 +373,12 @@ def main(args: argparse.Namespace) -> int:
     volumes, images = split_inputs(args.path)
     check_output_dir(args.output)
     detector = load_detector(args.config_filename, args.model, args.max_proposals, args.precision,
-                             args.min_proposal_score, args.overrides)
+                             args.min_proposal_score, args.overrides, args.pixel_size_match)
     threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
     if images:
         root = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))
-        predict_images(detector, images, args.output, threshold, root=root, overlays=not args.no_overlays)
+        predict_images(detector, images, args.output, threshold, root=root, overlays=not args.no_overlays,
+                       overlay_threshold=args.overlay_threshold)
     failures = []
     for path in volumes:
         name = os.path.splitext(os.path.basename(path))[0]

@@ -21,6 +21,7 @@ equalise its histogram):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -259,8 +260,24 @@ def preprocess_image(image: np.ndarray, cfg: Config) -> np.ndarray:
     return out
 
 
-def resize_image(image: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[float, float]]:
-    """Resize (H, W) or (H, W, C) so the shorter side is ``cfg.im_size`` and the longer at most ``cfg.im_max_size``.
+def resize_scale(height: int, width: int, cfg: Config, scale: float | None = None) -> float:
+    """The factor :func:`resize_image` applies to an ``height`` x ``width`` image: ``scale`` when given
+    (detection matching a pixel size, see model.Detector.input_scale), else ``cfg.im_size`` / the
+    shorter side, lowered so the longer side stays within ``cfg.im_max_size`` (0 = no limit)."""
+    if scale is not None:
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"resize scale must be a positive number, got {scale}")
+        return float(scale)
+    factor = cfg.im_size / float(min(height, width))
+    if cfg.im_max_size > 0 and max(height, width) * factor > cfg.im_max_size:
+        factor = cfg.im_max_size / float(max(height, width))
+    return factor
+
+
+def resize_image(image: np.ndarray, cfg: Config,
+                 scale: float | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """Resize (H, W) or (H, W, C) so the shorter side is ``cfg.im_size`` and the longer at most
+    ``cfg.im_max_size``, or by ``scale`` when given (:func:`resize_scale`).
 
     Returns ``(resized, (sx, sy))`` with ``sx = new_W / W`` and ``sy = new_H / H`` exactly: a box in
     the original image maps to ``box * [sx, sy, sx, sy]``. uint8 stays uint8, anything else becomes
@@ -274,9 +291,7 @@ def resize_image(image: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[floa
         arr = _check_2d(arr)
     arr = arr if arr.dtype == np.uint8 else arr.astype(np.float32)
     height, width = arr.shape[:2]
-    scale = cfg.im_size / float(min(height, width))
-    if cfg.im_max_size > 0 and max(height, width) * scale > cfg.im_max_size:
-        scale = cfg.im_max_size / float(max(height, width))
+    scale = resize_scale(height, width, cfg, scale)
     new_w = max(1, int(round(width * scale)))
     new_h = max(1, int(round(height * scale)))
     if (new_h, new_w) == (height, width):
@@ -289,19 +304,21 @@ def resize_image(image: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[floa
     return resized, (new_w / width, new_h / height)
 
 
-def prepare_image(image: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[float, float]]:
+def prepare_image(image: np.ndarray, cfg: Config,
+                  scale: float | None = None) -> tuple[np.ndarray, tuple[float, float]]:
     """Image -> ((H', W', 3) float32 network input, (sx, sy)); used by training and prediction.
 
     ``image``: (H, W) any real dtype, the grey image, repeated on the 3 channels (keras-frcnn's and
     the paper's input, ``Config.input_channels`` "repeat"); or (H, W, 3), one grey image per channel
     (three slabs of a tomogram, "slabs": see tomo_io.ImageSource). resize_image -> preprocess_image
     on each grey image -> minus ``cfg.img_channel_mean`` (channel i gets mean i, in the backbone's
-    channel order) -> times ``cfg.img_scaling_factor``.
+    channel order) -> times ``cfg.img_scaling_factor``. ``scale``: resize factor instead of the
+    im_size rule (:func:`resize_scale`).
     """
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] != 3:
         raise ValueError(f"expected a 2D image or 3 channels, got shape {arr.shape}")
-    resized, scale = resize_image(arr, cfg)
+    resized, scale_xy = resize_image(arr, cfg, scale)
     mean = np.asarray(cfg.img_channel_mean, np.float32)
     if mean.shape != (3,):
         raise ValueError(f"img_channel_mean must have 3 values, got {cfg.img_channel_mean}")
@@ -311,7 +328,14 @@ def prepare_image(image: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[flo
     else:
         net_input = np.stack([preprocess_image(resized[:, :, c], cfg) for c in range(3)],
                              axis=2).astype(np.float32) - mean
-    return net_input * np.float32(cfg.img_scaling_factor), scale
+    return net_input * np.float32(cfg.img_scaling_factor), scale_xy
+
+
+def median_snr(images: Iterable[np.ndarray]) -> float:
+    """Median :func:`estimate_snr` of (H, W) images (NaN when there are none): one figure per
+    tomogram or image group, as the paper relates its failures to SNR."""
+    values = [estimate_snr(image) for image in images]
+    return float(np.median(values)) if values else float("nan")
 
 
 def estimate_snr(image: np.ndarray) -> float:

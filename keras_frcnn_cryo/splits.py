@@ -13,8 +13,9 @@ Group of a record
     The index must follow a separator (``_ - . space``), optionally with a word such as ``z``,
     ``slice``, ``t``, ``tilt``, ``frame``, ``img``; digits glued to the name (``tomo01``) are part
     of the name. A name that is only an index (``0012.png``, ``z012.png``, ``slice_0040.png``) takes
-    the name of its parent directory (one directory per tomogram). When the file names give a single
-    group but the images lie in several directories, the directories are the groups.
+    the name of its parent directory (one directory per tomogram); when two such directories have
+    the same name, their paths below the images' common directory. Otherwise the file name alone
+    decides: ``slices/tomo03_z006.png`` and ``tilts/tomo03_tilt05.png`` are both ``tomo03``.
     Only one index is removed, so ``TS_03.png`` (no slice index) becomes ``TS``: names that end
     in a number are grouped conservatively (bigger groups, never leaks).
 
@@ -83,15 +84,16 @@ def image_group(filepath: str) -> str:
 
 
 def record_groups(records: list[dict]) -> list[str]:
-    """Group of each record: ``record['group']`` if set, else :func:`image_group` (with the directory rule)."""
+    """Group of each record: ``record['group']`` if set, else :func:`image_group`; index-only names
+    whose directories share a name are told apart by their relative directory paths."""
     derived = [image_group(record["filepath"]) for record in records]
-    unset = [index for index, record in enumerate(records) if not record.get("group")]
-    if unset and len({derived[index] for index in unset}) == 1:
-        dirs = [os.path.dirname(os.path.abspath(records[index]["filepath"])) for index in unset]
-        if len(set(dirs)) > 1:
-            common = os.path.commonpath(dirs)
-            for index, directory in zip(unset, dirs):
-                derived[index] = os.path.relpath(directory, common).replace(os.sep, "/")
+    index_only = [index for index, record in enumerate(records) if not record.get("group")
+                  and _ONLY_INDEX.match(os.path.splitext(os.path.basename(str(record["filepath"])))[0])]
+    dirs = {index: os.path.dirname(os.path.abspath(str(records[index]["filepath"]))) for index in index_only}
+    if len({derived[index] for index in index_only}) < len(set(dirs.values())):
+        common = os.path.commonpath(list(dirs.values()))
+        for index, directory in dirs.items():
+            derived[index] = os.path.relpath(directory, common).replace(os.sep, "/")
     return [record.get("group") or derived[index] for index, record in enumerate(records)]
 
 

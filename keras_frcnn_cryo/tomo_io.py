@@ -837,6 +837,17 @@ def read_sidecar(path: str) -> dict:
     return sidecar
 
 
+def image_pixel_size(path: str) -> float | None:
+    """Pixel size (A/px) of an image file from its sidecar (``pixel_size_a``, binning included);
+    None without a sidecar or when it records none."""
+    if not os.path.isfile(str(path) + ".json"):
+        return None
+    value = read_sidecar(path).get("pixel_size_a")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        return None
+    return float(value)
+
+
 def sidecar_source(sidecar: dict, sidecar_path: str) -> str:
     """The volume a sidecar names: its ``source`` as written (absolute), or relative to the sidecar's folder."""
     source = sidecar.get("source")

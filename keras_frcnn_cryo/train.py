@@ -37,7 +37,7 @@ from .config import BG_CLASS, Config, apply_overrides, save_config
 from .errors import CryoError
 from .model import (Detector, build_models, check_weights_path, fetch_imagenet_weights, load_imagenet_weights,
                     save_weights_atomic)
-from .preprocessing import prepare_image
+from .preprocessing import prepare_image, resize_scale
 
 PARSERS = ("simple", "pascal_voc")
 IMAGENET = "imagenet"   # --input_weight_path value: keras.applications' ResNet-50 ImageNet file
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageNet ResNet-50 notop weights (.h5) to start from, or 'imagenet' to use keras.applications' "
                         "file (cached, else downloaded); default: train from scratch")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--apix", type=float, default=None,
+                   help="pixel size of the training images (A/px), when their sidecars do not give it; recorded "
+                        "so that detection can resize inputs of another pixel size to the training's scale")
     p.add_argument("--val-split", type=float, default=defaults.val_fraction,
                    help="fraction of the training groups (tomograms) held out for validation")
     p.add_argument("--test-split", type=float, default=defaults.test_fraction,
@@ -170,6 +173,30 @@ def config_from_args(args: argparse.Namespace) -> Config:
     cfg.backbone_norm = args.backbone_norm
     apply_overrides(cfg, args.overrides)
     return cfg
+
+
+def record_pixel_size(cfg: Config, records: list[dict], apix: float | None = None) -> str:
+    """Set ``cfg.pixel_size_angstrom`` (median over the training images) and
+    ``cfg.network_pixel_size_angstrom`` (A per network-input pixel after the im_size resize) when every
+    training image's pixel size is known: ``apix`` for all of them, else each PNG's sidecar. Detection
+    then resizes inputs of known pixel size to that scale (model.Detector.input_scale). Returns the
+    line to print."""
+    if apix is not None and not (math.isfinite(apix) and apix > 0):
+        raise CryoError(f"--apix must be a positive number of Angstrom per pixel, got {apix}")
+    sizes, network = [], []
+    for record in records:
+        size = float(apix) if apix is not None else tomo_io.image_pixel_size(record["filepath"])
+        if size is None:
+            cfg.pixel_size_angstrom = cfg.network_pixel_size_angstrom = None
+            return (f"pixel size: unknown ({record['filepath']} has no sidecar giving it; --apix sets it): "
+                    "detection resizes inputs by im_size alone")
+        sizes.append(size)
+        network.append(size / resize_scale(int(record["height"]), int(record["width"]), cfg))
+    cfg.pixel_size_angstrom = float(np.median(sizes))
+    cfg.network_pixel_size_angstrom = float(np.median(network))
+    spread = f" (from {min(sizes):g} to {max(sizes):g})" if max(sizes) > min(sizes) else ""
+    return (f"pixel size: {cfg.pixel_size_angstrom:g} A/px{spread}, {cfg.network_pixel_size_angstrom:.4g} A per "
+            "network pixel; detection resizes inputs of known pixel size to that scale")
 
 
 def fit_config_to_boxes(cfg: Config, args: argparse.Namespace, records: list[dict]) -> None:
@@ -526,11 +553,13 @@ def main(args: argparse.Namespace) -> int:
     cfg.class_mapping = dict(class_mapping)
     split_path = args.split_file or splits.default_split_path(cfg.annotation_path)
     splits.assign_splits(records, split_path, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+    cfg.split_path = os.path.abspath(split_path)
     train_records = [r for r in records if r.get("imageset") == "train"]
     val_records = [r for r in records if r.get("imageset") == "val"]
     if not train_records:
         raise CryoError("the split left no training images", split_path)
     fit_config_to_boxes(cfg, args, train_records)
+    print(record_pixel_size(cfg, train_records, args.apix))
     print(f"classes: {', '.join(f'{k} ({v})' for k, v in classes_count.items() if k != BG_CLASS)}")
     print(f"images: {len(train_records)} train, {len(val_records)} val, "
           f"{sum(r.get('imageset') == 'test' for r in records)} test (split: {split_path})")

@@ -16,15 +16,18 @@ Every file is written under a temporary name in the target folder and renamed wh
 
 Formats
 
-* 2D boxes: CSV ``slice,x1,y1,x2,y2,class,score`` after ``#`` comment lines (pandas: ``comment='#'``)
-  and a JSON twin;
+* 2D boxes: CSV ``slice,x1,y1,x2,y2,class,score`` and a JSON twin;
 * 3D objects: CSV ``class,score,x1,y1,z1,x2,y2,z2,n_slices,first_slice,last_slice`` and a JSON twin
   with the member slices, boxes and scores (read back as :class:`Object3D`);
+* the first line of every CSV is its header (pandas.read_csv and csv.DictReader read it as it is);
+  the conventions, pixel size and source go to the JSON twin (:func:`json_header`). Readers still
+  skip ``#`` lines, which files of earlier versions began with;
 * crYOLO CBOX (STAR syntax, opened by napari-boxmanager): see :func:`write_cbox`;
 * IMOD point list (``x y z`` per line, for ``point2model``): :func:`write_imod_coords`;
 * RELION STAR (``data_particles``): :func:`write_star`;
 * LabelImg XML per slice (correct predictions in LabelImg, then retrain): :func:`write_labelimg_for_slices`;
-* PNG overlays: :func:`render_overlay`, :func:`render_z_projection`, :func:`write_png`.
+* PNG overlays: :func:`render_overlay`, :func:`render_z_projection`, :func:`write_png`; true against
+  predicted boxes, tiled: :func:`render_comparison`, :func:`render_montage`.
 """
 from __future__ import annotations
 
@@ -48,13 +51,13 @@ from .tracking import Object3D, as_slice_detections
 __all__ = [
     "BOXES2D_COLUMNS", "OBJECTS3D_COLUMNS", "CBOX_COLUMNS", "STAR_COLUMNS",
     "boxes2d_rows", "write_boxes2d_csv", "read_boxes2d_csv", "write_boxes2d_json", "read_boxes2d_json",
-    "write_json", "read_json",
+    "write_json", "read_json", "json_header",
     "write_objects3d_csv", "read_objects3d_csv", "write_objects3d_json", "read_objects3d_json",
     "write_cbox", "read_cbox", "read_star_blocks",
     "write_imod_coords", "read_imod_coords",
     "write_star", "read_star",
     "write_labelimg_for_slices",
-    "render_overlay", "render_z_projection", "write_png",
+    "render_overlay", "render_comparison", "render_montage", "render_z_projection", "write_png",
 ]
 
 BOXES2D_COLUMNS = ("slice", "x1", "y1", "x2", "y2", "class", "score")
@@ -94,12 +97,13 @@ def _pixel_size_line(pixel_size_a: float | None) -> str:
 
 
 def _comment_block(lines: Iterable[str]) -> str:
+    """``#`` comment lines (STAR and IMOD headers; never in CSVs)."""
     return "".join(f"# {line}\n" for line in lines)
 
 
-def _csv_text(header_lines: Sequence[str], columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def _csv_text(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """CSV text whose first line is the header ``columns``."""
     buffer = io.StringIO()
-    buffer.write(_comment_block(header_lines))
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows(rows)
@@ -180,7 +184,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CryoError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
 
 
-def _json_header(kind: str, pixel_size_a: float | None, source: str | None) -> dict[str, Any]:
+def json_header(kind: str, pixel_size_a: float | None, source: str | None) -> dict[str, Any]:
+    """The metadata every JSON output starts with: format, coordinate conventions, pixel size, source."""
     return {
         "format": f"keras_frcnn_cryo {kind}",
         "convention": {"boxes": _CONVENTION_2D, "z": _CONVENTION_Z, "z_range": _CONVENTION_3D},
@@ -218,25 +223,19 @@ def _row_values(row: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
     return dict(zip(BOXES2D_COLUMNS, values))
 
 
-def write_boxes2d_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any] | Sequence[Any]], *,
-                      pixel_size_a: float | None = None, source: str | None = None) -> int:
-    """Write 2D boxes, one per row: ``slice,x1,y1,x2,y2,class,score``; returns the row count.
+def write_boxes2d_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any] | Sequence[Any]]) -> int:
+    """Write 2D boxes, one per row, under the header ``slice,x1,y1,x2,y2,class,score``; returns the row count.
 
     rows: dicts with those keys, or 7-value sequences in that order (see :func:`boxes2d_rows`).
-    ``slice`` is the 0-based slice index; coordinates are written with 3 decimals, scores with 6.
+    ``slice`` is the 0-based slice index; x1, y1, x2, y2 are pixels, x to the right, y down, far
+    edges exclusive, written with 3 decimals; scores with 6. Pixel size and source: the JSON twin.
     """
-    header = ["keras_frcnn_cryo 2D detections, one box per row",
-              _CONVENTION_2D, "slice: " + _CONVENTION_Z,
-              "class: class name; score: detector confidence in [0, 1]",
-              _pixel_size_line(pixel_size_a)]
-    if source:
-        header.append(f"source: {source}")
     body = []
     for row in rows:
         values = _row_values(row)
         body.append([str(int(values["slice"])), *(_fmt(values[c]) for c in ("x1", "y1", "x2", "y2")),
                      str(values["class"]), _fmt(values["score"], SCORE_DECIMALS)])
-    write_text_atomic(path, _csv_text(header, BOXES2D_COLUMNS, body))
+    write_text_atomic(path, _csv_text(BOXES2D_COLUMNS, body))
     return len(body)
 
 
@@ -253,13 +252,15 @@ def read_boxes2d_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def write_boxes2d_json(path: str | os.PathLike, rows: Iterable[Mapping[str, Any] | Sequence[Any]], *,
-                       pixel_size_a: float | None = None, source: str | None = None) -> int:
-    """JSON twin of :func:`write_boxes2d_csv` (full float precision); returns the row count."""
+                       pixel_size_a: float | None = None, source: str | None = None,
+                       extra: Mapping[str, Any] | None = None) -> int:
+    """JSON twin of :func:`write_boxes2d_csv` (full float precision, with :func:`json_header` and the
+    ``extra`` keys, e.g. a run summary); returns the row count."""
     boxes = [_row_values(row) for row in rows]
     for box in boxes:
         box["slice"] = int(box["slice"])
         box["class"] = str(box["class"])
-    write_json(path, {**_json_header("boxes2d", pixel_size_a, source), "boxes": boxes})
+    write_json(path, {**json_header("boxes2d", pixel_size_a, source), **(extra or {}), "boxes": boxes})
     return len(boxes)
 
 
@@ -274,19 +275,17 @@ def read_boxes2d_json(path: str | os.PathLike) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------
 # 3D objects: CSV and JSON
 # ------------------------------------------------------------------------------------------
-def write_objects3d_csv(path: str | os.PathLike, objects: Sequence[Object3D], *,
-                        pixel_size_a: float | None = None, source: str | None = None) -> int:
-    """One object per row: ``class,score,x1,y1,z1,x2,y2,z2,n_slices,first_slice,last_slice``."""
-    header = ["keras_frcnn_cryo 3D objects (boxes linked across slices), one per row",
-              _CONVENTION_2D, _CONVENTION_Z, _CONVENTION_3D,
-              "first_slice, last_slice: inclusive 0-based slice range; n_slices: slices with a box (gaps not counted)",
-              "score: mean detector score of the member boxes", _pixel_size_line(pixel_size_a)]
-    if source:
-        header.append(f"source: {source}")
+def write_objects3d_csv(path: str | os.PathLike, objects: Sequence[Object3D]) -> int:
+    """One object per row under the header ``class,score,x1,y1,z1,x2,y2,z2,n_slices,first_slice,last_slice``.
+
+    Boxes as in :func:`write_boxes2d_csv`, z1/z2 slice indices with z2 = last slice + 1;
+    first_slice/last_slice inclusive; n_slices counts slices with a box; score is the mean of the
+    member boxes' scores. Pixel size and source: the JSON twin (:func:`write_objects3d_json`).
+    """
     body = [[obj.class_name, _fmt(obj.score, SCORE_DECIMALS), _fmt(obj.x1), _fmt(obj.y1), str(int(obj.z1)),
              _fmt(obj.x2), _fmt(obj.y2), str(int(obj.z2)), str(obj.n_slices), str(obj.first_slice),
              str(obj.last_slice)] for obj in objects]
-    write_text_atomic(path, _csv_text(header, OBJECTS3D_COLUMNS, body))
+    write_text_atomic(path, _csv_text(OBJECTS3D_COLUMNS, body))
     return len(body)
 
 
@@ -305,7 +304,7 @@ def read_objects3d_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
 def write_objects3d_json(path: str | os.PathLike, objects: Sequence[Object3D], *,
                          pixel_size_a: float | None = None, source: str | None = None) -> int:
     """JSON twin of :func:`write_objects3d_csv` with each object's member slices, boxes and scores."""
-    write_json(path, {**_json_header("objects3d", pixel_size_a, source),
+    write_json(path, {**json_header("objects3d", pixel_size_a, source),
                       "objects": [obj.to_dict() for obj in objects]})
     return len(objects)
 
@@ -675,19 +674,70 @@ def _draw_box(canvas: np.ndarray, box: Sequence[float], colour: tuple[int, int, 
 
 
 def render_overlay(slice_image: np.ndarray, boxes: np.ndarray, labels: Sequence[int], scores: Sequence[float],
-                   class_names: Sequence[str]) -> np.ndarray:
-    """(H, W, 3) BGR uint8 picture of a slice with its boxes, class names and scores drawn.
+                   class_names: Sequence[str], min_score: float = 0.0) -> np.ndarray:
+    """(H, W, 3) BGR uint8 picture of a slice with its boxes of score >= ``min_score`` and their scores
+    (and class names, when the model has more than one class) drawn.
 
     slice_image: (H, W) of any real dtype (uint8 shown as is, others stretched between their
-    0.5 and 99.5 percentiles). boxes: (N, 4) ``[x1, y1, x2, y2]`` in the slice's pixels.
+    0.5 and 99.5 percentiles). boxes: (N, 4) ``[x1, y1, x2, y2]`` in the slice's pixels. The display
+    threshold is separate from the detection threshold: a CSV written at --threshold 0 for
+    evaluation would otherwise bury the slice under hundreds of boxes.
     """
     canvas = _to_bgr(slice_image)
     boxes, scores_arr, labels_arr = as_slice_detections((boxes, scores, labels))
+    named = len([name for name in class_names if name != "bg"]) > 1
     for index in np.argsort(scores_arr, kind="stable"):  # strongest drawn last, on top
+        if scores_arr[index] < min_score:
+            continue
         label = int(labels_arr[index])
         name = str(class_names[label]) if 0 <= label < len(class_names) else str(label)
-        _draw_box(canvas, boxes[index], class_colour(label), f"{name} {scores_arr[index]:.2f}")
+        text = f"{name} {scores_arr[index]:.2f}" if named else f"{scores_arr[index]:.2f}"
+        _draw_box(canvas, boxes[index], class_colour(label), text)
     return canvas
+
+
+TRUE_COLOUR = (80, 220, 80)        # BGR green: ground-truth boxes in comparisons
+PREDICTED_COLOUR = (230, 60, 230)  # BGR magenta: predicted boxes in comparisons
+
+
+def render_comparison(slice_image: np.ndarray, true_boxes: np.ndarray, predicted_boxes: np.ndarray,
+                      scores: Sequence[float], title: str = "") -> np.ndarray:
+    """(H, W, 3) BGR uint8: a slice with its true boxes (green, unlabelled) and predicted boxes
+    (magenta, with scores); ``title`` on a black band at the top. Boxes: (N, 4) ``[x1, y1, x2, y2]``."""
+    canvas = _to_bgr(slice_image)
+    for box in np.asarray(true_boxes, float).reshape(-1, 4):
+        _draw_box(canvas, box, TRUE_COLOUR, "")
+    predicted = np.asarray(predicted_boxes, float).reshape(-1, 4)
+    for box, score in zip(predicted, scores):
+        _draw_box(canvas, box, PREDICTED_COLOUR, f"{float(score):.2f}")
+    if title:
+        band = max(14, canvas.shape[0] // 16)
+        cv2.rectangle(canvas, (0, 0), (canvas.shape[1] - 1, band), (0, 0, 0), cv2.FILLED)
+        cv2.putText(canvas, title, (3, band - 4), cv2.FONT_HERSHEY_SIMPLEX, band / 30.0, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return canvas
+
+
+def render_montage(pictures: Sequence[np.ndarray], columns: int = 3, caption: str = "") -> np.ndarray:
+    """Equal-sized (H, W, 3) BGR pictures tiled ``columns`` wide (2-px black gaps), with ``caption``
+    on a black band underneath; (H', W', 3) uint8."""
+    if not pictures:
+        raise ValueError("render_montage needs at least one picture")
+    height, width = pictures[0].shape[:2]
+    columns = max(1, min(columns, len(pictures)))
+    rows = -(-len(pictures) // columns)
+    gap = 2
+    band = 24 if caption else 0
+    sheet = np.zeros((rows * (height + gap) + band, columns * (width + gap), 3), np.uint8)
+    for index, picture in enumerate(pictures):
+        if picture.shape[:2] != (height, width):
+            picture = cv2.resize(picture, (width, height), interpolation=cv2.INTER_AREA)
+        r, c = divmod(index, columns)
+        sheet[r * (height + gap):r * (height + gap) + height, c * (width + gap):c * (width + gap) + width] = picture
+    if caption:
+        cv2.putText(sheet, caption, (4, sheet.shape[0] - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return sheet
 
 
 def render_z_projection(volume_slices_mean: np.ndarray, objects: Sequence[Object3D]) -> np.ndarray:

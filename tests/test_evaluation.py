@@ -12,6 +12,8 @@ import pytest
 from keras_frcnn_cryo import evaluation
 from keras_frcnn_cryo.cli import run_cli
 from keras_frcnn_cryo.errors import CryoError
+from keras_frcnn_cryo.splits import assign_splits
+from keras_frcnn_cryo.train import load_annotations
 
 THRESHOLDS = ("0.5", "0.6", "0.7", "0.8", "0.9")
 HEADER = "image,x1,y1,x2,y2,class,score\n"
@@ -49,8 +51,8 @@ def data(tmp_path):
 def run(tmp_path, *extra, detections="perfect.csv", annotations="ann.txt", split="all"):
     """evaluation.main on parsed arguments; returns the metrics.json payload."""
     out = tmp_path / "out"
-    argv = ["--detections", str(tmp_path / detections), "-p", str(tmp_path / annotations), "--split", split,
-            "--output", str(out), *map(str, extra)]
+    argv = ["--detections", str(tmp_path / detections), "-p", str(tmp_path / annotations),
+            *(["--split", split] if split else []), "--output", str(out), *map(str, extra)]
     args = evaluation.build_parser().parse_args(argv)
     assert evaluation.main(args) == 0
     return json.loads((out / "metrics.json").read_text())
@@ -110,6 +112,19 @@ def test_per_group_table(data, capsys):
     assert "Per tomogram" in printed and "tomoA" in printed and "tomoB" in printed
 
 
+def test_per_group_table_reports_the_estimated_snr(data, capsys):
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.standard_normal((64, 64)), (0, 0), 3)
+    for name in ("tomoA_z00", "tomoA_z01"):                       # structure: high SNR
+        image = 128 + 400 * smooth + rng.normal(0, 3, (64, 64))
+        cv2.imwrite(str(data / "images" / f"{name}.png"), np.clip(image, 0, 255).astype(np.uint8))
+    for name in ("tomoB_z00", "tomoB_z01"):                       # white noise only: SNR about 0
+        cv2.imwrite(str(data / "images" / f"{name}.png"), rng.integers(0, 256, (64, 64)).astype(np.uint8))
+    groups = run(data)["per_group"]
+    assert groups["tomoA"]["snr_estimate"] > 1.0 > 0.1 > groups["tomoB"]["snr_estimate"]
+    assert "SNR est." in capsys.readouterr().out
+
+
 def test_groups_from_the_annotation_column(data):
     text = "".join(line + ",cellX\n" for line in ANNOTATIONS.splitlines())
     (data / "grouped.txt").write_text(text)
@@ -134,8 +149,15 @@ def test_ablation_table_has_both_runs(data, capsys):
     assert (data / "out" / "pr_iou0.7.png").is_file()
 
 
+def _training_split(data):
+    """The split file training would write beside the annotations (measure_map.py only reads it)."""
+    records, _, _ = load_annotations(str(data / "ann.txt"), "simple")
+    assign_splits(records, str(data / "split.json"), 1 / 6, 0.0, 42)
+    return data / "split.json"
+
+
 def test_split_drops_detections_of_other_groups(data):
-    payload = run(data, "--split-file", data / "split.json", split="test")
+    payload = run(data, "--split-file", _training_split(data), split="test")
     (group,) = payload["per_group"]  # two groups, test fraction 1/6: one test group
     assert payload["n_images"] == 2
     assert payload["n_detections"] == {"tomoA": 3, "tomoB": 1}[group]
@@ -154,8 +176,6 @@ def test_csv_paths_match_by_file_name_with_comments(data):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, needles", [
     ("image,x1,y1,x2,y2,score\ntomoA_z00.png,2,2,10,10,0.9\n", ("lacks column(s) class",)),
-    (HEADER + "tomoA_z00.png,2,2,10,10,mito,0.9\nnosuch.png,2,2,10,10,mito,0.9\n",
-     ("bad.csv:3", "nosuch.png", "matches no annotated image")),
     (HEADER + "tomoA_z00.png,2,2,10,10,mito,nan\n", ("bad.csv:2", "'score' is not a finite number")),
     (HEADER + "tomoA_z00.png,2,2,10,10,mito,0.9\ntomoA_z01.png,2,two,10,10,mito,0.9\n",
      ("bad.csv:3", "'y1' is not a number")),
@@ -189,7 +209,28 @@ def test_ground_truth_without_objects(data):
 def test_split_without_images(data):
     # default fractions: test 1/6, val 0 -> the val split is empty
     with pytest.raises(CryoError, match="split.json.*val split has no images"):
-        run(data, "--split-file", data / "split.json", split="val")
+        run(data, "--split-file", _training_split(data), split="val")
+
+
+def test_without_a_split_file_every_image_is_evaluated_and_nothing_written(data, capsys):
+    before = sorted(p.name for p in data.iterdir())
+    payload = run(data, split=None)
+    assert payload["split"] == "all" and payload["n_images"] == 4
+    assert "no split file" in capsys.readouterr().out
+    assert sorted(p.name for p in data.iterdir()) == sorted(before + ["out"])   # no split file in the data folder
+    with pytest.raises(CryoError, match=r"ann\.split\.json.*no split file to take the test split from"):
+        run(data, split="test")
+    _training_split(data)
+    (data / "split.json").rename(data / "ann.split.json")       # where training writes it by default
+    assert run(data, split=None)["split"] == "test"
+
+
+def test_detections_of_images_without_ground_truth_are_reported(data, capsys):
+    (data / "extra.csv").write_text(PERFECT + "nosuch.png,2,2,10,10,mito,0.9\nnosuch.png,3,3,9,9,mito,0.8\n")
+    payload = run(data, detections="extra.csv")
+    assert payload["mAP"]["ap"]["0.9"] == 1.0
+    out = capsys.readouterr().out
+    assert "2 detections on 1 image(s) that are not in the ground truth (e.g. nosuch.png)" in out
 
 
 def test_compare_file_is_checked_too(data):

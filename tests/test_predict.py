@@ -42,16 +42,38 @@ def test_tomogram_outputs(detector, tomogram, tmp_path):
     assert summary["slices_processed"] == 6 and len(rows) == summary["detections"] > 0
     assert {r["slice"] for r in rows} <= set(range(6))
     assert all(0 <= r["x1"] < r["x2"] <= 64 and 0 <= r["y1"] < r["y2"] <= 64 for r in rows)
-    assert writers.read_json(os.path.join(out, "cell.done.json"))["pixel_size_a"] == 20.0
+    done = writers.read_json(os.path.join(out, "cell.done.json"))
+    assert done["pixel_size_a"] == 20.0
+    assert 0.0 <= done["snr_estimate"] < 0.05                       # the volume is white noise
+    boxes_json = writers.read_json(os.path.join(out, "cell_boxes2d.json"))
+    assert boxes_json["snr_estimate"] == done["snr_estimate"] and "0-based" in boxes_json["convention"]["z"]
     lab = os.listdir(os.path.join(out, "cell_labelimg"))
     assert any(n.endswith(".xml") for n in lab) and any(n.endswith(".png") for n in lab)
+
+
+def test_volume_of_another_pixel_size_is_resized_to_the_training_scale(detector, tomogram, tmp_path, capsys,
+                                                                       monkeypatch):
+    seen = []
+    original = detector.detect_many
+    monkeypatch.setattr(detector, "detect_many", lambda images, min_score=None, pixel_size_a=None:
+                        seen.append(pixel_size_a) or original(images, min_score, pixel_size_a))
+    monkeypatch.setattr(detector.cfg, "network_pixel_size_angstrom", 10.0)
+    monkeypatch.setattr(detector.cfg, "pixel_size_angstrom", 10.0)
+    summary = predict.predict_volume(detector, tomogram, str(tmp_path / "o"), threshold=0.0,
+                                     options=volume_options(binning=2))
+    assert set(seen) == {40.0}                                        # 20 A/px binned 2x
+    assert "40 A/px" in capsys.readouterr().out and detector.input_scale(40.0) == 4.0
+    rows = writers.read_boxes2d_csv(os.path.join(str(tmp_path / "o"), "cell_boxes2d.csv"))
+    assert len(rows) == summary["detections"] and all(r["x2"] <= 64 and r["y2"] <= 64 for r in rows)
+    monkeypatch.setattr(detector.cfg, "match_pixel_size", False)       # --no-pixel-size-match
+    assert detector.input_scale(40.0) is None
 
 
 def test_binning_maps_boxes_to_input_pixels(detector, tomogram, tmp_path, monkeypatch):
     """Detections made on 2x-binned slices are written in the pixels of the file itself."""
     from keras_frcnn_cryo.model import Detections
 
-    def fake_many(images, min_score=None):
+    def fake_many(images, min_score=None, pixel_size_a=None):
         assert images[0].shape == (32, 32)
         return [Detections(np.array([[4.0, 5.0, 10.0, 12.0]]), np.array([0.9]), np.array([0]), ["m", "bg"])
                 for _ in images]
@@ -113,3 +135,19 @@ def test_images_csv(detector, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "o" / "overlays")) == ["s_0.png", "s_1.png"]
     with pytest.raises(CryoError, match="threshold"):
         predict.predict_images(detector, [], str(tmp_path / "o"), 1.5)
+    # overlays use their own display threshold: nothing drawn above every score, all of the CSV below it
+    drawn = []
+    original = writers.render_overlay
+
+    def spy(image, boxes, labels, scores, names, min_score=0.0):
+        drawn.append(int((np.asarray(scores) >= min_score).sum()))
+        return original(image, boxes, labels, scores, names, min_score=min_score)
+
+    monkeypatch.setattr(writers, "render_overlay", spy)
+    predict.predict_images(detector, tomo_io.list_images(str(folder)), str(tmp_path / "o2"), 0.0,
+                           root=str(folder), overlay_threshold=1.0)
+    assert drawn == [0, 0]
+    drawn.clear()
+    predict.predict_images(detector, tomo_io.list_images(str(folder)), str(tmp_path / "o3"), 0.0,
+                           root=str(folder), overlay_threshold=0.0)
+    assert sum(drawn) == len(rows)

@@ -319,6 +319,27 @@ def test_estimate_snr_limits():
         pp.estimate_snr(np.zeros((2, 10)))
 
 
+def test_resize_by_a_given_scale():
+    cfg = Config(im_size=48, im_max_size=64)
+    image = np.zeros((40, 60), np.uint8)
+    assert pp.resize_scale(40, 60, cfg) == pytest.approx(64 / 60)            # im_size rule, capped by im_max_size
+    resized, (sx, sy) = pp.resize_image(image, cfg, scale=2.0)               # a given scale ignores both
+    assert resized.shape == (80, 120) and (sx, sy) == (2.0, 2.0)
+    net, scale = pp.prepare_image(image, cfg, scale=0.5)
+    assert net.shape == (20, 30, 3) and scale == (0.5, 0.5)
+    with pytest.raises(ValueError):
+        pp.resize_scale(40, 60, cfg, scale=0.0)
+
+
+def test_median_snr_of_a_group():
+    rng = np.random.default_rng(3)
+    signal = cv2.GaussianBlur(rng.standard_normal((256, 256)), (0, 0), 3)
+    images = [signal + rng.standard_normal((256, 256)) * math.sqrt(signal.var() / 0.5) for _ in range(3)]
+    assert pp.median_snr(images) == pytest.approx(0.5, rel=0.25)
+    assert pp.median_snr(iter(images)) == pp.median_snr(images)        # any iterable
+    assert math.isnan(pp.median_snr([]))
+
+
 def test_prepare_image_three_channels_are_prepared_one_by_one():
     rng = np.random.default_rng(5)
     cfg = Config(im_size=48, im_max_size=0)

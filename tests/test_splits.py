@@ -37,11 +37,19 @@ def test_image_group(path, group):
     assert image_group(path) == group
 
 
-def test_record_groups_prefers_given_group_and_uses_dirs_when_stems_alike():
+def test_record_groups_prefers_given_group_and_file_stems_decide():
     records = _records(["a_z1.png"], group="G") + _records(["b_z1.png"])
     assert record_groups(records) == ["G", "b"]
-    alike = _records(["img_z01.png", "img_z02.png"], "/d/tomoA") + _records(["img_z01.png"], "/d/tomoB")
-    assert record_groups(alike) == ["tomoA", "tomoA", "tomoB"]
+    # one tomogram's slices and tilts in two folders stay one group (folders are not tomograms here)
+    both = _records(["tomo03_z006.png", "tomo04_z001.png"], "/d/slices") + _records(["tomo03_tilt05.png"], "/d/tilts")
+    assert record_groups(both) == ["tomo03", "tomo04", "tomo03"]
+
+
+def test_record_groups_index_only_names_take_their_folders():
+    assert record_groups(_records(["0001.png"], "/d/tomoA") + _records(["0001.png"], "/d/tomoB")) == ["tomoA", "tomoB"]
+    # folders of the same name: their paths below the common folder
+    alike = _records(["0001.png", "0002.png"], "/d/a/tomo") + _records(["0001.png"], "/d/b/tomo")
+    assert record_groups(alike) == ["a/tomo", "a/tomo", "b/tomo"]
 
 
 def test_default_split_path(tmp_path):

@@ -1,7 +1,9 @@
 """Training: the loss falls on a tiny generated set and the model then finds its training objects."""
+import dataclasses
 import math
 import os
 
+import cv2
 import numpy as np
 import pytest
 from conftest import TOY_ANCHORS, toy_config
@@ -51,6 +53,52 @@ def test_finds_its_training_objects(trained):
     row = results["per_class"]["mitochondrion"]["thresholds"][0.5]
     assert row["n_tp"] >= 0.9 * row["n_gt"], row["n_tp"]        # (nearly) every object found at IoU >= 0.5
     assert results["mAP"][0.5] >= 0.5
+
+
+def test_pixel_size_match_finds_objects_in_a_binned_wider_view(trained):
+    """Trained on 96-px images at 10 A/px (seen at 5 A per network pixel), the detector gets 96-px
+    mosaics of four training images each binned 2x: 20 A/px, twice the field of view. Resizing by
+    im_size shows the objects at half the trained size; matching the pixel size restores it."""
+    cfg, trainer, records, _ = trained
+    cfg = dataclasses.replace(cfg, pixel_size_angstrom=10.0, network_pixel_size_angstrom=10.0 * 96 / 192)
+    detector = Detector(cfg, models=trainer.models)
+    assert detector.input_scale(20.0) == pytest.approx(4.0) and detector.input_scale(None) is None
+    gt, matched, unmatched = {}, [], []
+    for mosaic in range(2):
+        wide, boxes = np.zeros((96, 96), np.uint8), []
+        for k, record in enumerate(records[4 * mosaic:4 * mosaic + 4]):
+            oy, ox = 48 * (k // 2), 48 * (k % 2)
+            image = tomo_io.read_image(record["filepath"])
+            wide[oy:oy + 48, ox:ox + 48] = cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA)
+            boxes += [{**b, "x1": b["x1"] / 2 + ox, "y1": b["y1"] / 2 + oy, "x2": b["x2"] / 2 + ox,
+                       "y2": b["y2"] / 2 + oy} for b in train.records_to_ground_truth([record])[record["filepath"]]]
+        gt[f"mosaic{mosaic}"] = boxes
+        found = detector.detect(wide, min_score=cfg.eval_min_score, pixel_size_a=20.0)
+        assert np.all(found.boxes <= 96.0)                        # in the mosaic's own pixels
+        matched += train.detections_to_dicts(f"mosaic{mosaic}", found)
+        unmatched += train.detections_to_dicts(f"mosaic{mosaic}", detector.detect(wide, min_score=cfg.eval_min_score))
+    rows = [metrics.evaluate(gt, dets, (0.5,))["per_class"]["mitochondrion"]["thresholds"][0.5]
+            for dets in (matched, unmatched)]
+    assert rows[0]["n_tp"] >= 0.8 * rows[0]["n_gt"], rows[0]["n_tp"]
+    assert rows[1]["n_tp"] < rows[0]["n_tp"], rows[1]["n_tp"]      # im_size alone misses objects
+
+
+def test_record_pixel_size(toy_dataset, tmp_path):
+    records, _, _ = get_data(toy_dataset)
+    cfg = toy_config(im_size=192)
+    assert "unknown" in train.record_pixel_size(cfg, records) and cfg.network_pixel_size_angstrom is None
+    note = train.record_pixel_size(cfg, records, apix=10.0)
+    assert cfg.pixel_size_angstrom == 10.0 and cfg.network_pixel_size_angstrom == pytest.approx(5.0)
+    assert "10 A/px" in note
+    with pytest.raises(CryoError, match="--apix"):
+        train.record_pixel_size(cfg, records, apix=-1.0)
+    # from PNG sidecars (binning included), as exported slices and the synthetic generator write them
+    image = tmp_path / "s_z0001.png"
+    cv2.imwrite(str(image), np.zeros((96, 96), np.uint8))
+    tomo_io.write_sidecar(str(image), tomo_io.slice_sidecar("t.mrc", "tomogram", 1, (4, 192, 192), (96, 96), 4.0,
+                                                            binning=2))
+    train.record_pixel_size(cfg, [{"filepath": str(image), "width": 96, "height": 96}])
+    assert cfg.pixel_size_angstrom == 8.0 and cfg.network_pixel_size_angstrom == pytest.approx(4.0)
 
 
 def test_image_without_objects_trains(trained):

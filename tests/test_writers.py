@@ -1,4 +1,5 @@
 """Writers: each output is read back by its reader; format details checked against hand-made references."""
+import csv
 import json
 import os
 import re
@@ -33,10 +34,11 @@ def test_boxes2d_csv_and_json_roundtrip(tmp_path):
     rows = writers.boxes2d_rows(per_slice, ["mito", "other, with comma"])
     assert [r["slice"] for r in rows] == [0, 4, 4] and [r["score"] for r in rows] == [0.25, 0.9, 0.5]
     path = tmp_path / "boxes.csv"
-    assert writers.write_boxes2d_csv(path, rows, pixel_size_a=2.6) == 3
+    assert writers.write_boxes2d_csv(path, rows) == 3
     text = path.read_text()
-    assert text.startswith("#") and "0-based" in text and "2.6000 A/px" in text
-    assert "slice,x1,y1,x2,y2,class,score\n" in text
+    assert text.startswith("slice,x1,y1,x2,y2,class,score\n") and "#" not in text   # the header comes first
+    with open(path, newline="") as fh:                                                 # as other tools read it
+        assert [row["slice"] for row in csv.DictReader(fh)] == ["0", "4", "4"]
     back = writers.read_boxes2d_csv(path)
     assert back == rows
     # tuples are accepted as rows
@@ -78,7 +80,8 @@ def test_write_json_converts_numpy_and_objects(tmp_path):
 def test_objects3d_csv_and_json_roundtrip(tmp_path):
     objects = _objects()
     path = tmp_path / "objects.csv"
-    assert writers.write_objects3d_csv(path, objects, pixel_size_a=13.5) == 2
+    assert writers.write_objects3d_csv(path, objects) == 2
+    assert path.read_text().startswith(",".join(writers.OBJECTS3D_COLUMNS) + "\n")
     rows = writers.read_objects3d_csv(path)
     assert list(rows[0]) == list(writers.OBJECTS3D_COLUMNS)
     assert rows[0] == {"class": "mito", "score": 0.8, "x1": 10.0, "y1": 20.0, "z1": 3, "x2": 30.0, "y2": 60.0,
@@ -88,7 +91,8 @@ def test_objects3d_csv_and_json_roundtrip(tmp_path):
     writers.write_objects3d_json(json_path, objects, pixel_size_a=13.5)
     back = writers.read_objects3d_json(json_path)
     assert [o.to_dict() for o in back] == [o.to_dict() for o in objects]
-    assert json.loads(json_path.read_text())["pixel_size_a"] == 13.5
+    metadata = json.loads(json_path.read_text())
+    assert metadata["pixel_size_a"] == 13.5 and "0-based" in metadata["convention"]["z"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,6 +250,11 @@ def test_render_overlay_draws_boxes_in_class_colours(tmp_path):
     inside = picture[60, 40]
     assert inside[0] == inside[1] == inside[2]          # untouched grey inside the box
     assert tuple(picture[60, 100]) != colour
+    # the display threshold hides weaker boxes (the CSV may hold them all)
+    plain = writers.render_overlay(image, np.zeros((0, 4)), [], [], ["mito", "vesicle"])
+    hidden = writers.render_overlay(image, np.array([[20, 30, 60, 90]], float), [1], [0.87], ["mito", "vesicle"],
+                                    min_score=0.9)
+    np.testing.assert_array_equal(hidden, plain)
     path = tmp_path / "overlay.png"
     writers.write_png(path, picture)
     decoded = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
