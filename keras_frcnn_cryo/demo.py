@@ -1,6 +1,6 @@
 """One-command demo: synthetic cryo-ET -> train -> detect on a held-out tomogram -> AP-vs-IoU table and a picture.
 
-``python -m keras_frcnn_cryo.demo --out demo_out`` runs in about five minutes on 2 CPU cores and
+``python -m keras_frcnn_cryo.demo --out demo_out`` runs in about four minutes on 2 CPU cores and
 leaves, in ``demo_out``: ``data/`` (the generated tomograms, tilt series, slice PNGs with sidecars,
 and boxes), ``model/`` (config.pickle, config.json, weights, training log), ``predictions/``
 (detections.csv and overlay PNGs of the held-out tomogram's slices), ``evaluation/`` (metrics.json,
@@ -8,8 +8,9 @@ metrics.md, PR curve) and ``montage.png``: held-out slices with the true boxes i
 predicted ones in magenta, drawn at the score threshold of the best F1.
 
 Training is README's command, ``train_frcnn.py -p annotations.txt --time-budget M``: the default
-recipe for training from scratch chooses everything else. A few minutes of CPU give a usable model on
-this easy synthetic set; real data needs hours and a few hundred labelled slices (README.md, "Training").
+recipe for training from scratch chooses everything else. Three minutes of CPU (about 150 images)
+give a rough model (AP@0.5 about 0.3); an hour gives AP@0.5 0.7-0.8 on these tomograms
+(BENCHMARKS.md), and real data needs hours and a few hundred labelled slices (README.md, "Training").
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from .config import load_config
 from .model import Detector
 
 MONTAGE_SLICES = 6     # held-out slices shown in montage.png
-DEMO_SNR = (0.2, 0.4)  # clearer than the paper's hard range, so that minutes of CPU give a model worth looking at
 MONTAGE_IOU = "0.5"    # the IoU whose best-F1 score threshold the montage is drawn at
 
 
@@ -40,8 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=30, help="slices per tomogram")
     p.add_argument("--slice-step", type=int, default=3, help="label every n-th slice")
     p.add_argument("--apix", type=float, default=50.0, help="pixel size (A/px)")
-    p.add_argument("--snr", type=float, nargs=2, default=list(DEMO_SNR), metavar=("MIN", "MAX"),
-                   help="SNR range of the simulated tomograms (the benchmarks use 0.06 0.12, the paper's hard range)")
     p.add_argument("--minutes", type=float, default=3.0, help="training wall-time budget (train_frcnn.py --time-budget)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -55,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"[1/5] generating {args.tomograms} synthetic tomograms in {data_dir}")
     summary = synthetic.write_dataset(data_dir, args.tomograms, seed=args.seed,
                                       shape=(args.slices, args.size, args.size), pixel_size_a=args.apix,
-                                      slice_step=args.slice_step, snr_range=tuple(args.snr))
+                                      slice_step=args.slice_step)
     annotations = summary["annotations"]
     print(f"      {summary['n_images']} labelled slices, {summary['n_boxes']} boxes, split {summary['split_counts']}")
 
