@@ -184,6 +184,7 @@ class Config:
     eval_min_score: float = 0.05              # measure_map keeps detections above this for AP
     snr_sample_slices: int = 5                # slices per volume or image group whose median SNR estimate is reported
     eval_iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
+    val_selection_iou: float = 0.7            # validation AP at this IoU picks *_bestval weights (paper's Table 2 IoU)
 
     # --- whole tomograms (tracking.py): boxes on consecutive slices linked into 3D objects --
     track_min_iou: float = 0.3                # link a track's last box to a new box at IoU >= this

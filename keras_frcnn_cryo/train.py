@@ -15,7 +15,7 @@ L_rpn + L_cls updates all weights. The RoIs are constants to the gradient in bot
 An epoch is ``epoch_length`` images. After each epoch the summed mean loss is compared with the best
 so far; the weights are written (atomically) only when it improves (the paper's rule). With a
 validation split the validation loss and AP are reported every epoch and the best model on
-validation AP@0.7 is kept as well (``*_bestval.weights.h5``).
+validation AP at ``Config.val_selection_iou`` (0.7) is kept as well (``*_bestval.weights.h5``).
 """
 from __future__ import annotations
 
@@ -492,7 +492,8 @@ def total_loss(stats: EpochStats) -> float:
 
 
 def validate(trainer: Trainer, records: list[dict], seed: int) -> dict[str, float]:
-    """Validation loss (mean over images) and AP at the configured IoU thresholds."""
+    """Validation loss (mean over images) and AP at the configured IoU thresholds and at
+    ``cfg.val_selection_iou`` (``val_ap@<IoU>`` keys)."""
     cfg = trainer.cfg
     rng = np.random.default_rng(seed)
     stats = EpochStats()
@@ -503,13 +504,15 @@ def validate(trainer: Trainer, records: list[dict], seed: int) -> dict[str, floa
     detector = Detector(cfg, models=trainer.models)
     detections = []
     for record in records:
-        dets = detector.detect(source(record["filepath"]), min_score=cfg.eval_min_score)
+        dets = detector.detect(source(record["filepath"]), min_score=cfg.eval_min_score,
+                               pixel_size_a=tomo_io.image_pixel_size(record["filepath"]))
         detections.extend(detections_to_dicts(record["filepath"], dets))
     source.close()
-    results = metrics.evaluate(records_to_ground_truth(records), detections, cfg.eval_iou_thresholds,
+    thresholds = sorted({float(t) for t in cfg.eval_iou_thresholds} | {float(cfg.val_selection_iou)})
+    results = metrics.evaluate(records_to_ground_truth(records), detections, thresholds,
                                classes=cfg.class_names[:-1])
     out = {"val_loss": total_loss(stats)}
-    for thr in cfg.eval_iou_thresholds:
+    for thr in thresholds:
         out[f"val_ap@{thr:g}"] = float(results["mAP"][thr])
     return out
 
@@ -642,11 +645,12 @@ def main(args: argparse.Namespace) -> int:
             row.update(val)
             ap_text = ", ".join(f"AP@{t:g} {val[f'val_ap@{t:g}']:.3f}" for t in cfg.eval_iou_thresholds)
             print(f"  validation: loss {val['val_loss']:.4f}, {ap_text}")
-            score = val.get("val_ap@0.7", -math.inf)
+            score = val[f"val_ap@{cfg.val_selection_iou:g}"]
             if score > best_val:
                 best_val = score
                 save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
-                print(f"  best validation AP@0.7 so far ({score:.3f}): saved {bestval_path(cfg.model_path)}")
+                print(f"  best validation AP@{cfg.val_selection_iou:g} so far ({score:.3f}): "
+                      f"saved {bestval_path(cfg.model_path)}")
         log_rows.append(row)
         _write_log(_log_path(cfg.model_path), log_rows)
         save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng, log_rows)

@@ -160,7 +160,8 @@ def test_main_writes_config_weights_and_log(toy_dataset, tmp_path, capsys):
         "-p", toy_dataset, "--num_epochs", "2", "--epoch_length", "2", "--im-size", "96",
         "--anchor-scales", "24", "48", "-n", "8", "--config_filename", str(tmp_path / "config.pickle"),
         "--output_weight_path", str(tmp_path / "model.weights.h5"), "--val-split", "0.3",
-        "--split-file", str(tmp_path / "split.json")])
+        "--split-file", str(tmp_path / "split.json"),
+        "--set", "eval_iou_thresholds=[0.5, 0.9]"])       # best-on-validation still uses AP@0.7 (val_selection_iou)
     assert train.main(args) == 0
     out = capsys.readouterr().out
     for name in ("config.pickle", "config.json", "model.weights.h5", "model_log.csv", "split.json",
