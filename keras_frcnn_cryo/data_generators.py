@@ -19,6 +19,7 @@ import numpy as np
 
 from .config import Config
 from .errors import CryoError
+from .preprocessing import resize_scale
 from .roi_helpers import as_boxes, encode_boxes, iou_matrix
 
 
@@ -84,10 +85,7 @@ def propose_anchor_scales(records: list[dict[str, Any]], cfg: Config, n_scales: 
     n_scales = n_scales or len(cfg.anchor_box_scales)
     sizes = []
     for record in records:
-        width, height = float(record["width"]), float(record["height"])
-        scale = cfg.im_size / min(width, height)
-        if cfg.im_max_size and max(width, height) * scale > cfg.im_max_size:
-            scale = cfg.im_max_size / max(width, height)
+        scale = resize_scale(float(record["height"]), float(record["width"]), cfg)
         for box in record["bboxes"]:
             sizes.append(math.sqrt(max(box["x2"] - box["x1"], 1e-6) * max(box["y2"] - box["y1"], 1e-6)) * scale)
     if not sizes:

@@ -260,7 +260,7 @@ def preprocess_image(image: np.ndarray, cfg: Config) -> np.ndarray:
     return out
 
 
-def resize_scale(height: int, width: int, cfg: Config, scale: float | None = None) -> float:
+def resize_scale(height: float, width: float, cfg: Config, scale: float | None = None) -> float:
     """The factor :func:`resize_image` applies to an ``height`` x ``width`` image: ``scale`` when given
     (detection matching a pixel size, see model.Detector.input_scale), else ``cfg.im_size`` / the
     shorter side, lowered so the longer side stays within ``cfg.im_max_size`` (0 = no limit)."""

@@ -16,7 +16,6 @@ in the config (``Config.recipe``) together with every value it set.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from .config import Config
 from .data_generators import anchor_shapes, propose_anchor_scales
 from .errors import CryoError
+from .preprocessing import resize_scale
 
 RECIPES = ("auto", "paper", "scratch")
 
@@ -84,7 +84,7 @@ def anchor_match_fraction(records: list[dict[str, Any]], cfg: Config) -> float:
     shapes = anchor_shapes(cfg)                                            # (K, 2) w, h
     matched = total = 0
     for record in records:
-        scale = training_scale(record, cfg)
+        scale = resize_scale(float(record["height"]), float(record["width"]), cfg)
         for b in record["bboxes"]:
             w, h = (b["x2"] - b["x1"]) * scale, (b["y2"] - b["y1"]) * scale
             inter = np.minimum(w, shapes[:, 0]) * np.minimum(h, shapes[:, 1])
@@ -94,16 +94,6 @@ def anchor_match_fraction(records: list[dict[str, Any]], cfg: Config) -> float:
     return matched / total if total else 1.0
 
 
-def training_scale(record: dict[str, Any], cfg: Config) -> float:
-    """The factor training resizes ``record``'s image by (shorter side ``cfg.im_size``, longer side
-    capped at ``cfg.im_max_size``), as preprocessing.resize_image does."""
-    width, height = float(record["width"]), float(record["height"])
-    scale = cfg.im_size / min(width, height)
-    if cfg.im_max_size and max(width, height) * scale > cfg.im_max_size:
-        scale = cfg.im_max_size / max(width, height)
-    return scale
-
-
 def tomogram_slices(records: list[dict[str, Any]]) -> tuple[int, str]:
     """How many of the records are tomogram slices whose volume can be read (a sidecar beside the image
     naming an existing tomogram), and the reason for the first that is not ("" when all are)."""
@@ -111,16 +101,10 @@ def tomogram_slices(records: list[dict[str, Any]]) -> tuple[int, str]:
 
     found, reason = 0, ""
     for record in records:
-        sidecar_path = record["filepath"] + ".json"
-        why = ""
-        if not os.path.isfile(sidecar_path):
-            why = f"{record['filepath']} has no sidecar (.json)"
-        else:
-            sidecar = tomo_io.read_sidecar(sidecar_path)
-            if sidecar.get("kind") != "tomogram":
-                why = f"{record['filepath']} is a tilt image"
-            elif not os.path.isfile(tomo_io.sidecar_source(sidecar, sidecar_path)):
-                why = f"the tomogram of {record['filepath']} is missing"
+        _, _, problem = tomo_io.tomogram_of(record["filepath"])
+        why = {"": "", "no sidecar": f"{record['filepath']} has no sidecar (.json)",
+               "tilt image": f"{record['filepath']} is a tilt image",
+               "missing tomogram": f"the tomogram of {record['filepath']} is missing"}[problem]
         found += not why
         reason = reason or why
     return found, reason

@@ -857,6 +857,21 @@ def sidecar_source(sidecar: dict, sidecar_path: str) -> str:
         os.path.join(os.path.dirname(os.path.abspath(sidecar_path)), source))
 
 
+def tomogram_of(path: str) -> tuple[str | None, dict | None, str]:
+    """The tomogram an image file is a slice of, from the sidecar beside it:
+    ``(tomogram path, sidecar, "")`` when the sidecar names a tomogram that exists, else
+    ``(tomogram path or None, sidecar or None, problem)`` with problem "no sidecar", "tilt image"
+    or "missing tomogram"."""
+    sidecar_path = str(path) + ".json"
+    if not os.path.isfile(sidecar_path):
+        return None, None, "no sidecar"
+    sidecar = read_sidecar(sidecar_path)
+    if sidecar.get("kind") != "tomogram":
+        return None, sidecar, "tilt image"
+    source = sidecar_source(sidecar, sidecar_path)
+    return source, sidecar, "" if os.path.isfile(source) else "missing tomogram"
+
+
 INPUT_CHANNEL_MODES = ("repeat", "slabs")
 
 
@@ -895,22 +910,14 @@ class ImageSource:
         return read_image(path)
 
     def _slab_source(self, path: str) -> tuple[Volume, int] | None:
-        sidecar_path = str(path) + ".json"
+        source, sidecar, problem = tomogram_of(path)
+        if not problem:
+            volume = self._open(source, sidecar)
+            return volume, volume.check_index(sidecar_index(sidecar))
+        reason = {"no sidecar": "no sidecar (.json) beside the images",
+                  "tilt image": "they are tilt images, not tomogram slices",
+                  "missing tomogram": f"the volume their sidecar names is missing ({source})"}[problem]
         folder = os.path.dirname(os.path.abspath(path))
-        reason = None
-        if not os.path.isfile(sidecar_path):
-            reason = "no sidecar (.json) beside the images"
-        else:
-            sidecar = read_sidecar(sidecar_path)
-            if sidecar.get("kind") != "tomogram":
-                reason = "they are tilt images, not tomogram slices"
-            else:
-                source = sidecar_source(sidecar, sidecar_path)
-                if not os.path.isfile(source):
-                    reason = f"the volume their sidecar names is missing ({source})"
-                else:
-                    volume = self._open(source, sidecar)
-                    return volume, volume.check_index(sidecar_index(sidecar))
         if folder not in self._warned:
             self._warned.add(folder)
             warnings.warn(f"{folder}: the model reads three slabs of the source tomogram, but these images "
