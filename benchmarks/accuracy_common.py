@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable
 
-from keras_frcnn_cryo import metrics, predict, splits, train
+from keras_frcnn_cryo import annotations, metrics, predict, splits, train
 from keras_frcnn_cryo.config import Config
 
 IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -41,7 +41,7 @@ def load_run(run_dir: str, overrides: list[str] | None = None):
 
 def records_of(annotations: str, split: str, seed: int, test_fraction: float = Config().test_fraction) -> list[dict]:
     """The records of one split ("test", ...) of an annotation file, or all of them ("all")."""
-    records, _, _ = train.load_annotations(annotations, "simple")
+    records, _, _ = annotations.load_annotations(annotations, "simple")
     if split == "all":
         return records
     splits.assign_splits(records, splits.default_split_path(annotations), test_fraction, None, seed)
@@ -55,8 +55,8 @@ def evaluate(detector, records: list[dict], label: str,
     dets = []
     for path, found in predict.detect_images(detector, [r["filepath"] for r in records],
                                              detector.cfg.eval_min_score, desc=label).items():
-        dets += train.detections_to_dicts(path, found)
-    gt = train.records_to_ground_truth(records)
+        dets += annotations.detections_to_dicts(path, found)
+    gt = annotations.records_to_ground_truth(records)
     classes = detector.cfg.class_names[:-1]
     result = metrics.evaluate(gt, dets, IOUS, classes=classes)
     per_group = metrics.evaluate_by_group(gt, dets, {r["filepath"]: splits.image_group(r["filepath"])

@@ -31,7 +31,9 @@ from keras_frcnn_cryo import masks_to_boxes  # noqa: E402
 from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
 
 TEST_FRACTION = round(1.0 / 3.0, 6)  # as written to the split file
-VARIANTS = {"default": [], "paper": ["--recipe", "paper"]}
+VARIANTS = {"default": [], "paper": ["--recipe", "paper"],
+            "near-bg": ["--set", "classifier_min_overlap=0.1"],  # keras-frcnn: bg RoIs only near objects
+            "all-bg": ["--set", "classifier_min_overlap=0"]}     # every RoI below IoU 0.5 is background
 
 
 def main() -> None:

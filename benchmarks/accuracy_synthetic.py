@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from accuracy_common import IOUS, evaluate, load_run, records_of, train_variant  # noqa: E402
-from keras_frcnn_cryo import metrics, preprocessing, splits, synthetic, tomo_io, train  # noqa: E402
+from keras_frcnn_cryo import annotations, metrics, preprocessing, splits, synthetic, tomo_io  # noqa: E402
 from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
 
 # variant -> train_frcnn.py flags added to "-p annotations.txt --time-budget B"
@@ -50,6 +50,8 @@ VARIANTS = {
     "alternating": ["--train-mode", "alternating"],                 # the paper's two-step schedule
     "no-preprocess": ["--no-preprocess"],                           # the paper's ablation
     "paper-anchors": ["--anchor-scales", "128", "256", "512"],
+    "near-bg": ["--set", "classifier_min_overlap=0.1"],             # keras-frcnn: bg RoIs only near objects
+    "all-bg": ["--set", "classifier_min_overlap=0"],                # every RoI below IoU 0.5 is background
 }
 # test-time options evaluated on the default model with --test-time: name -> measure_map --set values
 TEST_TIME = {
@@ -105,7 +107,7 @@ def evaluate_tilts(detector, data: dict, tilt_step: int, label: str) -> None:
             key = f"{name}:{index}"
             gt[key] = gt_rows.get(key, [])
             angles[key] = tilt_angles[index] if tilt_angles else float("nan")
-            dets += train.detections_to_dicts(key, found)
+            dets += annotations.detections_to_dicts(key, found)
     for title, keep in (("all sampled tilts", lambda a: True), ("tilts within +-20 deg", lambda a: abs(a) <= 20)):
         keys = {k for k in gt if keep(angles[k])}
         result = metrics.evaluate({k: gt[k] for k in keys}, [d for d in dets if d["image"] in keys], IOUS,

@@ -1,100 +1,24 @@
-"""Anchors, RPN training targets (calc_rpn), augmentation and the training sample stream.
+"""RPN training targets (calc_rpn), augmentation and the training sample stream.
 
 numpy only. Boxes are float ``[x1, y1, x2, y2]`` pixels, 0-based, x right, y down, width = x2 - x1.
 Anchors and RPN targets live in the resized (network-input) image; augmentation works on the
-original image before resizing.
-
-Anchor k of feature cell (row i, column j) is centred at ``((j + 0.5) * stride, (i + 0.5) * stride)``.
-:func:`generate_anchors` is the only place that says so: calc_rpn (targets) and
-:func:`keras_frcnn_cryo.roi_helpers.rpn_to_roi` (decoding) both call it, so the two cannot disagree
-(keras-frcnn trained at ``stride * (i + 0.5)`` and decoded at ``stride * i``).
+original image before resizing. The anchors themselves live in :mod:`keras_frcnn_cryo.anchors`
+(re-exported here under keras-frcnn's module name).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from .anchors import anchor_shapes, generate_anchors, get_feature_map_size, propose_anchor_scales
+from .boxes import BoxCoder, as_boxes, iou_matrix
 from .config import Config
 from .errors import CryoError
-from .preprocessing import resize_scale
-from .roi_helpers import as_boxes, encode_boxes, iou_matrix
 
-
-def get_feature_map_size(width: int, height: int, stride: int = Config.rpn_stride) -> tuple[int, int]:
-    """(feat_w, feat_h) = (ceil(width / stride), ceil(height / stride)).
-
-    For stride 16 this is the conv4 output size of keras.applications' ResNet-50 for any input size:
-    each of its four stride-2 stages maps n to ceil(n / 2).
-    """
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width} x {height}")
-    return int(math.ceil(width / stride)), int(math.ceil(height / stride))
-
-
-def anchor_shapes(cfg: Config) -> np.ndarray:
-    """(K, 2) float64 anchor sizes ``[w, h]``, K = len(scales) * len(ratios).
-
-    Order: ``for scale in cfg.anchor_box_scales: for ratio in cfg.anchor_box_ratios``. Area-preserving:
-    ``w * h = scale ** 2`` and ``w / h = ratio[0] / ratio[1]``.
-    """
-    scales = np.asarray(cfg.anchor_box_scales, dtype=np.float64)
-    ratios = np.asarray(cfg.anchor_box_ratios, dtype=np.float64).reshape(-1, 2)
-    aspect = np.sqrt(ratios[:, 0] / ratios[:, 1])            # sqrt(w / h) per ratio
-    widths = scales[:, None] * aspect[None, :]
-    heights = scales[:, None] / aspect[None, :]
-    return np.stack([widths.reshape(-1), heights.reshape(-1)], axis=1)
-
-
-def generate_anchors(feat_w: int, feat_h: int, cfg: Config) -> np.ndarray:
-    """(feat_h, feat_w, K, 4) float64 anchor boxes in network-input pixels.
-
-    Anchor k of cell (row i, column j) is centred at ``((j + 0.5) * cfg.rpn_stride,
-    (i + 0.5) * cfg.rpn_stride)`` with the size ``anchor_shapes(cfg)[k]``. Not clipped to the image.
-    """
-    shapes = anchor_shapes(cfg)
-    centre_x = (np.arange(feat_w, dtype=np.float64) + 0.5) * cfg.rpn_stride
-    centre_y = (np.arange(feat_h, dtype=np.float64) + 0.5) * cfg.rpn_stride
-    cx = centre_x[None, :, None]
-    cy = centre_y[:, None, None]
-    half_w = 0.5 * shapes[None, None, :, 0]
-    half_h = 0.5 * shapes[None, None, :, 1]
-    full = (feat_h, feat_w, shapes.shape[0])
-    return np.stack(
-        [
-            np.broadcast_to(cx - half_w, full),
-            np.broadcast_to(cy - half_h, full),
-            np.broadcast_to(cx + half_w, full),
-            np.broadcast_to(cy + half_h, full),
-        ],
-        axis=-1,
-    )
-
-
-def propose_anchor_scales(records: list[dict[str, Any]], cfg: Config, n_scales: int | None = None) -> list[float]:
-    """Anchor sizes (px of the resized network input) that fit the labelled boxes.
-
-    Each box's size is sqrt(w * h) after the image is resized as in training (shorter side
-    ``cfg.im_size``). The scales are the box-size quantiles spaced evenly in log size between the
-    10th and 90th percentile (``n_scales`` of them, default ``len(cfg.anchor_box_scales)``), rounded to
-    multiples of 4 px and never below ``cfg.rpn_stride``. The paper's 128/256/512 px suit mitochondria
-    of 128-512 px; smaller objects (binned data, FIB-SEM) need smaller anchors.
-    """
-    n_scales = n_scales or len(cfg.anchor_box_scales)
-    sizes = []
-    for record in records:
-        scale = resize_scale(float(record["height"]), float(record["width"]), cfg)
-        for box in record["bboxes"]:
-            sizes.append(math.sqrt(max(box["x2"] - box["x1"], 1e-6) * max(box["y2"] - box["y1"], 1e-6)) * scale)
-    if not sizes:
-        raise CryoError("no labelled boxes to propose anchor scales from")
-    log_sizes = np.log(np.asarray(sizes))
-    lo, hi = np.percentile(log_sizes, [10.0, 90.0])
-    centres = np.exp(np.linspace(lo, hi, n_scales)) if n_scales > 1 else np.exp([np.median(log_sizes)])
-    scales = sorted({float(max(cfg.rpn_stride, 4.0 * round(c / 4.0))) for c in centres})
-    return scales
+__all__ = ["anchor_shapes", "augment", "calc_rpn", "generate_anchors", "get_feature_map_size",
+           "iter_training_samples", "propose_anchor_scales", "record_boxes"]
 
 
 def calc_rpn(
@@ -119,7 +43,7 @@ def calc_rpn(
       y_rpn_cls (feat_h, feat_w, 2K) float32: ``[..., :K]`` 1 where the anchor is sampled,
         ``[..., K:]`` 1 where it is positive;
       y_rpn_regr (feat_h, feat_w, 8K) float32: ``[..., :4K]`` 1 on the 4 slots ``4k..4k+3`` of
-        sampled positives, ``[..., 4K:]`` ``encode_boxes(anchor, best gt) * cfg.std_scaling`` in
+        sampled positives, ``[..., 4K:]`` ``BoxCoder.rpn(cfg).encode(anchor, best gt)`` in
         the slots of every positive (0 elsewhere).
     """
     gts = as_boxes(gt_boxes, "gt_boxes")
@@ -171,7 +95,7 @@ def calc_rpn(
 
     targets = np.zeros((num_anchors, 4), dtype=np.float64)
     if pos_idx.size:
-        targets[pos_idx] = encode_boxes(anchors[pos_idx], gts[best_gt[pos_idx]]) * cfg.std_scaling
+        targets[pos_idx] = BoxCoder.rpn(cfg).encode(anchors[pos_idx], gts[best_gt[pos_idx]])
 
     y_rpn_cls = np.concatenate(
         [sampled.reshape(feat_h, feat_w, num_k), positive.reshape(feat_h, feat_w, num_k)], axis=-1

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import evaluation, predict, splits, synthetic, tomo_io, train, writers
+from . import annotations, evaluation, predict, splits, synthetic, tomo_io, train, writers
 from .cli import check_output_dir, run_cli
 from .config import load_config
 from .model import Detector
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
 
     print("[3/5] detecting on the held-out tomogram's slices")
     cfg = load_config(config_path)
-    records, _, _ = train.load_annotations(annotations, "simple")
+    records, _, _ = annotations.load_annotations(annotations, "simple")
     splits.assign_splits(records, cfg.split_path or splits.default_split_path(annotations), cfg.test_fraction,
                          None, cfg.seed)
     test_records = [r for r in records if r["imageset"] == "test"]

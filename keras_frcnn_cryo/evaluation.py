@@ -50,13 +50,13 @@ from typing import Any
 import numpy as np
 
 from . import metrics, preprocessing, splits, tomo_io, tracking
+from .annotations import detections_to_dicts, load_annotations, records_to_ground_truth
 from .atomic import write_text_atomic
 from .cli import check_output_dir
 from .config import BG_CLASS, Config, load_config
 from .errors import CryoError, parse_float
-from .predict import CSV_COLUMNS, add_detector_options, detect_images, load_detector
+from .predict import CSV_COLUMNS, DETECTIONS_CSV, SHARD_CSV, add_detector_options, detect_images, load_detector
 from .tomo_io import natural_sort_key
-from .train import detections_to_dicts, load_annotations, records_to_ground_truth
 
 SPLITS = ("test", "val", "train", "all")
 DEFAULT_CONFIG = "config.pickle"
@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="weights (.weights.h5); default: the config's model_path")
     add_detector_options(p)
     p.add_argument("--detections", default=None,
-                   help="detections CSV from test_frcnn.py (image,x1,y1,x2,y2,class,score): skip prediction")
+                   help="detections CSV from test_frcnn.py (image,x1,y1,x2,y2,class,score), or its --output "
+                        "folder (detections.csv, or every detections.shard-K-of-N.csv of a --shard run, "
+                        "merged): skip prediction")
     p.add_argument("--compare", default=None, metavar="CSV",
                    help="a second detections CSV (e.g. a run without preprocessing) shown side by side")
     p.add_argument("--labels", nargs=2, default=None, metavar=("FIRST", "SECOND"),
@@ -749,9 +751,63 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def detection_csv_files(path: str) -> list[str]:
+    """The detections CSV(s) that ``path`` names: the file itself, or in a folder its detections.csv or
+    all parts detections.shard-K-of-N.csv of a ``test_frcnn.py --shard`` run.
+
+    CryoError naming the folder when it holds neither, both, parts of two different N, or not every
+    part K = 0 .. N-1 (the message names the missing parts and the command that writes them).
+    """
+    if not os.path.isdir(path):
+        return [path]
+    names = os.listdir(path)
+    parts: dict[int, dict[int, str]] = {}
+    for name in names:
+        match = SHARD_CSV.match(name)
+        if match:
+            parts.setdefault(int(match.group(2)), {})[int(match.group(1))] = os.path.join(path, name)
+    whole = DETECTIONS_CSV in names
+    if whole and parts:
+        raise CryoError(f"holds both {DETECTIONS_CSV} and --shard parts: evaluate one of them "
+                        f"(move the other run's files away)", path)
+    if whole:
+        return [os.path.join(path, DETECTIONS_CSV)]
+    if not parts:
+        raise CryoError(f"no {DETECTIONS_CSV} and no detections.shard-K-of-N.csv in this folder", path)
+    if len(parts) > 1:
+        raise CryoError(f"holds --shard parts of different runs (N = {', '.join(map(str, sorted(parts)))})", path)
+    (n, found), = parts.items()
+    missing = [k for k in range(n) if k not in found]
+    if missing:
+        raise CryoError(f"--shard part(s) {', '.join(f'{k}/{n}' for k in missing)} missing (no "
+                        f"detections.shard-{missing[0]}-of-{n}.csv yet): run test_frcnn.py --shard "
+                        f"{missing[0]}/{n} --output {path} (add --resume to keep finished parts)", path)
+    return [found[k] for k in range(n)]
+
+
 def _load_csv_run(path: str, index: ImageIndex, defaults: Config) -> list[dict]:
-    """Detections of one CSV with the notes a user needs (dropped rows, truncated score range)."""
-    found = read_detections_csv(path, index)
+    """Detections of one CSV, or of the CSVs of a folder (:func:`detection_csv_files`), with the
+    notes a user needs (dropped rows, truncated score range). CryoError when two parts hold
+    detections of the same image."""
+    files = detection_csv_files(path)
+    found = read_detections_csv(files[0], index)
+    owner = {d["image"]: files[0] for d in found.detections}
+    for other in files[1:]:
+        more = read_detections_csv(other, index)
+        clash = next((d["image"] for d in more.detections if owner.get(d["image"], other) != other), None)
+        if clash is not None:
+            raise CryoError(f"image {clash} has detections in two parts ({os.path.basename(owner[clash])} and "
+                            f"{os.path.basename(other)})", path)
+        owner.update((d["image"], other) for d in more.detections)
+        found.detections += more.detections
+        found.n_rows += more.n_rows
+        found.n_other_split += more.n_other_split
+        for name, count in more.unannotated.items():
+            found.unannotated[name] = found.unannotated.get(name, 0) + count
+        found.min_score = float(np.nanmin([found.min_score, more.min_score])) \
+            if not (math.isnan(found.min_score) and math.isnan(more.min_score)) else math.nan
+    if len(files) > 1:
+        print(f"{path}: {len(found.detections)} detections merged from {len(files)} --shard parts")
     if found.unannotated:
         names = sorted(found.unannotated, key=natural_sort_key)
         print(f"{path}: {sum(found.unannotated.values())} detections on {len(names)} image(s) that are not in the "

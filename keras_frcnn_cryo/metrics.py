@@ -48,12 +48,12 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path, write_text_atomic
+from .boxes import iou_matrix
 from .errors import CryoError
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
     "COCO_RECALL_POINTS",
-    "box_iou",
     "match_detections",
     "voc_ap",
     "coco_interpolated_ap",
@@ -148,25 +148,6 @@ def _all_classes(gt: GroundTruth, detections: Detections) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# IoU
-# ------------------------------------------------------------------------------------------
-def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU matrix of ``boxes_a`` (N, 4) against ``boxes_b`` (M, 4), float64 (N, M).
-
-    Boxes are [x1, y1, x2, y2] with width x2 - x1 (no +1). Pairs with zero union give 0.
-    """
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
-    inter_w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0.0, None)
-    inter_h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0.0, None)
-    inter = inter_w * inter_h
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-# ------------------------------------------------------------------------------------------
 # VOC matching and AP
 # ------------------------------------------------------------------------------------------
 class _VocPrepared:
@@ -190,7 +171,7 @@ class _VocPrepared:
             if image_id not in gt_class:
                 continue
             gt_boxes, difficult = gt_class[image_id]
-            overlaps = box_iou(self.boxes[d : d + 1], gt_boxes)[0]
+            overlaps = iou_matrix(self.boxes[d : d + 1], gt_boxes)[0]
             j = int(np.argmax(overlaps))  # first maximum, as the devkit's argmax
             self.best_gt[d] = offsets[image_id] + j
             self.best_iou[d] = overlaps[j]
@@ -369,7 +350,7 @@ def coco_evaluate_class(gt: GroundTruth, detections: Detections, class_name: str
         dets = by_image.get(image_id, [])[:max_detections]
         if not dets:
             continue
-        overlaps = box_iou(boxes[dets], gt_boxes)
+        overlaps = iou_matrix(boxes[dets], gt_boxes)
         matched = np.zeros((n_thr, len(dets)), dtype=bool)
         ignored = np.zeros((n_thr, len(dets)), dtype=bool)
         for t, threshold in enumerate(thresholds):

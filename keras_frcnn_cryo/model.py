@@ -35,6 +35,7 @@ import numpy as np
 
 from . import preprocessing, roi_helpers
 from .atomic import atomic_path
+from .boxes import BoxCoder, apply_regr, box_voting, nms
 from .cli import import_tensorflow_quietly
 from .config import BG_CLASS, Config
 from .errors import CryoError
@@ -271,9 +272,9 @@ class Detector:
         cfg = self.cfg
         rois_feat = (boxes / float(cfg.rpn_stride)).astype(np.float32)[None]
         outputs = self._cls_fn(features, tf.convert_to_tensor(rois_feat))
-        std = np.asarray(cfg.classifier_regr_std, np.float32)
         iou = outputs[2][0, :, 0].numpy().astype(np.float64) if len(outputs) > 2 else None
-        return outputs[0][0].numpy(), outputs[1][0].numpy().reshape(boxes.shape[0], -1, 4) / std, iou
+        deltas = BoxCoder.head(cfg).unweight(outputs[1][0].numpy().reshape(boxes.shape[0], -1, 4))
+        return outputs[0][0].numpy(), deltas, iou
 
     def _classify(self, features, rois: np.ndarray, width: int, height: int, min_score: float) -> Detections:
         """conv5 head on all proposals of one image, per-class decoding, refinement, NMS and voting.
@@ -299,22 +300,22 @@ class Detector:
             keep = probs[:, cls] ** (1.0 - iou_weight) >= min_score       # the IoU factor is at most 1
             if not np.any(keep):
                 continue
-            boxes = np.clip(roi_helpers.apply_regr(rois[keep], deltas[keep, cls]), 0.0, limits)
+            boxes = np.clip(apply_regr(rois[keep], deltas[keep, cls]), 0.0, limits)
             prob_sum = probs[keep, cls].astype(np.float64)
             quality = iou[keep] if iou is not None else None
             for _ in range(cfg.detection_refine_steps):
                 step_probs, step_deltas, quality = self._head(features, boxes)
-                boxes = np.clip(roi_helpers.apply_regr(boxes, step_deltas[:, cls]), 0.0, limits)
+                boxes = np.clip(apply_regr(boxes, step_deltas[:, cls]), 0.0, limits)
                 prob_sum += step_probs[:, cls]
             scores = prob_sum / (cfg.detection_refine_steps + 1)
             if quality is not None:
                 scores = scores ** (1.0 - iou_weight) * np.clip(quality, 0.0, 1.0) ** iou_weight
             valid = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3) & (scores >= min_score)
             boxes, scores = boxes[valid], scores[valid]
-            order = roi_helpers.nms(boxes, scores, cfg.detection_nms_overlap, cfg.max_detections)
+            order = nms(boxes, scores, cfg.detection_nms_overlap, cfg.max_detections)
             kept = boxes[order]
             if cfg.detection_box_voting_iou > 0.0:
-                kept = roi_helpers.box_voting(kept, boxes, scores, cfg.detection_box_voting_iou)
+                kept = box_voting(kept, boxes, scores, cfg.detection_box_voting_iou)
             all_boxes.append(kept)
             all_scores.append(scores[order])
             all_labels.append(np.full(len(order), cls, np.int64))

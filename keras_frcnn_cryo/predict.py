@@ -14,6 +14,7 @@ import argparse
 import csv
 import dataclasses
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from .errors import CryoError
 from .model import PRECISIONS, Detections, Detector
 
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "class", "score")
+DETECTIONS_CSV = "detections.csv"
+SHARD_CSV = re.compile(r"^detections\.shard-(\d+)-of-(\d+)\.csv$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     volumes.add_argument("--labelimg", action="store_true",
                          help="also write PNG + LabelImg XML of every slice with detections (to correct and retrain)")
     volumes.add_argument("--resume", action="store_true", help="skip inputs whose outputs are already complete")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="do part K (0-based) of N: the sorted inputs are dealt round-robin to N parts, so N "
+                        "copies (a SLURM array, one process per GPU) can write into one --output folder; "
+                        "images go to detections.shard-K-of-N.csv, which measure_map.py --detections FOLDER merges")
     return p
 
 
@@ -149,11 +156,13 @@ def write_detections_csv(path: str, results: dict[str, Detections], relative_to:
 
 
 def predict_images(detector: Detector, paths: list[str], out_dir: str, threshold: float,
-                   root: str | None = None, overlays: bool = True, overlay_threshold: float | None = None) -> str:
-    """Detect in ``paths``; write ``out_dir``/detections.csv and ``out_dir``/overlays/*.png. Returns the CSV path.
+                   root: str | None = None, overlays: bool = True, overlay_threshold: float | None = None,
+                   csv_name: str = DETECTIONS_CSV) -> str:
+    """Detect in ``paths``; write ``out_dir``/``csv_name`` and ``out_dir``/overlays/*.png. Returns the CSV path.
 
     CSV image names are relative to ``root`` (default: absolute paths). Overlays show the boxes of
-    score >= ``overlay_threshold`` (default: the config's detection_threshold).
+    score >= ``overlay_threshold`` (default: the config's detection_threshold). The CSV is written
+    last and atomically: when it exists, every image of ``paths`` is in it.
     """
     if not 0.0 <= threshold <= 1.0:
         raise CryoError(f"--threshold must lie in [0, 1], got {threshold}")
@@ -170,7 +179,7 @@ def predict_images(detector: Detector, paths: list[str], out_dir: str, threshold
                                                  min_score=shown))
 
     results = detect_images(detector, paths, threshold, on_result=save_overlay if overlays else None)
-    csv_path = os.path.join(out_dir, "detections.csv")
+    csv_path = os.path.join(out_dir, csv_name)
     rows = write_detections_csv(csv_path, results, relative_to=root)
     print(f"{rows} detections (score >= {threshold:g}) in {len(paths)} images -> {csv_path}")
     if overlays:
@@ -187,6 +196,31 @@ def overlay_score(cfg, overlay_threshold: float | None) -> float:
 
 
 DONE_SUFFIX = ".done.json"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 0 <= K < N (the --shard option); CryoError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise CryoError(f"--shard wants K/N with 0 <= K < N (e.g. 0/4 ... 3/4), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard_inputs(paths: list[str], shard: tuple[int, int] | None) -> list[str]:
+    """The inputs of part K of N: ``paths`` in natural order, every N-th from the K-th (all with None).
+
+    The same list gives the same parts on every machine, and the N parts are disjoint and complete.
+    """
+    if shard is None:
+        return list(paths)
+    k, n = shard
+    ordered = sorted(paths, key=lambda p: tomo_io.natural_sort_key(os.path.basename(p)) + (p,))
+    return ordered[k::n]
+
+
+def detections_csv_name(shard: tuple[int, int] | None) -> str:
+    """detections.csv, or detections.shard-K-of-N.csv for part K of N."""
+    return DETECTIONS_CSV if shard is None else f"detections.shard-{shard[0]}-of-{shard[1]}.csv"
 
 
 def split_inputs(path: str) -> tuple[list[str], list[str]]:
@@ -370,15 +404,23 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
 
 def main(args: argparse.Namespace) -> int:
     """test_frcnn.py: images -> detections.csv + overlays; MRC volumes -> per-volume 2D/3D outputs."""
+    shard = parse_shard(args.shard) if getattr(args, "shard", None) is not None else None
     volumes, images = split_inputs(args.path)
+    if shard is not None:
+        volumes, images = shard_inputs(volumes, shard), shard_inputs(images, shard)
+        print(f"shard {shard[0]}/{shard[1]}: {len(volumes)} volume(s) and {len(images)} image(s) of this part")
     check_output_dir(args.output)
     detector = load_detector(args.config_filename, args.model, args.max_proposals, args.precision,
                              args.min_proposal_score, args.overrides, args.pixel_size_match)
     threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
-    if images:
+    csv_name = detections_csv_name(shard)
+    if args.resume and os.path.isfile(os.path.join(args.output, csv_name)):
+        print(f"{csv_name}: complete, its images skipped (--resume)")
+    elif images or (shard is not None and split_inputs(args.path)[1]):
+        # a shard left without images still writes its (empty) CSV: measure_map sees the part is done
         root = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))
         predict_images(detector, images, args.output, threshold, root=root, overlays=not args.no_overlays,
-                       overlay_threshold=args.overlay_threshold)
+                       overlay_threshold=args.overlay_threshold, csv_name=csv_name)
     failures = []
     for path in volumes:
         name = os.path.splitext(os.path.basename(path))[0]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config
-from .data_generators import anchor_shapes, propose_anchor_scales
+from .anchors import anchor_shapes, propose_anchor_scales
 from .errors import CryoError
 from .preprocessing import resize_scale
 
@@ -132,7 +132,7 @@ def fit_to_boxes(cfg: Config, records: list[dict[str, Any]], fit_size: bool = Tr
       rounded up to SIZE_MULTIPLE px; ``im_max_size`` keeps the images' aspect ratio.
     * anchors: kept when at least ANCHOR_MATCH_FRACTION of the boxes match them
       (:func:`anchor_match_fraction`), else proposed from the box sizes
-      (data_generators.propose_anchor_scales).
+      (anchors.propose_anchor_scales).
     * ``max_detections``: raised to DETECTIONS_PER_LABEL x the most boxes on one image if that is more.
 
     Changes ``cfg`` in place; returns one line per decision, saying why.

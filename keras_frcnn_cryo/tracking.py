@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .boxes import areas, iou_matrix
 from .errors import CryoError
 
 __all__ = [
@@ -197,28 +198,11 @@ def as_slice_detections(value: SliceDetections) -> tuple[np.ndarray, np.ndarray,
     return boxes, scores, labels
 
 
-def _iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """(T, 4) x (N, 4) -> (T, N) IoU (0 for empty unions)."""
-    inter_w = np.clip(np.minimum(boxes_a[:, None, 2], boxes_b[None, :, 2])
-                      - np.maximum(boxes_a[:, None, 0], boxes_b[None, :, 0]), 0.0, None)
-    inter_h = np.clip(np.minimum(boxes_a[:, None, 3], boxes_b[None, :, 3])
-                      - np.maximum(boxes_a[:, None, 1], boxes_b[None, :, 1]), 0.0, None)
-    inter = inter_w * inter_h
-    union = _areas(boxes_a)[:, None] + _areas(boxes_b)[None, :] - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
-
-
-def _areas(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0.0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0.0, None)
-
-
 def _relative_centre_distances(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """(T, N) centre distance / mean geometric size sqrt(w * h) of the two boxes (inf when both are empty)."""
     dx = (boxes_a[:, None, 0] + boxes_a[:, None, 2] - boxes_b[None, :, 0] - boxes_b[None, :, 2]) / 2.0
     dy = (boxes_a[:, None, 1] + boxes_a[:, None, 3] - boxes_b[None, :, 1] - boxes_b[None, :, 3]) / 2.0
-    size = 0.5 * (np.sqrt(_areas(boxes_a))[:, None] + np.sqrt(_areas(boxes_b))[None, :])
+    size = 0.5 * (np.sqrt(areas(boxes_a))[:, None] + np.sqrt(areas(boxes_b))[None, :])
     out = np.full(dx.shape, np.inf)
     np.divide(np.hypot(dx, dy), size, out=out, where=size > 0)
     return out
@@ -285,7 +269,7 @@ def link_boxes(
         if open_tracks and len(boxes):
             last = np.stack([track.boxes[-1] for track in open_tracks])
             track_labels = np.array([track.label for track in open_tracks])
-            ious = _iou_matrix(last, boxes)
+            ious = iou_matrix(last, boxes)
             dists = _relative_centre_distances(last, boxes)
             compatible = (track_labels[:, None] == labels[None, :]) & (
                 ((ious > 0.0) & (ious >= params.min_iou))
@@ -335,25 +319,10 @@ def _as_box3d(value: Any) -> np.ndarray:
 
 
 def iou_3d_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """(N, 6) x (M, 6) ``[x1, y1, z1, x2, y2, z2]`` (exclusive far edges) -> (N, M) IoU of volumes.
-
-    Volume = (x2 - x1)(y2 - y1)(z2 - z1); inverted extents count as 0; an empty union gives 0.
-    """
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 6)
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 6)
-    inter = np.ones((len(a), len(b)))
-    vol_a = np.ones(len(a))
-    vol_b = np.ones(len(b))
-    for axis in range(3):
-        low = np.maximum(a[:, None, axis], b[None, :, axis])
-        high = np.minimum(a[:, None, axis + 3], b[None, :, axis + 3])
-        inter *= np.clip(high - low, 0.0, None)
-        vol_a *= np.clip(a[:, axis + 3] - a[:, axis], 0.0, None)
-        vol_b *= np.clip(b[:, axis + 3] - b[:, axis], 0.0, None)
-    union = vol_a[:, None] + vol_b[None, :] - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
+    """(N, 6) x (M, 6) ``[x1, y1, z1, x2, y2, z2]`` (exclusive far edges) -> (N, M) IoU of volumes
+    (boxes.iou_matrix on 3D boxes; inverted extents count as 0, an empty union gives 0)."""
+    return iou_matrix(np.asarray(boxes_a, dtype=np.float64).reshape(-1, 6),
+                      np.asarray(boxes_b, dtype=np.float64).reshape(-1, 6))
 
 
 def iou_3d(box_a: Any, box_b: Any) -> float:
@@ -443,7 +412,7 @@ def flag_isolated_tilt_detections(
             n_boxes, _, n_labels = parsed[neighbour]
             if not len(n_boxes):
                 continue
-            ious = _iou_matrix(boxes, n_boxes)
+            ious = iou_matrix(boxes, n_boxes)
             overlap = (ious > 0.0) & (ious >= min_iou) & (labels[:, None] == n_labels[None, :])
             supported |= overlap.any(axis=1)
         flagged.extend((tilt, int(b_pos)) for b_pos in np.flatnonzero(~supported))

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from . import data_generators, metrics, recipes, roi_helpers, splits, tomo_io
+from . import anchors, data_generators, metrics, recipes, roi_helpers, splits, tomo_io
+from .annotations import PARSERS, detections_to_dicts, load_annotations, records_to_ground_truth
 from .atomic import atomic_path, remove_stale_temporaries
 from .cli import check_output_dir, set_seed
 from .config import BG_CLASS, Config, apply_overrides, save_config
@@ -39,7 +40,6 @@ from .model import (Detector, build_models, check_weights_path, fetch_imagenet_w
                     save_weights_atomic)
 from .preprocessing import prepare_image, resize_scale
 
-PARSERS = ("simple", "pascal_voc")
 IMAGENET = "imagenet"   # --input_weight_path value: keras.applications' ResNet-50 ImageNet file
 TRAIN_MODES = ("alternating", "joint")
 
@@ -213,35 +213,8 @@ def fit_config_to_boxes(cfg: Config, args: argparse.Namespace, records: list[dic
         for note in notes:
             print(f"recipe scratch: {note}")
     if args.anchor_scales == ["auto"]:
-        cfg.anchor_box_scales = data_generators.propose_anchor_scales(records, cfg)
+        cfg.anchor_box_scales = anchors.propose_anchor_scales(records, cfg)
         print(f"anchor scales proposed from the labelled boxes: {cfg.anchor_box_scales}")
-
-
-def load_annotations(path: str, parser: str) -> tuple[list[dict], dict[str, int], dict[str, int]]:
-    """(records, classes_count, class_mapping) from either annotation format; one record per image."""
-    if not os.path.exists(path):
-        raise CryoError("annotation path not found", path)
-    if parser == "simple":
-        from . import simple_parser
-        found = simple_parser.get_data(path)
-    elif parser == "pascal_voc":
-        from . import pascal_voc_parser
-        found = pascal_voc_parser.get_data(path)
-    else:
-        raise CryoError(f"unknown parser {parser!r} (use simple or pascal_voc)")
-    seen: set[str] = set()
-    for record in found[0]:
-        if record["filepath"] in seen:  # two XML files for one image: each would hide the other's boxes
-            raise CryoError(f"image {record['filepath']} is annotated twice (by two annotation files); "
-                            "keep one annotation file per image", path)
-        seen.add(record["filepath"])
-    return found
-
-
-def records_to_ground_truth(records: list[dict]) -> dict[str, list[dict]]:
-    """image id (file path) -> list of gt dicts, as metrics.evaluate expects."""
-    return {r["filepath"]: [dict(b, difficult=bool(b.get("difficult", False))) for b in r["bboxes"]]
-            for r in records}
 
 
 @dataclass
@@ -515,13 +488,6 @@ def validate(trainer: Trainer, records: list[dict], seed: int) -> dict[str, floa
     for thr in thresholds:
         out[f"val_ap@{thr:g}"] = float(results["mAP"][thr])
     return out
-
-
-def detections_to_dicts(image_id: str, dets) -> list[dict]:
-    """Detections -> the dict rows used by metrics and the CSV writer."""
-    return [{"image": image_id, "class": dets.class_names[int(lab)], "x1": float(b[0]), "y1": float(b[1]),
-             "x2": float(b[2]), "y2": float(b[3]), "score": float(s)}
-            for b, s, lab in zip(dets.boxes, dets.scores, dets.labels)]
 
 
 def _log_path(model_path: str) -> str:

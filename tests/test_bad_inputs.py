@@ -43,7 +43,7 @@ import numpy as np
 import pytest
 from conftest import TOY_ANCHORS, TOY_SIZE, sha256
 
-from keras_frcnn_cryo import evaluation, masks_to_boxes, predict, tomo_io, train
+from keras_frcnn_cryo import annotations, evaluation, masks_to_boxes, predict, tomo_io, train
 from keras_frcnn_cryo.cli import run_cli
 from keras_frcnn_cryo.config import Config, load_config, save_config
 from keras_frcnn_cryo.errors import CryoError
@@ -99,7 +99,7 @@ def inputs(toy_dataset, tmp_path_factory) -> Inputs:
     weights = model_dir / "model_frcnn.weights.h5"
     args = train.build_parser().parse_args(["-p", toy_dataset, *TOY_ARGS, "--output_weight_path", str(weights)])
     cfg = train.config_from_args(args)
-    _, _, class_mapping = train.load_annotations(cfg.annotation_path, cfg.parser)
+    _, _, class_mapping = annotations.load_annotations(cfg.annotation_path, cfg.parser)
     cfg.class_mapping = dict(class_mapping)
     save_weights_atomic(build_models(cfg).model_all, str(weights))
     save_config(cfg, str(model_dir / "config.pickle"))

@@ -1,4 +1,4 @@
-"""Tests of keras_frcnn_cryo.data_generators: anchors, calc_rpn (against a plain-loop reference), augmentation, stream."""
+"""Tests of keras_frcnn_cryo.data_generators: calc_rpn (against a plain-loop reference), augmentation, stream."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +9,6 @@ import pytest
 
 from keras_frcnn_cryo.config import Config
 from keras_frcnn_cryo.data_generators import (
-    anchor_shapes,
     augment,
     calc_rpn,
     generate_anchors,
@@ -95,45 +94,6 @@ def small_cfg(**overrides) -> Config:
 def labels_from_output(y_cls, cfg):
     num_k = cfg.num_anchors
     return y_cls[..., :num_k].astype(bool), y_cls[..., num_k:].astype(bool)
-
-
-# --------------------------------------------------------------------------------------------
-# feature map, anchors
-# --------------------------------------------------------------------------------------------
-def test_feature_map_size_formula():
-    assert get_feature_map_size(600, 800) == (38, 50)
-    assert get_feature_map_size(16, 17) == (1, 2)
-    assert get_feature_map_size(33, 47, stride=8) == (5, 6)
-    for n in range(1, 200):  # four stride-2 stages of ceil(n / 2)
-        assert get_feature_map_size(n, n)[0] == math.ceil(math.ceil(math.ceil(math.ceil(n / 2) / 2) / 2) / 2)
-
-
-def test_feature_map_size_matches_keras_resnet50_conv4():
-    keras = pytest.importorskip("keras")
-    base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
-    conv4 = keras.Model(base.input, base.get_layer("conv4_block6_out").output)
-    for height, width in [(33, 47), (100, 129), (17, 1)]:
-        out = conv4.predict(np.zeros((1, height, width, 3), np.float32), verbose=0)
-        assert out.shape[1:3] == get_feature_map_size(width, height)[::-1]
-
-
-def test_anchor_shapes_area_preserving_and_ordered():
-    cfg = Config(anchor_box_scales=[10.0, 20.0], anchor_box_ratios=[[1, 1], [1, 2], [2, 1]])
-    shapes = anchor_shapes(cfg)
-    root2 = math.sqrt(2.0)
-    expected = [[10, 10], [10 / root2, 10 * root2], [10 * root2, 10 / root2],
-                [20, 20], [20 / root2, 20 * root2], [20 * root2, 20 / root2]]
-    np.testing.assert_allclose(shapes, expected)
-    assert cfg.num_anchors == len(shapes)
-
-
-def test_generate_anchors_centres():
-    cfg = Config(anchor_box_scales=[32.0], anchor_box_ratios=[[1, 1], [2, 1]], rpn_stride=16)
-    anchors = generate_anchors(5, 3, cfg)
-    assert anchors.shape == (3, 5, 2, 4)
-    np.testing.assert_allclose(anchors[2, 4, 0], [(4.5 * 16) - 16, (2.5 * 16) - 16, 4.5 * 16 + 16, 2.5 * 16 + 16])
-    w, h = 32 * math.sqrt(2), 32 / math.sqrt(2)
-    np.testing.assert_allclose(anchors[1, 0, 1], [8 - w / 2, 24 - h / 2, 8 + w / 2, 24 + h / 2])
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,18 +334,3 @@ def test_iter_training_samples_bad_input():
         list(itertools.islice(stream, 3))
     with pytest.raises(CryoError):
         next(iter_training_samples([], cfg, np.random.default_rng(0), load_image, prepare_image))
-
-
-def test_propose_anchor_scales_follows_box_sizes():
-    from keras_frcnn_cryo.data_generators import propose_anchor_scales
-    cfg = Config(im_size=300)
-    rng = np.random.default_rng(0)
-    records = [{"width": 600, "height": 600, "bboxes": [
-        {"x1": 0.0, "y1": 0.0, "x2": float(s), "y2": float(s)} for s in rng.uniform(60, 200, 40)]}]
-    scales = propose_anchor_scales(records, cfg)
-    assert len(scales) == 3 and scales == sorted(scales)
-    # boxes of 60-200 px at half scale are 30-100 px: the scales must lie inside that range
-    assert 30 <= scales[0] < scales[-1] <= 100
-    assert all(s % 4 == 0 for s in scales)
-    with pytest.raises(CryoError):
-        propose_anchor_scales([{"width": 10, "height": 10, "bboxes": []}], cfg)

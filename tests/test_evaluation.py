@@ -13,7 +13,7 @@ from keras_frcnn_cryo import evaluation
 from keras_frcnn_cryo.cli import run_cli
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.splits import assign_splits
-from keras_frcnn_cryo.train import load_annotations
+from keras_frcnn_cryo.annotations import load_annotations
 
 THRESHOLDS = ("0.5", "0.6", "0.7", "0.8", "0.9")
 HEADER = "image,x1,y1,x2,y2,class,score\n"

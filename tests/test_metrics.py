@@ -12,7 +12,6 @@ import pytest
 
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.metrics import (
-    box_iou,
     evaluate,
     evaluate_by_group,
     format_markdown,
@@ -38,12 +37,6 @@ def det(image, x1, y1, x2, y2, score, cls="mito"):
 # ------------------------------------------------------------------------------------------
 # IoU and the AP integral
 # ------------------------------------------------------------------------------------------
-def test_box_iou_no_plus_one():
-    iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30], [3, 3, 3, 3]]))
-    # 50 / (100 + 100 - 50); identical; disjoint; zero-area box
-    np.testing.assert_allclose(iou, [[1.0 / 3.0, 1.0, 0.0, 0.0]])
-
-
 def test_voc_ap_hand_example():
     # recall steps 0.25, 0.25, 0.25, 0.25 (one repeated); envelope of precision from the right:
     # p = [1, 0.5, 0.4, 2/3, 0.5] at r = [.25, .25, .5, .75, .75] -> envelope [1, 2/3, 2/3, 2/3, .5]

@@ -151,3 +151,74 @@ def test_images_csv(detector, tmp_path, monkeypatch):
     predict.predict_images(detector, tomo_io.list_images(str(folder)), str(tmp_path / "o3"), 0.0,
                            root=str(folder), overlay_threshold=0.0)
     assert sum(drawn) == len(rows)
+
+
+# ------------------------------------------------------------------------------------------
+# --shard K/N: N copies into one output folder
+# ------------------------------------------------------------------------------------------
+def test_parse_shard_and_parts_are_disjoint_and_complete():
+    assert predict.parse_shard("1/4") == (1, 4) and predict.parse_shard(" 0 / 1 ") == (0, 1)
+    for bad in ("4/4", "-1/2", "1", "a/b", "1/0"):
+        with pytest.raises(CryoError, match="--shard wants K/N"):
+            predict.parse_shard(bad)
+    paths = [f"/d/t_{i}.mrc" for i in (10, 2, 1, 33, 4)]
+    parts = [predict.shard_inputs(paths, (k, 3)) for k in range(3)]
+    assert sorted(sum(parts, [])) == sorted(paths)                          # complete
+    assert sum(len(p) for p in parts) == len(set(sum(parts, [])))           # disjoint
+    assert parts[0] == ["/d/t_1.mrc", "/d/t_10.mrc"]                        # natural order, dealt round-robin
+    assert predict.shard_inputs(paths[::-1], (0, 3)) == parts[0]             # independent of listing order
+    assert predict.shard_inputs(paths, None) == paths
+
+
+def shard_folder(tmp_path):
+    import cv2
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(3):
+        tomo_io.write_volume(str(folder / f"cell_{i}.mrc"), rng.normal(size=(3, 48, 48)).astype(np.float32))
+        cv2.imwrite(str(folder / f"s_{i}.png"), rng.integers(0, 255, (40, 50)).astype(np.uint8))
+    return folder
+
+
+def test_shards_write_one_folder_and_a_killed_part_resumes(detector, tmp_path, monkeypatch, capsys):
+    from keras_frcnn_cryo import evaluation
+    folder, out = shard_folder(tmp_path), str(tmp_path / "res")
+    monkeypatch.setattr(predict, "load_detector", lambda *a: detector)
+    parser = predict.build_parser()
+
+    def run(shard, *extra):
+        return predict.main(parser.parse_args(["-p", str(folder), "--output", out, "--threshold", "0.0",
+                                               "--overlay-slices", "1", "--shard", shard, *extra]))
+    assert run("0/2") == 0
+    with pytest.raises(CryoError, match=r"part\(s\) 1/2 missing"):
+        evaluation.detection_csv_files(out)
+    assert run("1/2") == 0
+    done = sorted(n for n in os.listdir(out) if n.endswith(predict.DONE_SUFFIX))
+    assert done == [f"cell_{i}.done.json" for i in range(3)]
+    parts = evaluation.detection_csv_files(out)
+    assert [os.path.basename(p) for p in parts] == ["detections.shard-0-of-2.csv", "detections.shard-1-of-2.csv"]
+    images = []
+    for part in parts:
+        with open(part) as fh:
+            images.append({r["image"] for r in csv.DictReader(fh)})
+    assert images[0] | images[1] == {"s_0.png", "s_1.png", "s_2.png"} and not images[0] & images[1]
+    # a worker killed mid-volume left no marker for it: the rerun with --resume does that volume only
+    os.remove(os.path.join(out, "cell_1.done.json"))
+    capsys.readouterr()
+    assert run("1/2", "--resume") == 0
+    printed = capsys.readouterr().out
+    assert "cell_1:" in printed and "cell_0" not in printed and "complete, its images skipped" in printed
+    assert os.path.isfile(os.path.join(out, "cell_1.done.json"))
+    # a whole-folder run beside the parts would count images twice: refused
+    open(os.path.join(out, "detections.csv"), "w").write("image,x1,y1,x2,y2,class,score\n")
+    with pytest.raises(CryoError, match="both detections.csv and --shard parts"):
+        evaluation.detection_csv_files(out)
+
+
+def test_bad_shard_is_one_line_error(tmp_path, capsys):
+    from keras_frcnn_cryo.cli import run_cli
+    shard_folder(tmp_path)
+    assert run_cli(predict.main, predict.build_parser(), ["-p", str(tmp_path / "in"), "--shard", "2/2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --shard wants K/N with 0 <= K < N "
+                                                            "(e.g. 0/4 ... 3/4), got '2/2'"]

@@ -10,50 +10,11 @@ from keras_frcnn_cryo.config import Config
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.data_generators import calc_rpn, generate_anchors
 from keras_frcnn_cryo.roi_helpers import (
-    MAX_LOG_SCALE,
-    apply_regr,
-    box_voting,
     calc_iou,
     encode_boxes,
-    iou_matrix,
-    nms,
     rpn_to_roi,
     sample_rois,
 )
-
-
-def random_boxes(rng: np.random.Generator, count: int, size: float = 100.0) -> np.ndarray:
-    corner = rng.uniform(0, size, (count, 2))
-    extent = rng.uniform(1, size / 2, (count, 2))
-    return np.concatenate([corner, corner + extent], axis=1)
-
-
-def iou_reference(box_a: list[float], box_b: list[float]) -> float:
-    """Plain-Python IoU of two boxes (width = x2 - x1)."""
-    inter_w = max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0]))
-    inter_h = max(0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1]))
-    inter = inter_w * inter_h
-    area_a = max(0.0, box_a[2] - box_a[0]) * max(0.0, box_a[3] - box_a[1])
-    area_b = max(0.0, box_b[2] - box_b[0]) * max(0.0, box_b[3] - box_b[1])
-    union = area_a + area_b - inter
-    return inter / union if union > 0 else 0.0
-
-
-def nms_reference(boxes: list[list[float]], scores: list[float], thresh: float, max_boxes: int | None) -> list[int]:
-    """Textbook greedy NMS: visit boxes by descending score (ties: lower index first)."""
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    suppressed = [False] * len(scores)
-    keep: list[int] = []
-    for pos, i in enumerate(order):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        if max_boxes is not None and len(keep) == max_boxes:
-            break
-        for j in order[pos + 1:]:
-            if not suppressed[j] and iou_reference(boxes[i], boxes[j]) > thresh:
-                suppressed[j] = True
-    return keep
 
 
 def small_cfg(**overrides) -> Config:
@@ -61,73 +22,6 @@ def small_cfg(**overrides) -> Config:
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
-
-
-# --------------------------------------------------------------------------------------------
-# iou_matrix
-# --------------------------------------------------------------------------------------------
-def test_iou_matrix_hand_values():
-    boxes_a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], dtype=float)
-    boxes_b = np.array([[0, 0, 10, 10], [10, 0, 20, 10], [0, 0, 5, 5]], dtype=float)
-    expected = np.array([[1.0, 0.0, 0.25], [25 / 175, 25 / 175, 0.0]])
-    np.testing.assert_allclose(iou_matrix(boxes_a, boxes_b), expected)
-
-
-def test_iou_matrix_matches_brute_force():
-    rng = np.random.default_rng(0)
-    boxes_a, boxes_b = random_boxes(rng, 17), random_boxes(rng, 11)
-    expected = [[iou_reference(list(a), list(b)) for b in boxes_b] for a in boxes_a]
-    np.testing.assert_allclose(iou_matrix(boxes_a, boxes_b), expected, rtol=1e-12)
-
-
-def test_iou_matrix_zero_area_and_empty():
-    degenerate = np.array([[3, 3, 3, 3], [0, 0, 0, 10]], dtype=float)
-    out = iou_matrix(degenerate, np.vstack([degenerate, [[0, 0, 10, 10]]]))
-    assert np.all(np.isfinite(out)) and np.all(out == 0.0)
-    assert iou_matrix(np.zeros((0, 4)), degenerate).shape == (0, 2)
-    assert iou_matrix(degenerate, []).shape == (2, 0)
-
-
-# --------------------------------------------------------------------------------------------
-# box coding
-# --------------------------------------------------------------------------------------------
-def test_encode_hand_values():
-    deltas = encode_boxes(np.array([[0, 0, 10, 10.0]]), np.array([[5, 0, 15, 20.0]]))
-    np.testing.assert_allclose(deltas, [[0.5, 0.5, 0.0, math.log(2.0)]])
-
-
-def test_encode_apply_round_trip():
-    rng = np.random.default_rng(1)
-    reference, target = random_boxes(rng, 200), random_boxes(rng, 200)
-    np.testing.assert_allclose(apply_regr(reference, encode_boxes(reference, target)), target, atol=1e-5)
-
-
-def test_apply_regr_clamps_scale():
-    box = np.array([[0, 0, 16, 16.0]])
-    out = apply_regr(box, np.array([[0, 0, 1e4, 1e4]]))
-    assert np.all(np.isfinite(out))
-    np.testing.assert_allclose(out[0, 2] - out[0, 0], 16 * math.exp(MAX_LOG_SCALE))
-    np.testing.assert_allclose(out[0, 2] - out[0, 0], 1000.0)
-
-
-# --------------------------------------------------------------------------------------------
-# NMS
-# --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("thresh,max_boxes", [(0.3, None), (0.5, None), (0.7, 5), (0.0, None), (0.9, 40)])
-def test_nms_matches_brute_force(thresh, max_boxes):
-    rng = np.random.default_rng(int(thresh * 10) + 3)
-    boxes = random_boxes(rng, 60, size=60.0)
-    scores = np.round(rng.uniform(0, 1, 60), 1)  # many ties
-    got = nms(boxes, scores, thresh, max_boxes)
-    assert got.dtype.kind == "i"
-    assert got.tolist() == nms_reference(boxes.tolist(), scores.tolist(), thresh, max_boxes)
-    assert np.all(np.diff(scores[got]) <= 0)
-
-
-def test_nms_empty_and_identical():
-    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5, 10).shape == (0,)
-    same = np.tile([[0, 0, 10, 10.0]], (4, 1))
-    assert nms(same, np.array([0.1, 0.9, 0.5, 0.9]), 0.5, None).tolist() == [1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,16 +243,3 @@ def test_detector_min_proposal_score_option(tmp_path):
         predict.load_detector(config_path, None, min_proposal_score=1.5)
     with pytest.raises(CryoError, match="weights file not found"):    # the score was accepted first
         predict.load_detector(config_path, None, min_proposal_score=0.3)
-
-
-def test_box_voting_by_hand():
-    kept = np.array([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
-    candidates = np.array([[0.0, 0.0, 10.0, 10.0], [2.0, 0.0, 12.0, 10.0], [30.0, 30.0, 40.0, 40.0],
-                           [50.0, 50.0, 60.0, 60.0]])
-    scores = np.array([0.9, 0.3, 0.8, 0.5])
-    # IoU of the 2nd candidate with the 1st kept box: 80 / 120 = 0.667
-    voted = box_voting(kept, candidates, scores, 0.6)
-    np.testing.assert_allclose(voted[0], [0.5, 0.0, 10.5, 10.0])       # (0.9 * 0 + 0.3 * 2) / 1.2
-    np.testing.assert_allclose(voted[1], kept[1])                      # only itself
-    np.testing.assert_allclose(box_voting(kept, candidates, scores, 0.7), kept)
-    assert box_voting(np.zeros((0, 4)), candidates, scores, 0.5).shape == (0, 4)

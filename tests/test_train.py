@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TOY_ANCHORS, toy_config
 
-from keras_frcnn_cryo import data_generators, metrics, preprocessing, tomo_io, train
+from keras_frcnn_cryo import annotations, data_generators, metrics, preprocessing, tomo_io, train
 from keras_frcnn_cryo.config import load_config
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.model import Detector
@@ -48,8 +48,8 @@ def test_finds_its_training_objects(trained):
     detections = []
     for record in records:
         dets = detector.detect(tomo_io.read_image(record["filepath"]), min_score=cfg.eval_min_score)
-        detections += train.detections_to_dicts(record["filepath"], dets)
-    results = metrics.evaluate(train.records_to_ground_truth(records), detections, (0.5,))
+        detections += annotations.detections_to_dicts(record["filepath"], dets)
+    results = metrics.evaluate(annotations.records_to_ground_truth(records), detections, (0.5,))
     row = results["per_class"]["mitochondrion"]["thresholds"][0.5]
     assert row["n_tp"] >= 0.9 * row["n_gt"], row["n_tp"]        # (nearly) every object found at IoU >= 0.5
     assert results["mAP"][0.5] >= 0.5
@@ -71,12 +71,12 @@ def test_pixel_size_match_finds_objects_in_a_binned_wider_view(trained):
             image = tomo_io.read_image(record["filepath"])
             wide[oy:oy + 48, ox:ox + 48] = cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA)
             boxes += [{**b, "x1": b["x1"] / 2 + ox, "y1": b["y1"] / 2 + oy, "x2": b["x2"] / 2 + ox,
-                       "y2": b["y2"] / 2 + oy} for b in train.records_to_ground_truth([record])[record["filepath"]]]
+                       "y2": b["y2"] / 2 + oy} for b in annotations.records_to_ground_truth([record])[record["filepath"]]]
         gt[f"mosaic{mosaic}"] = boxes
         found = detector.detect(wide, min_score=cfg.eval_min_score, pixel_size_a=20.0)
         assert np.all(found.boxes <= 96.0)                        # in the mosaic's own pixels
-        matched += train.detections_to_dicts(f"mosaic{mosaic}", found)
-        unmatched += train.detections_to_dicts(f"mosaic{mosaic}", detector.detect(wide, min_score=cfg.eval_min_score))
+        matched += annotations.detections_to_dicts(f"mosaic{mosaic}", found)
+        unmatched += annotations.detections_to_dicts(f"mosaic{mosaic}", detector.detect(wide, min_score=cfg.eval_min_score))
     rows = [metrics.evaluate(gt, dets, (0.5,))["per_class"]["mitochondrion"]["thresholds"][0.5]
             for dets in (matched, unmatched)]
     assert rows[0]["n_tp"] >= 0.8 * rows[0]["n_gt"], rows[0]["n_tp"]

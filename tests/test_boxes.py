@@ -1,0 +1,189 @@
+"""boxes.py: the one IoU (2D and 3D), box coding and its weights, NMS, box voting."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from keras_frcnn_cryo.boxes import (
+    MAX_LOG_SCALE,
+    BoxCoder,
+    apply_regr,
+    areas,
+    box_voting,
+    clip_boxes,
+    encode_boxes,
+    iou_matrix,
+    nms,
+)
+from keras_frcnn_cryo.config import Config
+
+
+def random_boxes(rng: np.random.Generator, count: int, size: float = 100.0) -> np.ndarray:
+    corner = rng.uniform(0, size, (count, 2))
+    extent = rng.uniform(1, size / 2, (count, 2))
+    return np.concatenate([corner, corner + extent], axis=1)
+
+
+def iou_reference(box_a: list[float], box_b: list[float]) -> float:
+    """Plain-Python IoU of two boxes (width = x2 - x1)."""
+    inter_w = max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0]))
+    inter_h = max(0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1]))
+    inter = inter_w * inter_h
+    area_a = max(0.0, box_a[2] - box_a[0]) * max(0.0, box_a[3] - box_a[1])
+    area_b = max(0.0, box_b[2] - box_b[0]) * max(0.0, box_b[3] - box_b[1])
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
+
+
+def nms_reference(boxes: list[list[float]], scores: list[float], thresh: float, max_boxes: int | None) -> list[int]:
+    """Textbook greedy NMS: visit boxes by descending score (ties: lower index first)."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    suppressed = [False] * len(scores)
+    keep: list[int] = []
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if max_boxes is not None and len(keep) == max_boxes:
+            break
+        for j in order[pos + 1:]:
+            if not suppressed[j] and iou_reference(boxes[i], boxes[j]) > thresh:
+                suppressed[j] = True
+    return keep
+
+
+# --------------------------------------------------------------------------------------------
+# iou_matrix
+# --------------------------------------------------------------------------------------------
+def test_iou_matrix_hand_values():
+    boxes_a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], dtype=float)
+    boxes_b = np.array([[0, 0, 10, 10], [10, 0, 20, 10], [0, 0, 5, 5]], dtype=float)
+    expected = np.array([[1.0, 0.0, 0.25], [25 / 175, 25 / 175, 0.0]])
+    np.testing.assert_allclose(iou_matrix(boxes_a, boxes_b), expected)
+
+
+def test_iou_matrix_matches_brute_force():
+    rng = np.random.default_rng(0)
+    boxes_a, boxes_b = random_boxes(rng, 17), random_boxes(rng, 11)
+    expected = [[iou_reference(list(a), list(b)) for b in boxes_b] for a in boxes_a]
+    np.testing.assert_allclose(iou_matrix(boxes_a, boxes_b), expected, rtol=1e-12)
+
+
+def test_iou_matrix_zero_area_and_empty():
+    degenerate = np.array([[3, 3, 3, 3], [0, 0, 0, 10]], dtype=float)
+    out = iou_matrix(degenerate, np.vstack([degenerate, [[0, 0, 10, 10]]]))
+    assert np.all(np.isfinite(out)) and np.all(out == 0.0)
+    assert iou_matrix(np.zeros((0, 4)), degenerate).shape == (0, 2)
+    assert iou_matrix(degenerate, []).shape == (2, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# box coding
+# --------------------------------------------------------------------------------------------
+def test_encode_hand_values():
+    deltas = encode_boxes(np.array([[0, 0, 10, 10.0]]), np.array([[5, 0, 15, 20.0]]))
+    np.testing.assert_allclose(deltas, [[0.5, 0.5, 0.0, math.log(2.0)]])
+
+
+def test_encode_apply_round_trip():
+    rng = np.random.default_rng(1)
+    reference, target = random_boxes(rng, 200), random_boxes(rng, 200)
+    np.testing.assert_allclose(apply_regr(reference, encode_boxes(reference, target)), target, atol=1e-5)
+
+
+def test_apply_regr_clamps_scale():
+    box = np.array([[0, 0, 16, 16.0]])
+    out = apply_regr(box, np.array([[0, 0, 1e4, 1e4]]))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[0, 2] - out[0, 0], 16 * math.exp(MAX_LOG_SCALE))
+    np.testing.assert_allclose(out[0, 2] - out[0, 0], 1000.0)
+
+
+# --------------------------------------------------------------------------------------------
+# NMS
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("thresh,max_boxes", [(0.3, None), (0.5, None), (0.7, 5), (0.0, None), (0.9, 40)])
+def test_nms_matches_brute_force(thresh, max_boxes):
+    rng = np.random.default_rng(int(thresh * 10) + 3)
+    boxes = random_boxes(rng, 60, size=60.0)
+    scores = np.round(rng.uniform(0, 1, 60), 1)  # many ties
+    got = nms(boxes, scores, thresh, max_boxes)
+    assert got.dtype.kind == "i"
+    assert got.tolist() == nms_reference(boxes.tolist(), scores.tolist(), thresh, max_boxes)
+    assert np.all(np.diff(scores[got]) <= 0)
+
+
+def test_nms_empty_and_identical():
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5, 10).shape == (0,)
+    same = np.tile([[0, 0, 10, 10.0]], (4, 1))
+    assert nms(same, np.array([0.1, 0.9, 0.5, 0.9]), 0.5, None).tolist() == [1]
+
+
+def test_iou_no_plus_one():
+    iou = iou_matrix(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30], [3, 3, 3, 3]]))
+    # 50 / (100 + 100 - 50); identical; disjoint; zero-area box
+    np.testing.assert_allclose(iou, [[1.0 / 3.0, 1.0, 0.0, 0.0]])
+
+
+def test_inverted_box_counts_as_empty():
+    # keras-frcnn-style unclipped areas would give this pair a negative union share; here: 0
+    inverted = np.array([[10.0, 10.0, 0.0, 0.0]])
+    assert areas(inverted).tolist() == [0.0]
+    assert iou_matrix(inverted, np.array([[0.0, 0.0, 10.0, 10.0]])).tolist() == [[0.0]]
+
+
+def test_iou_3d_matches_product_of_extents():
+    rng = np.random.default_rng(5)
+    lo = rng.uniform(0, 50, (9, 3))
+    a = np.concatenate([lo, lo + rng.uniform(1, 30, (9, 3))], axis=1)
+    b = a[::-1] + 3.0
+    got = iou_matrix(a, b)
+    for i in range(len(a)):
+        for j in range(len(b)):
+            inter = np.prod(np.clip(np.minimum(a[i, 3:], b[j, 3:]) - np.maximum(a[i, :3], b[j, :3]), 0, None))
+            union = np.prod(a[i, 3:] - a[i, :3]) + np.prod(b[j, 3:] - b[j, :3]) - inter
+            assert got[i, j] == pytest.approx(inter / union)
+    # a 2D box pair and its 3D extrusion (same z extent) have the same IoU
+    flat = np.array([[0, 0, 10, 10], [5, 0, 15, 10.0]])
+    slab = np.array([[0, 0, 0, 10, 10, 4], [5, 0, 0, 15, 10, 4.0]])
+    np.testing.assert_allclose(iou_matrix(slab, slab), iou_matrix(flat, flat))
+
+
+def test_iou_rejects_mixed_widths():
+    with pytest.raises(ValueError, match="boxes_b"):
+        iou_matrix(np.zeros((2, 4)), np.zeros((2, 6)))
+
+
+def test_box_coder_weights_and_round_trip():
+    cfg = Config()
+    rpn, head = BoxCoder.rpn(cfg), BoxCoder.head(cfg)
+    assert rpn.weights == (cfg.std_scaling,) * 4
+    assert head.weights == tuple(cfg.classifier_regr_std)
+    reference = np.array([[0, 0, 10, 10.0], [4, 4, 40, 20.0]])
+    target = np.array([[5, 0, 15, 20.0], [0, 2, 36, 30.0]])
+    for coder in (rpn, head):
+        deltas = coder.encode(reference, target)
+        np.testing.assert_allclose(deltas, encode_boxes(reference, target) * np.asarray(coder.weights))
+        np.testing.assert_allclose(coder.decode(reference, deltas), target, atol=1e-9)
+    with pytest.raises(ValueError, match="4 values"):
+        BoxCoder.head(Config(classifier_regr_std=[8.0, 8.0]))
+
+
+def test_clip_boxes():
+    out = clip_boxes(np.array([[-5, -5, 50, 20.0]]), 40, 30)
+    assert out.tolist() == [[0.0, 0.0, 40.0, 20.0]]
+
+
+def test_box_voting_by_hand():
+    kept = np.array([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    candidates = np.array([[0.0, 0.0, 10.0, 10.0], [2.0, 0.0, 12.0, 10.0], [30.0, 30.0, 40.0, 40.0],
+                           [50.0, 50.0, 60.0, 60.0]])
+    scores = np.array([0.9, 0.3, 0.8, 0.5])
+    # IoU of the 2nd candidate with the 1st kept box: 80 / 120 = 0.667
+    voted = box_voting(kept, candidates, scores, 0.6)
+    np.testing.assert_allclose(voted[0], [0.5, 0.0, 10.5, 10.0])       # (0.9 * 0 + 0.3 * 2) / 1.2
+    np.testing.assert_allclose(voted[1], kept[1])                      # only itself
+    np.testing.assert_allclose(box_voting(kept, candidates, scores, 0.7), kept)
+    assert box_voting(np.zeros((0, 4)), candidates, scores, 0.5).shape == (0, 4)
