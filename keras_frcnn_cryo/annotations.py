@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 
 from . import pascal_voc_parser, simple_parser
+from .config import CHOICES
 from .errors import CryoError
 
-PARSERS = ("simple", "pascal_voc")
+PARSERS = CHOICES["parser"]
 
 
 def load_annotations(path: str, parser: str) -> tuple[list[dict], dict[str, int], dict[str, int]]:

@@ -38,6 +38,20 @@ BG_CLASS = "bg"
 # ``Config.effective_sigma_d``).
 PAPER_IMAGE_SHORT_SIDE = 3708
 PAPER_PIXEL_SIZE_A = 2.6
+# Li et al. (2019) Table 2 and Fig. 6b report F1, AP and mean IoU at this IoU.
+PAPER_TABLE_IOU = 0.7
+
+# The values a choice field accepts (Config.validate checks them; the modules that act on them import these).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "recipe": ("paper", "scratch"),
+    "parser": ("simple", "pascal_voc"),
+    "input_channels": ("repeat", "slabs"),
+    "bilateral_method": ("grid", "exact"),
+    "roi_pool_mode": ("bilinear", "cells"),
+    "backbone_norm": ("auto", "frozen_bn", "group", "batch"),
+    "inference_precision": ("float32", "bfloat16"),
+    "train_mode": ("alternating", "joint"),
+}
 
 
 @dataclass
@@ -184,7 +198,7 @@ class Config:
     eval_min_score: float = 0.05              # measure_map keeps detections above this for AP
     snr_sample_slices: int = 5                # slices per volume or image group whose median SNR estimate is reported
     eval_iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
-    val_selection_iou: float = 0.7            # validation AP at this IoU picks *_bestval weights (paper's Table 2 IoU)
+    val_selection_iou: float = PAPER_TABLE_IOU  # validation AP at this IoU picks *_bestval weights
 
     # --- whole tomograms (tracking.py): boxes on consecutive slices linked into 3D objects --
     track_min_iou: float = 0.3                # link a track's last box to a new box at IoU >= this
@@ -218,9 +232,64 @@ class Config:
         """"frozen_bn" or "group" after resolving "auto"."""
         if self.backbone_norm == "auto":
             return "frozen_bn" if self.base_net_weights else "group"
-        if self.backbone_norm not in ("frozen_bn", "group", "batch"):
-            raise CryoError(f"unknown backbone_norm {self.backbone_norm!r} (use auto, frozen_bn, group, batch)")
+        if self.backbone_norm not in CHOICES["backbone_norm"]:
+            raise CryoError(f"unknown backbone_norm {self.backbone_norm!r} (use {', '.join(CHOICES['backbone_norm'])})")
         return self.backbone_norm
+
+    def validate(self) -> Config:
+        """Check every field a run depends on; returns self. CryoError naming the first bad field.
+
+        Choice fields must be one of :data:`CHOICES`; sizes and counts positive; overlaps, fractions
+        and thresholds inside [0, 1] with each min <= its max; anchors, ratios and box-coder weights
+        positive; ``"bg"`` the last class when classes are set.
+        """
+        def bad(name: str, why: str) -> CryoError:
+            return CryoError(f"config field {name} = {getattr(self, name)!r}: {why}")
+
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"use one of {', '.join(allowed)}")
+        for name in ("im_size", "rpn_stride", "rpn_num_regions", "rpn_pre_nms_top_n", "rpn_max_proposals",
+                     "rpn_max_proposals_test", "pool_size", "roi_samples_per_bin", "num_rois", "max_detections",
+                     "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "must be a whole number >= 1")
+        for name in ("im_max_size", "lr_warmup_steps", "detection_refine_steps", "track_max_gap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(name, "must be a whole number >= 0")
+        for name in ("learning_rate", "std_scaling", "bilateral_sigma_r", "bilateral_sigma_d", "loss_epsilon"):
+            if not float(getattr(self, name)) > 0:
+                raise bad(name, "must be > 0")
+        for name in ("rpn_min_overlap", "rpn_max_overlap", "classifier_min_overlap", "classifier_max_overlap",
+                     "rpn_max_positive_fraction", "classifier_positive_fraction", "test_fraction", "val_fraction",
+                     "lr_drop_fraction", "lr_drop_factor", "rpn_nms_overlap", "detection_nms_overlap",
+                     "detection_threshold", "eval_min_score", "rpn_min_score_test", "detection_iou_weight",
+                     "detection_box_voting_iou", "track_min_iou", "tilt_consistency_min_iou"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise bad(name, "must lie in [0, 1]")
+        for low, high in (("rpn_min_overlap", "rpn_max_overlap"), ("classifier_min_overlap", "classifier_max_overlap")):
+            if getattr(self, low) > getattr(self, high):
+                raise bad(low, f"must not exceed {high} = {getattr(self, high)}")
+        if not self.anchor_box_scales or min(float(s) for s in self.anchor_box_scales) <= 0:
+            raise bad("anchor_box_scales", "needs one or more sizes > 0 (px)")
+        if not self.anchor_box_ratios or any(len(r) != 2 or min(float(v) for v in r) <= 0
+                                             for r in self.anchor_box_ratios):
+            raise bad("anchor_box_ratios", "needs one or more [w, h] pairs > 0")
+        if len(self.classifier_regr_std) != 4 or min(float(v) for v in self.classifier_regr_std) <= 0:
+            raise bad("classifier_regr_std", "needs 4 weights > 0 ([x, y, w, h])")
+        if not self.eval_iou_thresholds or not all(0.0 < float(t) <= 1.0 for t in self.eval_iou_thresholds):
+            raise bad("eval_iou_thresholds", "needs one or more IoUs in (0, 1]")
+        if not 0.0 < float(self.val_selection_iou) <= 1.0:
+            raise bad("val_selection_iou", "must lie in (0, 1]")
+        if self.class_mapping:
+            indices = sorted(self.class_mapping.values())
+            if indices != list(range(len(indices))):
+                raise bad("class_mapping", "indices must be 0 .. n-1, each once")
+            if self.class_mapping.get(BG_CLASS) != len(indices) - 1:
+                raise bad("class_mapping", f"{BG_CLASS!r} must be there, with the last index")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data dict of every field (JSON-serialisable)."""

@@ -53,15 +53,13 @@ from . import metrics, preprocessing, splits, tomo_io, tracking
 from .annotations import detections_to_dicts, load_annotations, records_to_ground_truth
 from .atomic import write_text_atomic
 from .cli import check_output_dir
-from .config import BG_CLASS, Config, load_config
+from .config import BG_CLASS, PAPER_TABLE_IOU, Config, load_config
 from .errors import CryoError, parse_float
 from .predict import CSV_COLUMNS, DETECTIONS_CSV, SHARD_CSV, add_detector_options, detect_images, load_detector
 from .tomo_io import natural_sort_key
 
 SPLITS = ("test", "val", "train", "all")
 DEFAULT_CONFIG = "config.pickle"
-# Li et al. (2019), Table 2: per-tomogram F1, AP and mIoU at IoU 0.7; also their Fig. 6b PR curve.
-PAPER_TABLE_IOU = 0.7
 # 3D object-level matching thresholds reported by --objects3d.
 OBJECT3D_IOU_THRESHOLDS = (0.5, 0.7)
 GT3D_COLUMNS = ("tomogram", "class", "x1", "y1", "z1", "x2", "y2", "z2")

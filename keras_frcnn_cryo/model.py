@@ -37,7 +37,7 @@ from . import preprocessing, roi_helpers
 from .atomic import atomic_path
 from .boxes import BoxCoder, apply_regr, box_voting, nms
 from .cli import import_tensorflow_quietly
-from .config import BG_CLASS, Config
+from .config import BG_CLASS, CHOICES, Config
 from .errors import CryoError
 
 import_tensorflow_quietly()  # TensorFlow's start-up notices are noise for users
@@ -49,7 +49,7 @@ from . import resnet  # noqa: E402
 
 WEIGHTS_SUFFIX = ".weights.h5"
 BASE_CHANNELS = 1024  # channels of ResNet-50 conv4 (nn_base output)
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = CHOICES["inference_precision"]
 # Keras dtype policy under which each precision's models are built
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 

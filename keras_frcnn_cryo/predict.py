@@ -113,6 +113,10 @@ def load_detector(config_filename: str, model_path: str | None, max_proposals: i
     if precision is not None:
         cfg.inference_precision = precision
     apply_overrides(cfg, overrides)
+    try:
+        cfg.validate()
+    except CryoError as exc:
+        raise CryoError(str(exc), config_filename) from None
     cfg.match_pixel_size = cfg.match_pixel_size and pixel_size_match
     weights = model_path or cfg.model_path
     if not weights:

@@ -63,7 +63,7 @@ import numpy as np
 from . import atomic
 from .atomic import write_bytes_atomic  # noqa: F401  (re-exported: parsers and splits import it from here)
 from .cli import run_cli
-from .config import Config
+from .config import CHOICES, Config
 from .errors import CryoError, parse_float
 from .preprocessing import to_uint8
 
@@ -872,7 +872,7 @@ def tomogram_of(path: str) -> tuple[str | None, dict | None, str]:
     return source, sidecar, "" if os.path.isfile(source) else "missing tomogram"
 
 
-INPUT_CHANNEL_MODES = ("repeat", "slabs")
+INPUT_CHANNEL_MODES = CHOICES["input_channels"]
 
 
 class ImageSource:

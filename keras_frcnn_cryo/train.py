@@ -34,14 +34,14 @@ from . import anchors, data_generators, metrics, recipes, roi_helpers, splits, t
 from .annotations import PARSERS, detections_to_dicts, load_annotations, records_to_ground_truth
 from .atomic import atomic_path, remove_stale_temporaries
 from .cli import check_output_dir, set_seed
-from .config import BG_CLASS, Config, apply_overrides, save_config
+from .config import BG_CLASS, CHOICES, Config, apply_overrides, save_config
 from .errors import CryoError
 from .model import (Detector, build_models, check_weights_path, fetch_imagenet_weights, load_imagenet_weights,
                     save_weights_atomic)
 from .preprocessing import prepare_image, resize_scale
 
 IMAGENET = "imagenet"   # --input_weight_path value: keras.applications' ResNet-50 ImageNet file
-TRAIN_MODES = ("alternating", "joint")
+TRAIN_MODES = CHOICES["train_mode"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +172,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise CryoError("--anchor-scales must be positive")
     cfg.backbone_norm = args.backbone_norm
     apply_overrides(cfg, args.overrides)
-    return cfg
+    return cfg.validate()
 
 
 def record_pixel_size(cfg: Config, records: list[dict], apix: float | None = None) -> str:
@@ -528,6 +528,7 @@ def main(args: argparse.Namespace) -> int:
     if not train_records:
         raise CryoError("the split left no training images", split_path)
     fit_config_to_boxes(cfg, args, train_records)
+    cfg.validate()
     print(record_pixel_size(cfg, train_records, args.apix))
     print(f"classes: {', '.join(f'{k} ({v})' for k, v in classes_count.items() if k != BG_CLASS)}")
     print(f"images: {len(train_records)} train, {len(val_records)} val, "

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 
 import pytest
 
@@ -128,3 +129,45 @@ def test_overrides_by_field_name():
     for bad in ("nms=0.3", "detection_nms_overlap", "num_rois=many", "num_rois=1.5", "preprocess=1"):
         with pytest.raises(CryoError, match="--set"):
             apply_overrides(Config(), [bad])
+
+
+# ------------------------------------------------------------------------------------------
+# Config.validate
+# ------------------------------------------------------------------------------------------
+def test_validate_accepts_the_defaults_and_the_recipes():
+    from keras_frcnn_cryo import recipes
+    assert Config().validate() is not None
+    for name in ("paper", "scratch"):
+        cfg = Config()
+        for key, value in recipes.recipe_values(name).items():
+            setattr(cfg, key, value)
+        cfg.validate()
+
+
+@pytest.mark.parametrize("field_name, value, needle", [
+    ("train_mode", "both", "use one of alternating, joint"),
+    ("roi_pool_mode", "avg", "use one of bilinear, cells"),
+    ("im_size", 0, "whole number >= 1"),
+    ("num_rois", 2.5, "whole number >= 1"),
+    ("learning_rate", 0.0, "> 0"),
+    ("rpn_nms_overlap", 1.5, "[0, 1]"),
+    ("classifier_min_overlap", 0.6, "must not exceed classifier_max_overlap"),
+    ("anchor_box_scales", [], "sizes > 0"),
+    ("anchor_box_ratios", [[1.0, 0.0]], "pairs > 0"),
+    ("classifier_regr_std", [8.0, 8.0, 4.0], "4 weights"),
+    ("eval_iou_thresholds", [0.5, 0.0], "IoUs in (0, 1]"),
+    ("class_mapping", {"bg": 0, "mito": 1}, "last index"),
+])
+def test_validate_names_the_bad_field(field_name, value, needle):
+    cfg = Config()
+    setattr(cfg, field_name, value)
+    with pytest.raises(CryoError, match=re.escape(f"config field {field_name} = ")) as info:
+        cfg.validate()
+    assert needle in str(info.value)
+
+
+def test_bad_set_value_stops_training_before_anything_is_read(tmp_path):
+    from keras_frcnn_cryo import train
+    args = train.build_parser().parse_args(["-p", str(tmp_path / "none.txt"), "--set", "rpn_nms_overlap=2"])
+    with pytest.raises(CryoError, match="rpn_nms_overlap"):
+        train.config_from_args(args)

@@ -83,6 +83,46 @@ def test_pixel_size_match_finds_objects_in_a_binned_wider_view(trained):
     assert rows[1]["n_tp"] < rows[0]["n_tp"], rows[1]["n_tp"]      # im_size alone misses objects
 
 
+def test_volume_and_its_2x_binned_copy_give_the_same_objects(trained, tmp_path):
+    """A tomogram of the training slices at 10 A/px and a copy binned 2x (20 A/px, half the pixels):
+    with the pixel size matched, the copy's boxes, written in its own pixels, are the original's halved."""
+    from keras_frcnn_cryo import predict, writers
+    from keras_frcnn_cryo.boxes import iou_matrix
+    cfg, trainer, records, _ = trained
+    cfg = dataclasses.replace(cfg, pixel_size_angstrom=10.0, network_pixel_size_angstrom=10.0 * 96 / 192)
+    detector = Detector(cfg, models=trainer.models)
+    stack = np.stack([tomo_io.read_image(r["filepath"]) for r in records]).astype(np.float32)      # (8, 96, 96)
+    binned = stack.reshape(len(records), 48, 2, 48, 2).mean(axis=(2, 4))
+    tomo_io.write_volume(str(tmp_path / "full.mrc"), stack, pixel_size_a=10.0)
+    tomo_io.write_volume(str(tmp_path / "half.mrc"), binned, pixel_size_a=20.0)
+    boxes = {}
+    for name in ("full", "half"):
+        predict.predict_volume(detector, str(tmp_path / f"{name}.mrc"), str(tmp_path / "out"), 0.5,
+                               predict.VolumeOptions(overlays=False))
+        rows = writers.read_boxes2d_csv(str(tmp_path / "out" / f"{name}_boxes2d.csv"))
+        boxes[name] = {z: np.array([[r["x1"], r["y1"], r["x2"], r["y2"]] for r in rows if r["slice"] == z]).reshape(-1, 4)
+                       for z in range(len(records))}
+    assert all(np.all(b <= 48.0) for b in boxes["half"].values())           # the copy's own pixels
+    found = {"full": {}, "half": {}}                       # (slice, gt index) -> the box that found it
+    for z, record in enumerate(records):
+        gt = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in record["bboxes"]]).reshape(-1, 4)
+        for name, factor in (("full", 1.0), ("half", 2.0)):
+            dets = boxes[name][z] * factor
+            if len(dets) and len(gt):
+                ious = iou_matrix(gt, dets)
+                for g in np.flatnonzero(ious.max(axis=1) >= 0.5):
+                    found[name][(z, int(g))] = dets[ious[g].argmax()]
+    n_gt = sum(len(r["bboxes"]) for r in records)
+    print(f"objects found: full {len(found['full'])}, half {len(found['half'])} of {n_gt}")
+    assert len(found["full"]) >= 0.8 * n_gt
+    both = set(found["full"]) & set(found["half"])
+    assert len(both) >= 0.9 * len(found["full"]), (len(both), len(found["full"]))
+    errors = np.abs(np.array([found["full"][k] - found["half"][k] for k in both]))
+    print(f"box corner differences (px of the full volume): median {np.median(errors):.2f}, "
+          f"90th percentile {np.percentile(errors, 90):.2f}")
+    assert np.median(errors) <= 2.0
+
+
 def test_record_pixel_size(toy_dataset, tmp_path):
     records, _, _ = get_data(toy_dataset)
     cfg = toy_config(im_size=192)
