@@ -17,11 +17,11 @@ from keras_frcnn_cryo.config import Config
 IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def train_variant(annotations: str, run_dir: str, budget_min: float, seed: int, flags: list[str],
+def train_variant(annotation_path: str, run_dir: str, budget_min: float, seed: int, flags: list[str],
                   label: str) -> None:
-    """train_frcnn.py -p annotations --time-budget budget_min --seed seed + flags, into run_dir; prints
+    """train_frcnn.py -p annotation_path --time-budget budget_min --seed seed + flags, into run_dir; prints
     the minutes, epochs and training images seen."""
-    argv = ["-p", annotations, "--time-budget", str(budget_min), "--seed", str(seed),
+    argv = ["-p", annotation_path, "--time-budget", str(budget_min), "--seed", str(seed),
             "--config_filename", os.path.join(run_dir, "config.pickle"),
             "--output_weight_path", os.path.join(run_dir, "model_frcnn.weights.h5"), *flags]
     started = time.time()
@@ -39,12 +39,12 @@ def load_run(run_dir: str, overrides: list[str] | None = None):
                                  os.path.join(run_dir, "model_frcnn.weights.h5"), overrides=overrides)
 
 
-def records_of(annotations: str, split: str, seed: int, test_fraction: float = Config().test_fraction) -> list[dict]:
+def records_of(annotation_path: str, split: str, seed: int, test_fraction: float = Config().test_fraction) -> list[dict]:
     """The records of one split ("test", ...) of an annotation file, or all of them ("all")."""
-    records, _, _ = annotations.load_annotations(annotations, "simple")
+    records, _, _ = annotations.load_annotations(annotation_path, "simple")
     if split == "all":
         return records
-    splits.assign_splits(records, splits.default_split_path(annotations), test_fraction, None, seed)
+    splits.assign_splits(records, splits.default_split_path(annotation_path), test_fraction, None, seed)
     return [r for r in records if r["imageset"] == split]
 
 

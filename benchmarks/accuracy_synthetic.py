@@ -138,10 +138,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow threads for this run (0: all cores); to run two benchmarks side by side")
     args = parser.parse_args()
-    annotations = os.path.join(args.out, "data", "annotations.txt")
+    ann_path = os.path.join(args.out, "data", "annotations.txt")
     if args.train_only:
         limit_threads(args.threads)
-        train_variant(annotations, os.path.join(args.out, args.train_only), args.budget_min, args.seed,
+        train_variant(ann_path, os.path.join(args.out, args.train_only), args.budget_min, args.seed,
                       VARIANTS[args.train_only], args.train_only)
         return
     if args.threads:
@@ -156,9 +156,9 @@ def main() -> None:
         run_variants(os.path.abspath(__file__), sys.argv[1:], args.variants, args.jobs)
     else:
         for variant in args.variants:
-            train_variant(annotations, os.path.join(args.out, variant), args.budget_min, args.seed,
+            train_variant(ann_path, os.path.join(args.out, variant), args.budget_min, args.seed,
                           VARIANTS[variant], variant)
-    sets = {"held-out split": (train_data, records_of(annotations, "test", args.seed))}
+    sets = {"held-out split": (train_data, records_of(ann_path, "test", args.seed))}
     for name, data in test_sets.items():
         sets[f"test set, {name} SNR"] = (data, records_of(data["annotations"], "all", args.seed))
     notes = {name: snr_notes(data, records) for name, (data, records) in sets.items()}

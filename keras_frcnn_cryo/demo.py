@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     summary = synthetic.write_dataset(data_dir, args.tomograms, seed=args.seed,
                                       shape=(args.slices, args.size, args.size), pixel_size_a=args.apix,
                                       slice_step=args.slice_step)
-    annotations = summary["annotations"]
+    ann_path = summary["annotations"]
     print(f"      {summary['n_images']} labelled slices, {summary['n_boxes']} boxes, split {summary['split_counts']}")
 
     print(f"[2/5] training from scratch for {args.minutes:g} min (train_frcnn.py -p annotations.txt "
@@ -62,24 +62,24 @@ def main(args: argparse.Namespace) -> int:
     config_path = os.path.join(model_dir, "config.pickle")
     weights = os.path.join(model_dir, "model_frcnn.weights.h5")
     train.main(train.build_parser().parse_args([
-        "-p", annotations, "--time-budget", str(args.minutes), "--seed", str(args.seed),
+        "-p", ann_path, "--time-budget", str(args.minutes), "--seed", str(args.seed),
         "--config_filename", config_path, "--output_weight_path", weights]))
 
     print("[3/5] detecting on the held-out tomogram's slices")
     cfg = load_config(config_path)
-    records, _, _ = annotations.load_annotations(annotations, "simple")
-    splits.assign_splits(records, cfg.split_path or splits.default_split_path(annotations), cfg.test_fraction,
+    records, _, _ = annotations.load_annotations(ann_path, "simple")
+    splits.assign_splits(records, cfg.split_path or splits.default_split_path(ann_path), cfg.test_fraction,
                          None, cfg.seed)
     test_records = [r for r in records if r["imageset"] == "test"]
     detector = predict.load_detector(config_path, weights)
     predict.predict_images(detector, [r["filepath"] for r in test_records], os.path.join(out, "predictions"),
-                           threshold=cfg.eval_min_score, root=os.path.dirname(annotations))
+                           threshold=cfg.eval_min_score, root=os.path.dirname(ann_path))
 
     print("[4/5] evaluating on the held-out tomogram (AP vs IoU, as in the paper's Fig. 6a)")
     eval_dir = os.path.join(out, "evaluation")
     evaluation.main(evaluation.build_parser().parse_args([
         "--config_filename", config_path, "--model", weights, "--split", "test",
-        "--detections", os.path.join(out, "predictions", "detections.csv"), "-p", annotations,
+        "--detections", os.path.join(out, "predictions", "detections.csv"), "-p", ann_path,
         "--output", eval_dir]))
 
     print("[5/5] drawing held-out slices with true and predicted boxes")
