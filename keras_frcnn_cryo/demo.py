@@ -103,8 +103,7 @@ def write_montage(path: str, detector: Detector, records: list[dict], metrics_js
     named = [c for c, v in metrics_json["classes"].items() if v.get("n_gt")]
     cut = metrics_json["classes"][named[0]]["best_threshold"].get(MONTAGE_IOU) if len(named) == 1 else None
     threshold = float(cut) if cut is not None else detector.cfg.detection_threshold
-    picks = [records[i] for i in sorted({int(round(x)) for x in np.linspace(0, len(records) - 1,
-                                                                             min(MONTAGE_SLICES, len(records)))})]
+    picks = tomo_io.evenly_spaced(records, MONTAGE_SLICES)
     source = tomo_io.image_source(detector.cfg)
     pictures = []
     for record in picks:

@@ -459,7 +459,7 @@ def group_snr(records: Sequence[Mapping[str, Any]], groups: Mapping[str, str], p
     out = {}
     for group, paths in members.items():
         paths = sorted(paths, key=natural_sort_key)
-        picks = sorted({paths[i] for i in np.linspace(0, len(paths) - 1, min(per_group, len(paths))).round().astype(int)})
+        picks = tomo_io.evenly_spaced(paths, per_group)
         try:
             out[group] = preprocessing.median_snr(tomo_io.read_image(path) for path in picks)
         except (CryoError, OSError, ValueError):

@@ -291,8 +291,8 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
         if not (0 <= first < stop <= n):
             raise CryoError(f"--z-range {first} {stop} is outside the volume's {n} slices (0..{n})", path)
         indices = list(range(first, stop, options.step))
-        overlay_at = set(np.unique(np.linspace(0, len(indices) - 1, options.overlay_slices).round().astype(int))
-                         ) if options.overlays and options.overlay_slices else set()
+        overlay_at = set(tomo_io.evenly_spaced(range(len(indices)), options.overlay_slices)
+                         ) if options.overlays else set()
         read = volume_reader(volume, cfg)
         pixel_size_in = volume.slice_pixel_size_a
         scale = detector.input_scale(pixel_size_in)
@@ -326,9 +326,9 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
 def volume_snr(volume: tomo_io.Volume, indices: list[int], n_slices: int) -> float:
     """Median single-image SNR estimate (preprocessing.estimate_snr, Thong et al. 2001) of up to
     ``n_slices`` evenly spaced slices among ``indices`` (the slices as read, before preprocessing)."""
-    if not indices or n_slices <= 0:
+    picks = tomo_io.evenly_spaced(indices, n_slices)
+    if not picks:
         return float("nan")
-    picks = sorted({indices[i] for i in np.linspace(0, len(indices) - 1, min(n_slices, len(indices))).round().astype(int)})
     return preprocessing.median_snr(volume.slice(index) for index in picks)
 
 

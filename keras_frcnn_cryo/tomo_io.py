@@ -55,6 +55,7 @@ import struct
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import cv2
 import mrcfile
@@ -88,6 +89,15 @@ def natural_sort_key(name: str) -> tuple:
     parts = re.split(r"(\d+)", name)
     key = tuple((0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in parts if part)
     return key + ((2, 0, name),)
+
+
+def evenly_spaced(items: Sequence[Any], count: int) -> list[Any]:
+    """Up to ``count`` items of ``items`` at evenly spaced positions, first and last included, in
+    order and without repeats (all of them when ``count`` >= their number; none for count <= 0)."""
+    if count <= 0 or not items:
+        return []
+    positions = np.unique(np.linspace(0, len(items) - 1, min(int(count), len(items))).round().astype(int))
+    return [items[int(i)] for i in positions]
 
 
 def list_images(path: str) -> list[str]:

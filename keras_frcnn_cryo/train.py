@@ -540,92 +540,95 @@ def main(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg)
     rng = np.random.default_rng(cfg.seed)
     source = tomo_io.image_source(cfg)
-    gen = data_generators.iter_training_samples(train_records, cfg, rng, source, prepare_image, augment_images=True)
-    best_loss, best_val, first_epoch = math.inf, -math.inf, 0
-    # The config is written right after this run's first weights save, so that a run failing or
-    # killed before it leaves an earlier run's config and weights as they were (a matching pair).
-    config_saved = False
-    log_rows: list[dict] = []
-    if args.resume:
-        state = load_training_state(state_path(cfg.model_path), trainer, rng)
-        first_epoch, best_loss, best_val, log_rows = (state["epoch"], state["best_loss"], state["best_val"],
-                                                      state["log_rows"])
-        print(f"resuming after epoch {first_epoch} (best loss so far {best_loss:.4f})")
-        gen = data_generators.iter_training_samples(train_records, cfg, rng, source, prepare_image,
-                                                    augment_images=True)
-    def progress(epoch: int, index: int) -> float:
-        """Share of the run passed: of --time-budget when one is given, else of the images."""
-        if args.time_budget:
-            return (time.time() - started) / (60.0 * args.time_budget)
-        return (epoch * cfg.epoch_length + index) / (cfg.num_epochs * cfg.epoch_length)
+    try:
+        gen = data_generators.iter_training_samples(train_records, cfg, rng, source, prepare_image, augment_images=True)
+        best_loss, best_val, first_epoch = math.inf, -math.inf, 0
+        # The config is written right after this run's first weights save, so that a run failing or
+        # killed before it leaves an earlier run's config and weights as they were (a matching pair).
+        config_saved = False
+        log_rows: list[dict] = []
+        if args.resume:
+            state = load_training_state(state_path(cfg.model_path), trainer, rng)
+            first_epoch, best_loss, best_val, log_rows = (state["epoch"], state["best_loss"], state["best_val"],
+                                                          state["log_rows"])
+            print(f"resuming after epoch {first_epoch} (best loss so far {best_loss:.4f})")
+            gen = data_generators.iter_training_samples(train_records, cfg, rng, source, prepare_image,
+                                                        augment_images=True)
+        def progress(epoch: int, index: int) -> float:
+            """Share of the run passed: of --time-budget when one is given, else of the images."""
+            if args.time_budget:
+                return (time.time() - started) / (60.0 * args.time_budget)
+            return (epoch * cfg.epoch_length + index) / (cfg.num_epochs * cfg.epoch_length)
 
-    announced_rate = cfg.learning_rate
-    for epoch in range(first_epoch, cfg.num_epochs):
-        stats = EpochStats()
-        start = time.time()
-        bar = tqdm(range(cfg.epoch_length), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
-        for index in bar:
-            passed = progress(epoch, index)
-            if args.time_budget is not None and passed >= 1.0 and index > 0:
-                tqdm.write(f"time budget of {args.time_budget:g} min used: epoch {epoch + 1} ends after "
-                           f"{index} of {cfg.epoch_length} images")
+        announced_rate = cfg.learning_rate
+        for epoch in range(first_epoch, cfg.num_epochs):
+            stats = EpochStats()
+            start = time.time()
+            bar = tqdm(range(cfg.epoch_length), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
+            for index in bar:
+                passed = progress(epoch, index)
+                if args.time_budget is not None and passed >= 1.0 and index > 0:
+                    tqdm.write(f"time budget of {args.time_budget:g} min used: epoch {epoch + 1} ends after "
+                               f"{index} of {cfg.epoch_length} images")
+                    break
+                base_rate = scheduled_learning_rate(cfg, passed)          # without the warm-up
+                if base_rate < announced_rate:
+                    tqdm.write(f"learning rate {announced_rate:g} -> {base_rate:g} from epoch {epoch + 1}, "
+                               f"image {index + 1} ({100 * passed:.0f} % of the run passed)")
+                    announced_rate = base_rate
+                rate = scheduled_learning_rate(cfg, passed, epoch * cfg.epoch_length + index)
+                if not math.isclose(rate, trainer.learning_rate):
+                    trainer.set_learning_rate(rate)
+                step = trainer.train_on_sample(next(gen), rng)
+                classifier_ran = not math.isnan(step["pos_fraction"])  # nan classifier losses: step skipped
+                if not all(math.isfinite(step[k]) for k in ("rpn_cls", "rpn_regr")) or \
+                        (classifier_ran and not all(math.isfinite(step[k]) for k in _head_keys(trainer))):
+                    kept = (f"the last good weights are kept in {cfg.model_path}" if math.isfinite(best_loss)
+                            else "no weights were saved yet")
+                    raise CryoError(f"loss became NaN/Inf in epoch {epoch + 1} ({step}); {kept} (try a lower "
+                                    "--learning-rate; --resume restarts after the last completed epoch)")
+                stats.add(**step)
+                bar.set_postfix(rpn_cls=f"{stats.mean('rpn_cls'):.3f}", rpn_regr=f"{stats.mean('rpn_regr'):.3f}",
+                                cls=f"{stats.mean('cls_cls'):.3f}", regr=f"{stats.mean('cls_regr'):.3f}",
+                                acc=f"{stats.mean('cls_acc'):.2f}")
+            bar.close()
+            curr = total_loss(stats)
+            row = {"epoch": epoch + 1, "loss": curr, **{k: stats.mean(k) for k in LOSS_KEYS},
+                   "cls_acc": stats.mean("cls_acc"), "seconds": time.time() - start,
+                   "images": len(stats.values.get("rpn_cls", []))}
+            iou_text = f", iou {row['cls_iou']:.4f}" if trainer.iou_head else ""
+            print(f"epoch {epoch + 1}: loss {curr:.4f} (rpn cls {row['rpn_cls']:.4f}, rpn regr {row['rpn_regr']:.4f}, "
+                  f"cls {row['cls_cls']:.4f}, regr {row['cls_regr']:.4f}{iou_text}), classifier accuracy "
+                  f"{row['cls_acc']:.3f}, {row['seconds']:.1f} s")
+            if curr < best_loss:
+                print(f"total loss decreased from {best_loss:.4f} to {curr:.4f}, saving weights to {cfg.model_path}")
+                best_loss = curr
+                save_weights_atomic(trainer.models.model_all, cfg.model_path)
+                if not config_saved:
+                    save_config(cfg, args.config_filename)
+                    config_saved = True
+                    print(f"config written to {args.config_filename}")
+            if val_records:
+                val = validate(trainer, val_records, cfg.seed)
+                row.update(val)
+                ap_text = ", ".join(f"AP@{t:g} {val[f'val_ap@{t:g}']:.3f}" for t in cfg.eval_iou_thresholds)
+                print(f"  validation: loss {val['val_loss']:.4f}, {ap_text}")
+                score = val[f"val_ap@{cfg.val_selection_iou:g}"]
+                if score > best_val:
+                    best_val = score
+                    save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
+                    print(f"  best validation AP@{cfg.val_selection_iou:g} so far ({score:.3f}): "
+                          f"saved {bestval_path(cfg.model_path)}")
+            log_rows.append(row)
+            _write_log(_log_path(cfg.model_path), log_rows)
+            save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng, log_rows)
+            if args.time_budget is not None and time.time() - started > 60.0 * args.time_budget:
+                print(f"time budget of {args.time_budget:g} min used after epoch {epoch + 1}: stopping "
+                      f"({sum(int(r.get('images', cfg.epoch_length)) for r in log_rows)} training images seen)")
                 break
-            base_rate = scheduled_learning_rate(cfg, passed)          # without the warm-up
-            if base_rate < announced_rate:
-                tqdm.write(f"learning rate {announced_rate:g} -> {base_rate:g} from epoch {epoch + 1}, "
-                           f"image {index + 1} ({100 * passed:.0f} % of the run passed)")
-                announced_rate = base_rate
-            rate = scheduled_learning_rate(cfg, passed, epoch * cfg.epoch_length + index)
-            if not math.isclose(rate, trainer.learning_rate):
-                trainer.set_learning_rate(rate)
-            step = trainer.train_on_sample(next(gen), rng)
-            classifier_ran = not math.isnan(step["pos_fraction"])  # nan classifier losses: step skipped
-            if not all(math.isfinite(step[k]) for k in ("rpn_cls", "rpn_regr")) or \
-                    (classifier_ran and not all(math.isfinite(step[k]) for k in _head_keys(trainer))):
-                kept = (f"the last good weights are kept in {cfg.model_path}" if math.isfinite(best_loss)
-                        else "no weights were saved yet")
-                raise CryoError(f"loss became NaN/Inf in epoch {epoch + 1} ({step}); {kept} (try a lower "
-                                "--learning-rate; --resume restarts after the last completed epoch)")
-            stats.add(**step)
-            bar.set_postfix(rpn_cls=f"{stats.mean('rpn_cls'):.3f}", rpn_regr=f"{stats.mean('rpn_regr'):.3f}",
-                            cls=f"{stats.mean('cls_cls'):.3f}", regr=f"{stats.mean('cls_regr'):.3f}",
-                            acc=f"{stats.mean('cls_acc'):.2f}")
-        bar.close()
-        curr = total_loss(stats)
-        row = {"epoch": epoch + 1, "loss": curr, **{k: stats.mean(k) for k in LOSS_KEYS},
-               "cls_acc": stats.mean("cls_acc"), "seconds": time.time() - start,
-               "images": len(stats.values.get("rpn_cls", []))}
-        iou_text = f", iou {row['cls_iou']:.4f}" if trainer.iou_head else ""
-        print(f"epoch {epoch + 1}: loss {curr:.4f} (rpn cls {row['rpn_cls']:.4f}, rpn regr {row['rpn_regr']:.4f}, "
-              f"cls {row['cls_cls']:.4f}, regr {row['cls_regr']:.4f}{iou_text}), classifier accuracy "
-              f"{row['cls_acc']:.3f}, {row['seconds']:.1f} s")
-        if curr < best_loss:
-            print(f"total loss decreased from {best_loss:.4f} to {curr:.4f}, saving weights to {cfg.model_path}")
-            best_loss = curr
-            save_weights_atomic(trainer.models.model_all, cfg.model_path)
-            if not config_saved:
-                save_config(cfg, args.config_filename)
-                config_saved = True
-                print(f"config written to {args.config_filename}")
-        if val_records:
-            val = validate(trainer, val_records, cfg.seed)
-            row.update(val)
-            ap_text = ", ".join(f"AP@{t:g} {val[f'val_ap@{t:g}']:.3f}" for t in cfg.eval_iou_thresholds)
-            print(f"  validation: loss {val['val_loss']:.4f}, {ap_text}")
-            score = val[f"val_ap@{cfg.val_selection_iou:g}"]
-            if score > best_val:
-                best_val = score
-                save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
-                print(f"  best validation AP@{cfg.val_selection_iou:g} so far ({score:.3f}): "
-                      f"saved {bestval_path(cfg.model_path)}")
-        log_rows.append(row)
-        _write_log(_log_path(cfg.model_path), log_rows)
-        save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng, log_rows)
-        if args.time_budget is not None and time.time() - started > 60.0 * args.time_budget:
-            print(f"time budget of {args.time_budget:g} min used after epoch {epoch + 1}: stopping "
-                  f"({sum(int(r.get('images', cfg.epoch_length)) for r in log_rows)} training images seen)")
-            break
-    return 0
+        return 0
+    finally:
+        source.close()  # the tomograms the slabs were read from
 
 
 def state_path(model_path: str) -> str:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from keras_frcnn_cryo import tomo_io
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.tomo_io import (
     _header_size,
@@ -172,3 +173,11 @@ def test_write_bytes_atomic(tmp_path):
     write_bytes_atomic(path, b"two")
     assert (tmp_path / "a.json").read_bytes() == b"two"
     assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_evenly_spaced_picks():
+    assert tomo_io.evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert tomo_io.evenly_spaced(list(range(3)), 8) == [0, 1, 2]
+    assert tomo_io.evenly_spaced(["a", "b", "c", "d", "e"], 1) == ["a"]
+    assert tomo_io.evenly_spaced([], 3) == [] and tomo_io.evenly_spaced([1, 2], 0) == []
+    assert tomo_io.evenly_spaced(range(5), 2) == [0, 4]
