@@ -3,7 +3,6 @@
 import sys
 
 from keras_frcnn_cryo import evaluation
-from keras_frcnn_cryo.cli import run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(evaluation.main, evaluation.build_parser()))
+    sys.exit(evaluation.console_main())

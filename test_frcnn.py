@@ -3,7 +3,6 @@
 import sys
 
 from keras_frcnn_cryo import predict
-from keras_frcnn_cryo.cli import run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(predict.main, predict.build_parser()))
+    sys.exit(predict.console_main())

@@ -3,7 +3,6 @@
 import sys
 
 from keras_frcnn_cryo import train
-from keras_frcnn_cryo.cli import run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(train.main, train.build_parser()))
+    sys.exit(train.console_main())

@@ -84,3 +84,14 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def check_output_dir(path: str) -> str:
+    """Create ``path`` if needed and make sure it is a writable directory; return it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise CryoError(f"cannot create output directory ({exc.strerror})", path) from None
+    if not os.access(path, os.W_OK):
+        raise CryoError("output directory is not writable", path)
+    return path

@@ -81,14 +81,3 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed)
     import keras
     keras.utils.set_random_seed(seed)
-
-
-def check_output_dir(path: str) -> str:
-    """Create ``path`` if needed and make sure it is a writable directory; return it."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise CryoError(f"cannot create output directory ({exc.strerror})", path) from None
-    if not os.access(path, os.W_OK):
-        raise CryoError("output directory is not writable", path)
-    return path

@@ -19,11 +19,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from . import annotations, evaluation, predict, splits, synthetic, tomo_io, train, writers
-from .cli import check_output_dir, run_cli
+from .atomic import check_output_dir
 from .config import load_config
 from .model import Detector
 
@@ -119,5 +120,11 @@ def write_montage(path: str, detector: Detector, records: list[dict], metrics_js
     return threshold, float(row["ap"][MONTAGE_IOU] or 0.0)
 
 
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 with one ``error:`` line on bad input)."""
+    from .cli import run_cli
+    return run_cli(main, build_parser(), argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main, build_parser()))
+    sys.exit(console_main())

@@ -51,8 +51,7 @@ import numpy as np
 
 from . import metrics, preprocessing, splits, tomo_io, tracking
 from .annotations import detections_to_dicts, load_annotations, records_to_ground_truth
-from .atomic import write_text_atomic
-from .cli import check_output_dir
+from .atomic import check_output_dir, write_text_atomic
 from .config import BG_CLASS, PAPER_TABLE_IOU, Config, load_config
 from .errors import CryoError, parse_float
 from .predict import CSV_COLUMNS, DETECTIONS_CSV, SHARD_CSV, add_detector_options, detect_images, load_detector
@@ -822,9 +821,8 @@ def _load_csv_run(path: str, index: ImageIndex, defaults: Config) -> list[dict]:
     return found.detections
 
 
-def console_main() -> None:
-    """Console entry point (setup.py)."""
-    import sys
-
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (the script and the setup.py command); returns the exit status (2 with
+    one ``error:`` line on bad input)."""
     from .cli import run_cli
-    sys.exit(run_cli(main, build_parser()))
+    return run_cli(main, build_parser(), argv)

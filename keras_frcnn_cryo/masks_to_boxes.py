@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .cli import check_output_dir, run_cli
+from .atomic import check_output_dir
 from .config import Config
 from .errors import CryoError
 from .pascal_voc_parser import write_labelimg_xml
@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
+    """``python -m keras_frcnn_cryo.masks_to_boxes``: masks -> annotations.txt and LabelImg XML."""
     records = masks_to_records(args.masks, args.images, args.out, min_size=args.min_size,
                                class_name=args.class_name, instance=args.instance)
     path = write_annotations(records, args.out, source=args.masks)
@@ -363,10 +364,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def console_main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 with one ``error:`` line on bad input)."""
-    return run_cli(_run, build_parser(), argv)
+    from .cli import run_cli
+    return run_cli(main, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

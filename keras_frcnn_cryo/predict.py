@@ -17,15 +17,14 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from . import preprocessing, tomo_io, tracking, writers
-from .atomic import atomic_path
-from .cli import check_output_dir
+from .atomic import atomic_path, check_output_dir
 from .config import apply_overrides, load_config
 from .errors import CryoError
 from .model import PRECISIONS, Detections, Detector
@@ -444,9 +443,8 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def console_main() -> None:
-    """Console entry point (setup.py)."""
-    import sys
-
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (the script and the setup.py command); returns the exit status (2 with
+    one ``error:`` line on bad input)."""
     from .cli import run_cli
-    sys.exit(run_cli(main, build_parser()))
+    return run_cli(main, build_parser(), argv)

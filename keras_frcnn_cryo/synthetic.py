@@ -1302,7 +1302,7 @@ def write_toy_dataset(out_dir: str, n_images: int, size: int = 128, seed: int = 
 # ------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------
-def build_arg_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m keras_frcnn_cryo.synthetic``."""
     parser = argparse.ArgumentParser(
         prog="python -m keras_frcnn_cryo.synthetic",
@@ -1325,26 +1325,27 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (2 on bad input)."""
-    args = build_arg_parser().parse_args(argv)
-    try:
-        if args.toy:
-            path = write_toy_dataset(args.out, args.tomograms * TOY_IMAGES_PER_GROUP, args.size, args.seed)
-            print(f"wrote {path}")
-            return 0
-        summary = write_dataset(args.out, args.tomograms, seed=args.seed, shape=(args.slices, args.size, args.size),
-                                snr_range=(args.snr_min, args.snr_max), slice_step=args.slice_step,
-                                second_class=args.second_class, pixel_size_a=args.apix,
-                                tilt_range=(-args.max_tilt, args.max_tilt), tilt_step=args.tilt_step,
-                                progress=not args.quiet)
-    except CryoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def main(args: argparse.Namespace) -> int:
+    """``python -m keras_frcnn_cryo.synthetic``: write a synthetic dataset (or the toy one)."""
+    if args.toy:
+        path = write_toy_dataset(args.out, args.tomograms * TOY_IMAGES_PER_GROUP, args.size, args.seed)
+        print(f"wrote {path}")
+        return 0
+    summary = write_dataset(args.out, args.tomograms, seed=args.seed, shape=(args.slices, args.size, args.size),
+                            snr_range=(args.snr_min, args.snr_max), slice_step=args.slice_step,
+                            second_class=args.second_class, pixel_size_a=args.apix,
+                            tilt_range=(-args.max_tilt, args.max_tilt), tilt_step=args.tilt_step,
+                            progress=not args.quiet)
     print(f"wrote {len(summary['names'])} tomograms, {summary['n_images']} images, {summary['n_boxes']} boxes "
           f"({summary['class_counts']}) to {args.out}; split {summary['split_counts']}")
     return 0
 
 
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 with one ``error:`` line on bad input)."""
+    from .cli import run_cli
+    return run_cli(main, build_parser(), argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

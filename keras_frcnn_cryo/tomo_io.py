@@ -63,7 +63,6 @@ import numpy as np
 
 from . import atomic
 from .atomic import write_bytes_atomic  # noqa: F401  (re-exported: parsers and splits import it from here)
-from .cli import run_cli
 from .config import CHOICES, Config
 from .errors import CryoError, parse_float
 from .preprocessing import to_uint8
@@ -1009,7 +1008,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
+    """``python -m keras_frcnn_cryo.tomo_io export``: slices as PNGs with sidecars, for labelling."""
     if args.every is not None:
         indices: Sequence[int] | slice = slice(0, None, _positive_int(args.every, "--every"))
     else:
@@ -1020,10 +1020,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def console_main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 with one ``error:`` line on bad input)."""
-    return run_cli(_run, build_parser(), argv)
+    from .cli import run_cli
+    return run_cli(main, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,8 +33,8 @@ from tqdm import tqdm
 
 from . import anchors, data_generators, metrics, recipes, roi_helpers, splits, tomo_io
 from .annotations import PARSERS, detections_to_dicts, load_annotations, records_to_ground_truth
-from .atomic import atomic_path, remove_stale_temporaries
-from .cli import check_output_dir, set_seed
+from .atomic import atomic_path, check_output_dir, remove_stale_temporaries
+from .cli import set_seed
 from .config import BG_CLASS, CHOICES, Config, apply_overrides, save_config
 from .errors import CryoError
 from .model import (Detector, build_models, check_weights_path, fetch_imagenet_weights, load_imagenet_weights,
@@ -691,9 +692,8 @@ def _write_log(path: str, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def console_main() -> None:
-    """Console entry point (setup.py)."""
-    import sys
-
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (the script and the setup.py command); returns the exit status (2 with
+    one ``error:`` line on bad input)."""
     from .cli import run_cli
-    sys.exit(run_cli(main, build_parser()))
+    return run_cli(main, build_parser(), argv)

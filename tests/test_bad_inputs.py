@@ -576,9 +576,9 @@ def run_in_process(tool: str, args: list) -> int:
     """What each script's ``__main__`` does, in this process."""
     argv = list(map(str, args))
     if tool == "tomo":
-        return tomo_io.main(argv)
+        return tomo_io.console_main(argv)
     if tool == "masks":
-        return masks_to_boxes.main(argv)
+        return masks_to_boxes.console_main(argv)
     module = {"train": train, "predict": predict, "measure": evaluation}[tool]
     return run_cli(module.main, module.build_parser(), argv)
 

@@ -175,7 +175,7 @@ def test_shape_mismatch_names_both_files_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(CryoError, match=r"masks/a\.png: mask is 30 x 20 px .*images/a\.tif is 30 x 21"):
         masks_to_records(masks_dir, images_dir, str(out))
-    assert m2b.main(["--masks", masks_dir, "--images", images_dir, "--out", str(out)]) == 2
+    assert m2b.console_main(["--masks", masks_dir, "--images", images_dir, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "a.png" in err[0] and "a.tif" in err[0]
     assert not out.exists() or os.listdir(out) == []
@@ -275,7 +275,7 @@ def test_cli_mrc_instance_flag(tmp_path, capsys):
     seg_path = _write_mrc(tmp_path / "s.mrc", seg)
     img_path = _write_mrc(tmp_path / "v.mrc", np.random.default_rng(1).normal(0, 1, (2, 10, 12)).astype(np.float32))
     out = tmp_path / "out"
-    assert m2b.main(["--masks", seg_path, "--images", img_path, "--out", str(out), "--instance",
+    assert m2b.console_main(["--masks", seg_path, "--images", img_path, "--out", str(out), "--instance",
                      "--class-name", "vesicle"]) == 0
     assert "1 box(es)" in capsys.readouterr().out
     parsed, counts, _ = simple_parser.get_data(str(out / "annotations.txt"))

@@ -266,10 +266,10 @@ def test_toy_dataset(tmp_path) -> None:
 
 def test_cli(tmp_path, capsys) -> None:
     out = str(tmp_path / "cli")
-    assert synthetic.main(["--out", out, "--tomograms", "1", "--size", "48", "--slices", "8", "--apix", "200",
+    assert synthetic.console_main(["--out", out, "--tomograms", "1", "--size", "48", "--slices", "8", "--apix", "200",
                            "--tilt-step", "20", "--quiet"]) == 0
     assert os.path.isfile(os.path.join(out, "annotations.txt"))
-    assert synthetic.main(["--out", out, "--tomograms", "1", "--snr-min", "0"]) == 2
+    assert synthetic.console_main(["--out", out, "--tomograms", "1", "--snr-min", "0"]) == 2
     assert "error:" in capsys.readouterr().err
-    assert synthetic.main(["--out", str(tmp_path / "toy"), "--tomograms", "1", "--toy", "--size", "64"]) == 0
+    assert synthetic.console_main(["--out", str(tmp_path / "toy"), "--tomograms", "1", "--toy", "--size", "64"]) == 0
     assert len(os.listdir(tmp_path / "toy" / "images")) == synthetic.TOY_IMAGES_PER_GROUP

@@ -429,7 +429,7 @@ def test_sidecar_errors(tmp_path):
 def test_cli_export_every_and_error(tmp_path, capsys):
     path = _mrc(tmp_path / "t.mrc", _tomogram())
     out = tmp_path / "o"
-    assert tomo_io.main(["export", "--input", path, "--out", str(out), "--every", "3", "--slab", "3",
+    assert tomo_io.console_main(["export", "--input", path, "--out", str(out), "--every", "3", "--slab", "3",
                          "--bin", "2", "--apix", "5"]) == 0
     names = sorted(os.listdir(out))
     assert names == ["t_z0000.png", "t_z0000.png.json", "t_z0003.png", "t_z0003.png.json",
@@ -437,7 +437,7 @@ def test_cli_export_every_and_error(tmp_path, capsys):
     sidecar = read_sidecar(str(out / "t_z0003.png"))
     assert sidecar["slab"] == 3 and sidecar["slab_range"] == [2, 5] and sidecar["pixel_size_a"] == 10.0
     capsys.readouterr()
-    assert tomo_io.main(["export", "--input", path, "--out", str(out), "--z", "99"]) == 2
+    assert tomo_io.console_main(["export", "--input", path, "--out", str(out), "--z", "99"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "t.mrc" in err[0] and "99" in err[0]
 
