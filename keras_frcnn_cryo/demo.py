@@ -23,8 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import annotations, evaluation, predict, splits, synthetic, tomo_io, train, writers
+from . import annotations, evaluation, predict, recipes, splits, synthetic, tomo_io, train, writers
 from .atomic import check_output_dir
+from .cli import set_seed
 from .config import load_config
 from .model import Detector
 
@@ -60,11 +61,13 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"[2/5] training from scratch for {args.minutes:g} min (train_frcnn.py -p annotations.txt "
           f"--time-budget {args.minutes:g}: the default recipe)")
-    config_path = os.path.join(model_dir, "config.pickle")
+    config_path = os.path.join(check_output_dir(model_dir), "config.pickle")
     weights = os.path.join(model_dir, "model_frcnn.weights.h5")
-    train.main(train.build_parser().parse_args([
-        "-p", ann_path, "--time-budget", str(args.minutes), "--seed", str(args.seed),
-        "--config_filename", config_path, "--output_weight_path", weights]))
+    set_seed(args.seed)
+    cfg = recipes.config_for(annotation_path=ann_path, model_path=weights, seed=args.seed)
+    train_records, val_records = train.prepare(cfg)
+    fitted = train.fit(cfg, train_records, val_records, config_path, time_budget_min=args.minutes)
+    print(f"      {fitted.images_seen} training images seen in {fitted.epochs} epoch(s)")
 
     print("[3/5] detecting on the held-out tomogram's slices")
     cfg = load_config(config_path)

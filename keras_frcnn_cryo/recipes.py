@@ -68,6 +68,21 @@ def recipe_values(name: str) -> dict[str, Any]:
     return {f.name: getattr(source, f.name) for f in fields(ScratchRecipe)}
 
 
+def config_for(recipe: str = "auto", has_imagenet_weights: bool = False, **values: Any) -> Config:
+    """A Config with the resolved ``recipe``'s values, then ``values`` (Config field names): what
+    train_frcnn.py starts from before the data-dependent choices (train.prepare).
+
+    ``config_for(annotation_path="annotations.txt")`` is README's ``train_frcnn.py -p annotations.txt``.
+    """
+    cfg = Config()
+    cfg.recipe = resolve(recipe, has_imagenet_weights)
+    for name, value in {**recipe_values(cfg.recipe), **values}.items():
+        if not hasattr(cfg, name):
+            raise CryoError(f"{name!r} is not a Config field")
+        setattr(cfg, name, value)
+    return cfg
+
+
 def box_sizes(records: list[dict[str, Any]]) -> np.ndarray:
     """sqrt(w * h) of every labelled box, in pixels of its original image (float64, (N,))."""
     return np.asarray([math.sqrt(max(b["x2"] - b["x1"], 1e-6) * max(b["y2"] - b["y1"], 1e-6))

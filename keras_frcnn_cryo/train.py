@@ -16,6 +16,12 @@ An epoch is ``epoch_length`` images. After each epoch the summed mean loss is co
 so far; the weights are written (atomically) only when it improves (the paper's rule). With a
 validation split the validation loss and AP are reported every epoch and the best model on
 validation AP at ``Config.val_selection_iou`` (0.7) is kept as well (``*_bestval.weights.h5``).
+
+Library use (what train_frcnn.py and the demo run)::
+
+    cfg = recipes.config_for(annotation_path="annotations.txt")      # the recipe's defaults
+    train_records, val_records = train.prepare(cfg)                   # split, fit to the boxes
+    result = train.fit(cfg, train_records, val_records, "config.pickle", time_budget_min=60)
 """
 from __future__ import annotations
 
@@ -129,7 +135,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     The choices fitted to the labelled boxes (input size, anchors) are made later, in :func:`main`,
     once the annotations are read.
     """
-    cfg = Config()
     if args.parser not in PARSERS:
         raise CryoError(f"unknown parser {args.parser!r} (use simple or pascal_voc)")
     for name, value in (("num_rois", args.num_rois), ("num_epochs", args.num_epochs),
@@ -144,9 +149,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise CryoError(f"--lr-warmup must be >= 0 images, got {args.lr_warmup}")
     if args.learning_rate is not None and not args.learning_rate > 0.0:
         raise CryoError(f"--learning-rate must be positive, got {args.learning_rate}")
-    cfg.recipe = recipes.resolve(args.recipe, bool(args.input_weight_path))
-    for name, value in recipes.recipe_values(cfg.recipe).items():
-        setattr(cfg, name, value)
+    cfg = recipes.config_for(args.recipe, bool(args.input_weight_path))
     for option, name in _RECIPE_OPTIONS.items():
         if getattr(args, option) is not None:
             setattr(cfg, name, getattr(args, option))
@@ -200,20 +203,20 @@ def record_pixel_size(cfg: Config, records: list[dict], apix: float | None = Non
             "network pixel; detection resizes inputs of known pixel size to that scale")
 
 
-def fit_config_to_boxes(cfg: Config, args: argparse.Namespace, records: list[dict]) -> None:
+def fit_config_to_boxes(cfg: Config, records: list[dict], fit_size: bool = True, fit_anchors: bool = True,
+                        propose_anchors: bool = False) -> None:
     """The data-dependent part of the recipe: input size, anchors and detection cap (printed with reasons).
 
-    Scratch recipe: recipes.fit_to_boxes for what the command line left open. Either recipe:
-    ``--anchor-scales auto`` proposes anchors from the boxes at the chosen input size.
+    Scratch recipe: recipes.fit_to_boxes (the input size only with ``fit_size``, the anchors only with
+    ``fit_anchors``: what the command line left open). Either recipe: ``propose_anchors``
+    (``--anchor-scales auto``) proposes anchors from the boxes at the chosen input size.
     """
-    overridden = {a.partition("=")[0].strip() for a in args.overrides or []}
     if cfg.recipe == "scratch":
-        notes = recipes.fit_to_boxes(cfg, records, fit_size=args.im_size is None and "im_size" not in overridden,
-                                     fit_anchors=args.anchor_scales is None and "anchor_box_scales" not in overridden)
+        notes = recipes.fit_to_boxes(cfg, records, fit_size=fit_size, fit_anchors=fit_anchors)
         notes.append(recipes.fit_input_channels(cfg, records))
         for note in notes:
             print(f"recipe scratch: {note}")
-    if args.anchor_scales == ["auto"]:
+    if propose_anchors:
         cfg.anchor_box_scales = anchors.propose_anchor_scales(records, cfg)
         print(f"anchor scales proposed from the labelled boxes: {cfg.anchor_box_scales}")
 
@@ -501,7 +504,7 @@ def bestval_path(model_path: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """train_frcnn.py: parse annotations, split by tomogram, train, save config and weights."""
+    """train_frcnn.py: parse annotations, split by tomogram, fit the recipe to the boxes, train, save."""
     cfg = config_from_args(args)
     check_weights_path(cfg.model_path)
     check_output_dir(os.path.dirname(cfg.model_path))
@@ -512,7 +515,42 @@ def main(args: argparse.Namespace) -> int:
     if cfg.base_net_weights and not os.path.isfile(cfg.base_net_weights):
         raise CryoError("--input_weight_path file not found", cfg.base_net_weights)
     set_seed(cfg.seed)
+    overridden = {a.partition("=")[0].strip() for a in args.overrides or []}
+    train_records, val_records = prepare(
+        cfg, split_file=args.split_file, apix=args.apix,
+        fit_size=args.im_size is None and "im_size" not in overridden,
+        fit_anchors=args.anchor_scales is None and "anchor_box_scales" not in overridden,
+        propose_anchors=args.anchor_scales == ["auto"])
+    fit(cfg, train_records, val_records, args.config_filename, time_budget_min=args.time_budget,
+        resume=args.resume)
+    return 0
 
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: epochs completed (this run and any resumed ones), training images seen,
+    the best epoch loss (its weights are in ``cfg.model_path``), the best validation AP at
+    ``cfg.val_selection_iou`` (-inf without validation images) and the per-epoch log rows."""
+
+    epochs: int
+    images_seen: int
+    best_loss: float
+    best_val: float
+    log_rows: list[dict]
+
+
+def prepare(cfg: Config, split_file: str | None = None, apix: float | None = None, fit_size: bool = True,
+            fit_anchors: bool = True, propose_anchors: bool = False) -> tuple[list[dict], list[dict]]:
+    """Read ``cfg.annotation_path``, split it by tomogram and fit ``cfg`` to its training boxes.
+
+    Sets ``cfg.class_mapping`` ("bg" last), ``cfg.split_path`` (``split_file``, default beside the
+    annotations; written there when new), the recipe's data-dependent fields (recipes.fit_to_boxes,
+    when ``cfg.recipe`` is "scratch": input size if ``fit_size``, anchors if ``fit_anchors``;
+    ``propose_anchors``: anchors from the boxes whatever the recipe) and the pixel sizes (``apix``
+    when the sidecars give none); validates ``cfg``. Prints what it chose. Returns (training records,
+    validation records). CryoError for annotations without images or boxes, or a split leaving no
+    training image.
+    """
     records, classes_count, class_mapping = load_annotations(cfg.annotation_path, cfg.parser)
     if not records:
         raise CryoError("no annotated images found", cfg.annotation_path)
@@ -521,20 +559,35 @@ def main(args: argparse.Namespace) -> int:
     if BG_CLASS not in class_mapping:
         class_mapping[BG_CLASS] = len(class_mapping)
     cfg.class_mapping = dict(class_mapping)
-    split_path = args.split_file or splits.default_split_path(cfg.annotation_path)
+    split_path = split_file or splits.default_split_path(cfg.annotation_path)
     splits.assign_splits(records, split_path, cfg.test_fraction, cfg.val_fraction, cfg.seed)
     cfg.split_path = os.path.abspath(split_path)
     train_records = [r for r in records if r.get("imageset") == "train"]
     val_records = [r for r in records if r.get("imageset") == "val"]
     if not train_records:
         raise CryoError("the split left no training images", split_path)
-    fit_config_to_boxes(cfg, args, train_records)
+    fit_config_to_boxes(cfg, train_records, fit_size, fit_anchors, propose_anchors)
     cfg.validate()
-    print(record_pixel_size(cfg, train_records, args.apix))
+    print(record_pixel_size(cfg, train_records, apix))
     print(f"classes: {', '.join(f'{k} ({v})' for k, v in classes_count.items() if k != BG_CLASS)}")
     print(f"images: {len(train_records)} train, {len(val_records)} val, "
           f"{sum(r.get('imageset') == 'test' for r in records)} test (split: {split_path})")
-    for target in (cfg.model_path, bestval_path(cfg.model_path), state_path(cfg.model_path), args.config_filename):
+    return train_records, val_records
+
+
+def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_path: str,
+        time_budget_min: float | None = None, resume: bool = False) -> FitResult:
+    """The training loop (train_frcnn.py's, for a prepared ``cfg``; see :func:`prepare`).
+
+    Up to ``cfg.num_epochs`` epochs of ``cfg.epoch_length`` images, or until ``time_budget_min``
+    minutes of wall time have passed (mid-epoch too; the learning-rate schedule then follows the
+    time). Weights go to ``cfg.model_path`` whenever the epoch loss beats the best so far (the paper's
+    rule), the config to ``config_path`` with the first save; with validation records the best
+    validation AP at ``cfg.val_selection_iou`` also saves ``*_bestval.weights.h5``. After every
+    epoch: the CSV log and the resumable state (``resume=True`` continues from it). CryoError when
+    a loss becomes NaN/Inf (the last good weights stay).
+    """
+    for target in (cfg.model_path, bestval_path(cfg.model_path), state_path(cfg.model_path), config_path):
         for name in remove_stale_temporaries(target):
             print(f"removed {name}, a partial file left by an interrupted run")
     started = time.time()
@@ -548,7 +601,7 @@ def main(args: argparse.Namespace) -> int:
         # killed before it leaves an earlier run's config and weights as they were (a matching pair).
         config_saved = False
         log_rows: list[dict] = []
-        if args.resume:
+        if resume:
             state = load_training_state(state_path(cfg.model_path), trainer, rng)
             first_epoch, best_loss, best_val, log_rows = (state["epoch"], state["best_loss"], state["best_val"],
                                                           state["log_rows"])
@@ -557,8 +610,8 @@ def main(args: argparse.Namespace) -> int:
                                                         augment_images=True)
         def progress(epoch: int, index: int) -> float:
             """Share of the run passed: of --time-budget when one is given, else of the images."""
-            if args.time_budget:
-                return (time.time() - started) / (60.0 * args.time_budget)
+            if time_budget_min:
+                return (time.time() - started) / (60.0 * time_budget_min)
             return (epoch * cfg.epoch_length + index) / (cfg.num_epochs * cfg.epoch_length)
 
         announced_rate = cfg.learning_rate
@@ -568,8 +621,8 @@ def main(args: argparse.Namespace) -> int:
             bar = tqdm(range(cfg.epoch_length), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
             for index in bar:
                 passed = progress(epoch, index)
-                if args.time_budget is not None and passed >= 1.0 and index > 0:
-                    tqdm.write(f"time budget of {args.time_budget:g} min used: epoch {epoch + 1} ends after "
+                if time_budget_min is not None and passed >= 1.0 and index > 0:
+                    tqdm.write(f"time budget of {time_budget_min:g} min used: epoch {epoch + 1} ends after "
                                f"{index} of {cfg.epoch_length} images")
                     break
                 base_rate = scheduled_learning_rate(cfg, passed)          # without the warm-up
@@ -606,9 +659,9 @@ def main(args: argparse.Namespace) -> int:
                 best_loss = curr
                 save_weights_atomic(trainer.models.model_all, cfg.model_path)
                 if not config_saved:
-                    save_config(cfg, args.config_filename)
+                    save_config(cfg, config_path)
                     config_saved = True
-                    print(f"config written to {args.config_filename}")
+                    print(f"config written to {config_path}")
             if val_records:
                 val = validate(trainer, val_records, cfg.seed)
                 row.update(val)
@@ -623,11 +676,13 @@ def main(args: argparse.Namespace) -> int:
             log_rows.append(row)
             _write_log(_log_path(cfg.model_path), log_rows)
             save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng, log_rows)
-            if args.time_budget is not None and time.time() - started > 60.0 * args.time_budget:
-                print(f"time budget of {args.time_budget:g} min used after epoch {epoch + 1}: stopping "
+            if time_budget_min is not None and time.time() - started > 60.0 * time_budget_min:
+                print(f"time budget of {time_budget_min:g} min used after epoch {epoch + 1}: stopping "
                       f"({sum(int(r.get('images', cfg.epoch_length)) for r in log_rows)} training images seen)")
                 break
-        return 0
+        images = sum(int(r.get("images", cfg.epoch_length)) for r in log_rows)
+        return FitResult(epochs=len(log_rows), images_seen=images, best_loss=best_loss, best_val=best_val,
+                         log_rows=log_rows)
     finally:
         source.close()  # the tomograms the slabs were read from
 
