@@ -13,7 +13,6 @@ RPN; ``BoxCoder.head(cfg)``: ``cfg.classifier_regr_std``, its classifier).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,6 +194,6 @@ def box_voting(kept: np.ndarray, candidates: np.ndarray, scores: np.ndarray, iou
 
 
 def clip_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
-    """(N, 4) boxes clipped to ``[0, width] x [0, height]`` (a new float64 array)."""
-    limits: Sequence[float] = (width, height, width, height)
-    return np.clip(as_boxes(boxes, "boxes"), 0.0, np.asarray(limits, dtype=np.float64))
+    """(N, 4) boxes clipped to ``[0, width] x [0, height]`` (a new float64 array): the one clipping rule
+    of proposals (rpn_to_roi) and final boxes (Detector)."""
+    return np.clip(as_boxes(boxes, "boxes"), 0.0, np.array([width, height, width, height], dtype=np.float64))

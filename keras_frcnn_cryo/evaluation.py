@@ -801,8 +801,7 @@ def _load_csv_run(path: str, index: ImageIndex, defaults: Config) -> list[dict]:
         found.n_other_split += more.n_other_split
         for name, count in more.unannotated.items():
             found.unannotated[name] = found.unannotated.get(name, 0) + count
-        found.min_score = float(np.nanmin([found.min_score, more.min_score])) \
-            if not (math.isnan(found.min_score) and math.isnan(more.min_score)) else math.nan
+        found.min_score = min((s for s in (found.min_score, more.min_score) if not math.isnan(s)), default=math.nan)
     if len(files) > 1:
         print(f"{path}: {len(found.detections)} detections merged from {len(files)} --shard parts")
     if found.unannotated:

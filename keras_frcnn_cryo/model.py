@@ -35,7 +35,7 @@ import numpy as np
 
 from . import preprocessing, roi_helpers
 from .atomic import atomic_path
-from .boxes import BoxCoder, apply_regr, box_voting, nms
+from .boxes import BoxCoder, apply_regr, box_voting, clip_boxes, nms
 from .cli import import_tensorflow_quietly
 from .config import BG_CLASS, CHOICES, Config
 from .errors import CryoError
@@ -292,7 +292,6 @@ class Detector:
         cfg = self.cfg
         if rois.shape[0] == 0:
             return _empty(self.class_names)
-        limits = [width, height, width, height]
         probs, deltas, iou = self._head(features, rois)
         iou_weight = cfg.detection_iou_weight if iou is not None else 0.0
         all_boxes, all_scores, all_labels = [], [], []
@@ -300,12 +299,12 @@ class Detector:
             keep = probs[:, cls] ** (1.0 - iou_weight) >= min_score       # the IoU factor is at most 1
             if not np.any(keep):
                 continue
-            boxes = np.clip(apply_regr(rois[keep], deltas[keep, cls]), 0.0, limits)
+            boxes = clip_boxes(apply_regr(rois[keep], deltas[keep, cls]), width, height)
             prob_sum = probs[keep, cls].astype(np.float64)
             quality = iou[keep] if iou is not None else None
             for _ in range(cfg.detection_refine_steps):
                 step_probs, step_deltas, quality = self._head(features, boxes)
-                boxes = np.clip(apply_regr(boxes, step_deltas[:, cls]), 0.0, limits)
+                boxes = clip_boxes(apply_regr(boxes, step_deltas[:, cls]), width, height)
                 prob_sum += step_probs[:, cls]
             scores = prob_sum / (cfg.detection_refine_steps + 1)
             if quality is not None:

@@ -409,6 +409,7 @@ def main(args: argparse.Namespace) -> int:
     """test_frcnn.py: images -> detections.csv + overlays; MRC volumes -> per-volume 2D/3D outputs."""
     shard = parse_shard(args.shard) if getattr(args, "shard", None) is not None else None
     volumes, images = split_inputs(args.path)
+    any_images = bool(images)
     if shard is not None:
         volumes, images = shard_inputs(volumes, shard), shard_inputs(images, shard)
         print(f"shard {shard[0]}/{shard[1]}: {len(volumes)} volume(s) and {len(images)} image(s) of this part")
@@ -419,7 +420,7 @@ def main(args: argparse.Namespace) -> int:
     csv_name = detections_csv_name(shard)
     if args.resume and os.path.isfile(os.path.join(args.output, csv_name)):
         print(f"{csv_name}: complete, its images skipped (--resume)")
-    elif images or (shard is not None and split_inputs(args.path)[1]):
+    elif any_images:
         # a shard left without images still writes its (empty) CSV: measure_map sees the part is done
         root = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))
         predict_images(detector, images, args.output, threshold, root=root, overlays=not args.no_overlays,

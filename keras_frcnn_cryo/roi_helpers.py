@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .anchors import generate_anchors
-from .boxes import MAX_LOG_SCALE, BoxCoder, apply_regr, as_boxes, box_voting, encode_boxes, iou_matrix, nms
+from .boxes import MAX_LOG_SCALE, BoxCoder, apply_regr, as_boxes, box_voting, clip_boxes, encode_boxes, iou_matrix, nms
 from .config import Config
 
 __all__ = ["MAX_LOG_SCALE", "apply_regr", "as_boxes", "box_voting", "calc_iou", "encode_boxes", "iou_matrix",
@@ -51,9 +51,7 @@ def rpn_to_roi(
 
     anchors = generate_anchors(feat_w, feat_h, cfg).reshape(-1, 4)
     scores = cls_map.reshape(-1).astype(np.float64)
-    boxes = BoxCoder.rpn(cfg).decode(anchors, regr_map.reshape(-1, 4))
-    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0.0, float(img_width))
-    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0.0, float(img_height))
+    boxes = clip_boxes(BoxCoder.rpn(cfg).decode(anchors, regr_map.reshape(-1, 4)), img_width, img_height)
 
     kept_boxes = ((boxes[:, 2] - boxes[:, 0]) >= cfg.rpn_min_box_size) & (
         (boxes[:, 3] - boxes[:, 1]) >= cfg.rpn_min_box_size
