@@ -15,6 +15,15 @@ from keras_frcnn_cryo import annotations, metrics, predict, splits, train
 from keras_frcnn_cryo.config import Config
 
 IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# test-time options evaluated on the default model with --test-time: name -> measure_map --set values
+TEST_TIME = {
+    "as trained": [],
+    "refine once": ["detection_refine_steps=1"],
+    "box voting 0.7": ["detection_box_voting_iou=0.7"],
+    "NMS 0.3": ["detection_nms_overlap=0.3"],
+    "RPN score 0.3": ["detection_rpn_weight=0.3"],      # score = head^0.7 * RPN objectness^0.3
+    "RPN score 0.5": ["detection_rpn_weight=0.5"],
+}
 
 
 def train_variant(annotation_path: str, run_dir: str, budget_min: float, seed: int, flags: list[str],

@@ -1,7 +1,7 @@
 """Accuracy on real EM data nobody in this project made: Lucchi++ mitochondria (FIB-SEM), README's defaults.
 
     python benchmarks/accuracy_real_em.py --data PATH/lucchi_pp_train --out runs/accuracy_real_em
-        [--budget-min 60] [--variants default paper] [--jobs 2] [--threads N]
+        [--budget-min 60] [--variants default paper] [--jobs 2] [--threads N] [--test-time] [--eval-only]
 
 Data (``--data``): a lucchi_pp_train folder with images/ and masks/ (55 slices, 1024x768, every third
 slice of the Lucchi++ FIB-SEM training volume, with the experts' binary mitochondria masks). Boxes are the 8-connected components of the expert masks
@@ -14,7 +14,9 @@ Each variant trains from scratch for ``--budget-min`` minutes with
 adds none (the recipe README gives a new user: here the input size and anchors are fitted to these
 40-220 px mitochondria), "paper" adds ``--recipe paper`` (Li et al. 2019 as published: 600-px input,
 128/256/512-px anchors, alternating steps at lr 1e-5). ``--jobs 2`` trains both at once, each on
-half the cores; a single variant gets every core.
+half the cores; a single variant gets every core. ``--test-time`` also evaluates the default model
+with each test-time option (accuracy_common.TEST_TIME); ``--eval-only`` re-evaluates the models an
+earlier run left in ``--out`` without training.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from accuracy_common import evaluate, load_run, records_of, train_variant  # noqa: E402
+from accuracy_common import TEST_TIME, evaluate, load_run, records_of, train_variant  # noqa: E402
 from keras_frcnn_cryo import masks_to_boxes  # noqa: E402
 from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
 
@@ -44,6 +46,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-time", action="store_true", help="also evaluate the test-time options (TEST_TIME)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate the models an earlier run left in --out without training")
     parser.add_argument("--train-only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # --jobs children
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow threads for this run (0: all cores); to run two benchmarks side by side")
@@ -68,15 +73,20 @@ def main() -> None:
     sizes = sorted(((b["x2"] - b["x1"]) * (b["y2"] - b["y1"])) ** 0.5 for r in records for b in r["bboxes"])
     print(f"{len(records)} slices, {len(sizes)} boxes, sqrt(area) {sizes[0]:.0f}-{sizes[-1]:.0f} px "
           f"(median {sizes[len(sizes) // 2]:.0f})", flush=True)
-    if args.jobs > 1 and len(args.variants) > 1:
+    if args.eval_only:
+        print("--eval-only: evaluating the models already in " + args.out, flush=True)
+    elif args.jobs > 1 and len(args.variants) > 1:
         run_variants(os.path.abspath(__file__), sys.argv[1:], args.variants, args.jobs)
     else:
         for variant in args.variants:
             train_variant(annotations, os.path.join(args.out, variant), args.budget_min, args.seed, flags[variant],
                           variant)
     test = records_of(annotations, "test", args.seed, TEST_FRACTION)
-    results = {variant: evaluate(load_run(os.path.join(args.out, variant)), test, f"{variant} | last third")
-               for variant in args.variants}
+    runs = [(variant, variant, None) for variant in args.variants]
+    if args.test_time and "default" in args.variants:
+        runs += [(f"default, {name}", "default", overrides) for name, overrides in TEST_TIME.items()]
+    results = {label: evaluate(load_run(os.path.join(args.out, variant), overrides), test, f"{label} | last third")
+               for label, variant, overrides in runs}
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=2)
     print(f"results -> {os.path.join(args.out, 'results.json')}")

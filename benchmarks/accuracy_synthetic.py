@@ -1,7 +1,7 @@
 """Accuracy on synthetic cryo-ET the model never saw: AP vs IoU on held-out tomograms, with README's defaults.
 
     python benchmarks/accuracy_synthetic.py --out runs/accuracy_synthetic [--budget-min 60]
-        [--variants default paper no-slabs ...] [--jobs 2] [--test-time] [--threads N]
+        [--variants default paper no-slabs ...] [--jobs 2] [--test-time] [--eval-only] [--threads N]
 
 1. Generates ``--tomograms`` synthetic tomograms for training (keras_frcnn_cryo.synthetic, seed
    ``--seed``; SNR 0.06-0.12, distractors, mitochondria cut by the border; PNG slices with sidecars
@@ -16,7 +16,8 @@
    IoU 0.5-0.9, COCO AP, F1, mIoU), per tomogram with its SNR (the generator's, and the single-image
    estimate of preprocessing.estimate_snr), and on the test set's tilt images (every
    ``--tilt-step``-th tilt; boxes projected from the 3D objects).
-4. ``--test-time`` also evaluates the default model with each test-time option (TEST_TIME below) switched.
+4. ``--test-time`` also evaluates the default model with each test-time option (accuracy_common.TEST_TIME)
+   switched; ``--eval-only`` re-evaluates the models of an earlier run in ``--out`` without training.
 
 Everything runs through the package's entry points (accuracy_common.py), so the numbers are what a
 user gets. The log prints the images each model saw and the CPU it ran on.
@@ -35,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from accuracy_common import IOUS, evaluate, load_run, records_of, train_variant  # noqa: E402
+from accuracy_common import IOUS, TEST_TIME, evaluate, load_run, records_of, train_variant  # noqa: E402
 from keras_frcnn_cryo import annotations, metrics, preprocessing, splits, synthetic, tomo_io  # noqa: E402
 from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
 
@@ -52,13 +53,6 @@ VARIANTS = {
     "paper-anchors": ["--anchor-scales", "128", "256", "512"],
     "near-bg": ["--set", "classifier_min_overlap=0.1"],             # keras-frcnn: bg RoIs only near objects
     "all-bg": ["--set", "classifier_min_overlap=0"],                # every RoI below IoU 0.5 is background
-}
-# test-time options evaluated on the default model with --test-time: name -> measure_map --set values
-TEST_TIME = {
-    "as trained": [],
-    "refine once": ["detection_refine_steps=1"],
-    "box voting 0.7": ["detection_box_voting_iou=0.7"],
-    "NMS 0.3": ["detection_nms_overlap=0.3"],
 }
 
 
@@ -132,6 +126,8 @@ def main() -> None:
                         help="models to train (default: README's command only)")
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
     parser.add_argument("--test-time", action="store_true", help="also evaluate the test-time options (TEST_TIME)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate the models an earlier run left in --out (same data arguments) without training")
     parser.add_argument("--tilt-step", type=int, default=4, help="evaluate every n-th tilt image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # --jobs children
@@ -152,7 +148,9 @@ def main() -> None:
     print(f"training data: {train_data['n_images']} slices, {train_data['n_boxes']} boxes, split "
           f"{train_data['split_counts']}; test set (seeds {args.test_seed}, {args.test_seed + 1}): "
           f"{sum(d['n_images'] for d in test_sets.values())} slices", flush=True)
-    if args.jobs > 1 and len(args.variants) > 1:
+    if args.eval_only:
+        print("--eval-only: evaluating the models already in " + args.out, flush=True)
+    elif args.jobs > 1 and len(args.variants) > 1:
         run_variants(os.path.abspath(__file__), sys.argv[1:], args.variants, args.jobs)
     else:
         for variant in args.variants:

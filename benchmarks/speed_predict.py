@@ -99,7 +99,7 @@ def rois_to_head(detector, image: np.ndarray) -> int:
     from keras_frcnn_cryo import preprocessing
     x_img, _ = preprocessing.prepare_image(image, detector.cfg)
     rpn_cls, rpn_regr, _ = detector.models.model_rpn(x_img[None].astype(np.float32), training=False)
-    rois = detector.proposals(np.asarray(rpn_cls[0], np.float32), np.asarray(rpn_regr[0], np.float32),
+    rois, _ = detector.proposals(np.asarray(rpn_cls[0], np.float32), np.asarray(rpn_regr[0], np.float32),
                               x_img.shape[1], x_img.shape[0])
     return int(rois.shape[0])
 

@@ -51,6 +51,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "backbone_norm": ("auto", "frozen_bn", "group", "batch"),
     "inference_precision": ("float32", "bfloat16"),
     "train_mode": ("alternating", "joint"),
+    "distribute": ("none", "mirrored", "multiworker"),
 }
 
 
@@ -178,6 +179,12 @@ class Config:
     # backbone pass per image, proposals and classifier targets from that pass, one gradient of
     # L_rpn + L_cls; about half the cost of an alternating iteration.
     train_mode: str = "alternating"
+    # Scale-out (not in the paper, which trains one image per step on one device; see distribute.py):
+    # tf.distribute strategy "none", "mirrored" or "multiworker"; images per step (global, split
+    # across the replicas; joint mode only beyond 1); logical CPU devices to mirror over (0: the GPUs).
+    distribute: str = "none"
+    batch_size: int = 1
+    cpu_replicas: int = 0
     num_epochs: int = 2000
     epoch_length: int = 1000
     test_fraction: float = 1.0 / 6.0          # paper: 5:1 train:test (we split by tomogram)
@@ -194,6 +201,11 @@ class Config:
     # of the candidate boxes of its class that overlap it at IoU >= this (box voting).
     detection_box_voting_iou: float = 0.0
     detection_iou_weight: float = 0.5         # with classifier_iou_head: see there
+    # Weight r of the RPN's objectness in the final score (not in the paper, whose score is the
+    # head's class probability: 0.0): score = head score^(1 - r) * objectness^r. The RPN samples its
+    # negatives over the whole image, the head (classifier_min_overlap) only near labelled objects,
+    # so objectness is the stage that has learnt that isolated look-alikes are background.
+    detection_rpn_weight: float = 0.0
     max_detections: int = 100                 # per image
     eval_min_score: float = 0.05              # measure_map keeps detections above this for AP
     snr_sample_slices: int = 5                # slices per volume or image group whose median SNR estimate is reported
@@ -251,11 +263,12 @@ class Config:
                 raise bad(name, f"use one of {', '.join(allowed)}")
         for name in ("im_size", "rpn_stride", "rpn_num_regions", "rpn_pre_nms_top_n", "rpn_max_proposals",
                      "rpn_max_proposals_test", "pool_size", "roi_samples_per_bin", "num_rois", "max_detections",
-                     "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices"):
+                     "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices",
+                     "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "must be a whole number >= 1")
-        for name in ("im_max_size", "lr_warmup_steps", "detection_refine_steps", "track_max_gap"):
+        for name in ("im_max_size", "lr_warmup_steps", "detection_refine_steps", "track_max_gap", "cpu_replicas"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(name, "must be a whole number >= 0")
@@ -266,12 +279,15 @@ class Config:
                      "rpn_max_positive_fraction", "classifier_positive_fraction", "test_fraction", "val_fraction",
                      "lr_drop_fraction", "lr_drop_factor", "rpn_nms_overlap", "detection_nms_overlap",
                      "detection_threshold", "eval_min_score", "rpn_min_score_test", "detection_iou_weight",
+                     "detection_rpn_weight",
                      "detection_box_voting_iou", "track_min_iou", "tilt_consistency_min_iou"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise bad(name, "must lie in [0, 1]")
         for low, high in (("rpn_min_overlap", "rpn_max_overlap"), ("classifier_min_overlap", "classifier_max_overlap")):
             if getattr(self, low) > getattr(self, high):
                 raise bad(low, f"must not exceed {high} = {getattr(self, high)}")
+        if self.train_mode != "joint" and (self.batch_size > 1 or self.distribute != "none"):
+            raise bad("train_mode", "only joint training takes --batch-size > 1 or --distribute")
         if not self.anchor_box_scales or min(float(s) for s in self.anchor_box_scales) <= 0:
             raise bad("anchor_box_scales", "needs one or more sizes > 0 (px)")
         if not self.anchor_box_ratios or any(len(r) != 2 or min(float(v) for v in r) <= 0

@@ -276,15 +276,18 @@ class Detector:
         deltas = BoxCoder.head(cfg).unweight(outputs[1][0].numpy().reshape(boxes.shape[0], -1, 4))
         return outputs[0][0].numpy(), deltas, iou
 
-    def _classify(self, features, rois: np.ndarray, width: int, height: int, min_score: float) -> Detections:
+    def _classify(self, features, rois: np.ndarray, objectness: np.ndarray, width: int, height: int,
+                  min_score: float) -> Detections:
         """conv5 head on all proposals of one image, per-class decoding, refinement, NMS and voting.
 
-        features: (1, h, w, 1024) in ``feature_dtype``; rois: (M, 4) in network-input pixels. Per
+        features: (1, h, w, 1024) in ``feature_dtype``; rois: (M, 4) in network-input pixels and
+        objectness (M,) their RPN scores. Per
         class: proposals that can reach ``min_score`` are decoded; with ``cfg.detection_refine_steps``
         the head runs again on the decoded boxes (each pass decodes from the previous boxes, and the
         class probability is the mean over passes); with the IoU head the score is that probability
         ``^ (1 - w)`` times the IoU the last pass predicts for its input box ``^ w`` (w =
-        ``cfg.detection_iou_weight``), else the probability; per-class NMS at
+        ``cfg.detection_iou_weight``), else the probability; that score ``^ (1 - r)`` times the RPN
+        objectness of the proposal ``^ r`` (r = ``cfg.detection_rpn_weight``); per-class NMS at
         ``cfg.detection_nms_overlap``; with ``cfg.detection_box_voting_iou`` each kept box becomes the
         score-weighted mean of the boxes it suppressed or kept (IoU >= that value). Boxes returned in
         network-input pixels, scores float64 (all >= ``min_score``).
@@ -294,9 +297,11 @@ class Detector:
             return _empty(self.class_names)
         probs, deltas, iou = self._head(features, rois)
         iou_weight = cfg.detection_iou_weight if iou is not None else 0.0
+        rpn_weight = float(cfg.detection_rpn_weight)
         all_boxes, all_scores, all_labels = [], [], []
         for cls in range(cfg.num_classes - 1):
-            keep = probs[:, cls] ** (1.0 - iou_weight) >= min_score       # the IoU factor is at most 1
+            # the IoU and objectness factors are at most 1: this bounds the final score from above
+            keep = probs[:, cls] ** ((1.0 - iou_weight) * (1.0 - rpn_weight)) >= min_score
             if not np.any(keep):
                 continue
             boxes = clip_boxes(apply_regr(rois[keep], deltas[keep, cls]), width, height)
@@ -309,6 +314,8 @@ class Detector:
             scores = prob_sum / (cfg.detection_refine_steps + 1)
             if quality is not None:
                 scores = scores ** (1.0 - iou_weight) * np.clip(quality, 0.0, 1.0) ** iou_weight
+            if rpn_weight > 0.0:
+                scores = scores ** (1.0 - rpn_weight) * np.clip(objectness[keep], 0.0, 1.0) ** rpn_weight
             valid = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3) & (scores >= min_score)
             boxes, scores = boxes[valid], scores[valid]
             order = nms(boxes, scores, cfg.detection_nms_overlap, cfg.max_detections)
@@ -331,16 +338,17 @@ class Detector:
         rpn_cls, rpn_regr, features = self._rpn_fn(tf.convert_to_tensor(x_batch, tf.float32))
         height, width = x_batch.shape[1:3]
         rpn_cls, rpn_regr = rpn_cls.numpy(), rpn_regr.numpy()
-        return [self._classify(features[i:i + 1], self.proposals(rpn_cls[i], rpn_regr[i], width, height),
+        return [self._classify(features[i:i + 1], *self.proposals(rpn_cls[i], rpn_regr[i], width, height),
                                width, height, min_score) for i in range(x_batch.shape[0])]
 
-    def proposals(self, rpn_cls: np.ndarray, rpn_regr: np.ndarray, width: int, height: int) -> np.ndarray:
+    def proposals(self, rpn_cls: np.ndarray, rpn_regr: np.ndarray, width: int, height: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """The RoIs (M, 4), network-input pixels, that reach the head for one image's RPN outputs
-        (h, w, k) and (h, w, 4k): rpn_to_roi with the test-time cap and score floor of the config."""
-        rois, _ = roi_helpers.rpn_to_roi(rpn_cls, rpn_regr, self.cfg, width, height,
-                                         max_proposals=self.cfg.rpn_max_proposals_test,
-                                         min_score=self.cfg.rpn_min_score_test)
-        return rois
+        (h, w, k) and (h, w, 4k), with their objectness (M,): rpn_to_roi with the test-time cap and
+        score floor of the config."""
+        return roi_helpers.rpn_to_roi(rpn_cls, rpn_regr, self.cfg, width, height,
+                                      max_proposals=self.cfg.rpn_max_proposals_test,
+                                      min_score=self.cfg.rpn_min_score_test)
 
     def input_scale(self, pixel_size_a: float | None) -> float | None:
         """Resize factor that brings an input of ``pixel_size_a`` (A/px) to the training's network pixel

@@ -26,7 +26,7 @@ def rpn_to_roi(
     """Turn the RPN outputs of one image into proposals.
 
     rpn_cls: (H, W, K) objectness in [0, 1]; rpn_regr: (H, W, 4K), channels 4k..4k+3 are anchor k's
-    anchor k's deltas weighted by ``BoxCoder.rpn(cfg)``. A leading batch axis of size 1 is accepted.
+    deltas weighted by ``BoxCoder.rpn(cfg)``. A leading batch axis of size 1 is accepted.
     Anchors come from :func:`keras_frcnn_cryo.anchors.generate_anchors` (as calc_rpn's targets).
     Steps: decode every anchor, clip to ``[0, img_width] x [0, img_height]``, drop boxes narrower or
     lower than ``cfg.rpn_min_box_size`` and those scoring below ``min_score``, keep the

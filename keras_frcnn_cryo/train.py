@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiply the learning rate by 0.1 once this fraction of the epochs (or of "
                         "--time-budget) has passed; 0 = never (paper); scratch "
                         f"{recipes.ScratchRecipe.lr_drop_fraction:g}")
+    p.add_argument("--distribute", default=defaults.distribute, choices=list(CHOICES["distribute"]),
+                   help="tf.distribute strategy: none (one device), mirrored (the GPUs of this machine, or "
+                        "--cpu-replicas CPU devices) or multiworker (cluster and task from TF_CONFIG; only "
+                        "the chief writes files); joint mode")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N",
+                   help="images per step, global, split evenly across the replicas (joint mode beyond 1)")
+    p.add_argument("--cpu-replicas", type=int, default=defaults.cpu_replicas, metavar="N",
+                   help="split the CPU into N logical devices for --distribute (runs and tests mirrored "
+                        "training without a GPU)")
     p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE", dest="overrides",
                    help="set any Config field last, e.g. roi_pool_mode=cells (repeatable; see config.py)")
     p.add_argument("--resume", action="store_true",
@@ -175,6 +184,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if min(cfg.anchor_box_scales) <= 0:
             raise CryoError("--anchor-scales must be positive")
     cfg.backbone_norm = args.backbone_norm
+    cfg.distribute, cfg.batch_size, cfg.cpu_replicas = args.distribute, args.batch_size, args.cpu_replicas
     apply_overrides(cfg, args.overrides)
     return cfg.validate()
 
@@ -240,12 +250,27 @@ class Trainer:
     """Holds the models, optimisers and compiled train steps."""
 
     def __init__(self, cfg: Config):
+        from . import distribute
+
+        self.cfg = cfg
+        self.strategy = distribute.make_strategy(cfg)
+        self.replicas = int(self.strategy.num_replicas_in_sync)
+        self.per_replica = distribute.per_replica(cfg, self.replicas)
+        # only the chief writes into the output folder (multiworker); every other run is its own chief
+        self.chief = cfg.distribute != "multiworker" or distribute.is_chief()
+        if cfg.distribute != "none":
+            print(f"tf.distribute: {cfg.distribute}, {self.replicas} replicas in sync, {cfg.batch_size} images "
+                  f"per step ({self.per_replica} per replica)")
+        with self.strategy.scope():
+            self._build(cfg)
+
+    def _build(self, cfg: Config) -> None:
+        """Models, optimisers and compiled steps (inside the strategy's scope)."""
         import keras
         import tensorflow as tf
 
-        from . import losses
+        from . import losses, targets_tf
 
-        self.cfg = cfg
         self.models = build_models(cfg)
         if cfg.base_net_weights:
             loaded = load_imagenet_weights(self.models, cfg.base_net_weights)
@@ -315,47 +340,58 @@ class Trainer:
             self.opt_cls.apply_gradients(zip(grads, self.cls_vars))
             return l_cls, l_regr, l_iou, acc
 
-        def numpy_targets(p_cls, p_regr, boxes, labels):
-            """Classifier targets from RPN outputs, as in the alternating mode (runs as numpy)."""
-            targets = self.classifier_targets(self._joint_shape, boxes, labels, p_cls, p_regr, self._joint_rng)
-            if targets is None:  # nothing to train the head on: one dummy RoI with zero weight
-                return (np.array([[[0, 0, 1, 1]]], np.float32), np.eye(n_fg + 1, dtype=np.float32)[None, -1:],
-                        np.zeros((1, 1, 8 * n_fg), np.float32), np.zeros((1, 1, 1), np.float32), np.float32(0.0),
-                        np.float32(np.nan))
-            rois, y_cls, y_regr, y_iou, pos_fraction = targets
-            return rois, y_cls, y_regr, y_iou, np.float32(1.0), np.float32(pos_fraction)
+        def image_losses(x, y_cls, y_regr, boxes, labels, seed):
+            """Joint-mode losses of one image (1, H, W, 3): one backbone pass; classifier targets from
+            this pass's proposals in TensorFlow ops (targets_tf). Returns the 8 per-image statistics."""
+            features = m.base(x, training=True)
+            p_cls, p_regr = m.rpn_head(features, training=True)
+            l_rpn_cls, l_rpn_regr = self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr)
+            batch = targets_tf.classifier_batch(
+                tf.stop_gradient(p_cls[0]), tf.stop_gradient(p_regr[0]), boxes, labels, cfg,
+                tf.shape(x)[2], tf.shape(x)[1], seed)
+            rois, c_true, r_true, iou_true = (t[None] for t in batch[:4])
+            outputs = m.classifier_head([features, rois], training=True)
+            l_cls, l_regr, l_iou = head_losses(outputs, c_true, r_true, iou_true)
+            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs[0], -1), tf.argmax(c_true, -1)), tf.float32))
+            return l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, acc, batch[4], batch[5]
 
-        def joint_train(x, y_cls, y_regr, boxes, labels):
+        skip_unused_head = cfg.distribute == "none"
+
+        def replica_joint(images):
+            """One replica's share of a joint step: ``images`` is a tuple of per-image tuples (x, y_cls,
+            y_regr, boxes, labels, seed). Its loss is the images' summed losses / the global batch; the
+            optimisers sum the replicas' gradients. Returns (images, 8) statistics."""
             with tf.GradientTape() as tape:
-                features = m.base(x, training=True)
-                p_cls, p_regr = m.rpn_head(features, training=True)
-                l_rpn_cls, l_rpn_regr = self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr)
-                rois, c_true, r_true, iou_true, used, pos_fraction = tf.numpy_function(
-                    numpy_targets, [tf.stop_gradient(p_cls), tf.stop_gradient(p_regr), boxes, labels],
-                    [tf.float32] * 6, stateful=True)
-                rois.set_shape((1, None, 4))
-                c_true.set_shape((1, None, n_fg + 1))
-                r_true.set_shape((1, None, 8 * n_fg))
-                iou_true.set_shape((1, None, 1))
-                outputs = m.classifier_head([features, rois], training=True)
-                c_pred = outputs[0]
-                l_cls, l_regr, l_iou = head_losses(outputs, c_true, r_true, iou_true)
-                total = l_rpn_cls + l_rpn_regr + used * (l_cls + l_regr + l_iou)
+                stats = [image_losses(*image) for image in images]
+                total = tf.add_n([st[0] + st[1] + st[6] * (st[2] + st[3] + st[4]) for st in stats])
+                total = total / float(cfg.batch_size)
             grads = tape.gradient(total, self.rpn_vars + self.cls_vars)
             self.opt_rpn.apply_gradients(zip(grads[:len(self.rpn_vars)], self.rpn_vars))
             head_grads = grads[len(self.rpn_vars):]
-            # A skipped head (no labelled RoI) gets no Adam step, as in the alternating mode.
-            def apply_head():
-                self.opt_cls.apply_gradients(zip(head_grads, self.cls_vars))
-                return tf.constant(True)
-            tf.cond(used > 0, apply_head, lambda: tf.constant(False))
-            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(c_pred, -1), tf.argmax(c_true, -1)), tf.float32))
-            return l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, acc, used, pos_fraction
+            if skip_unused_head:
+                # One device: a step whose images had no labelled RoI gets no Adam step for the head, as in
+                # the alternating mode. (Under a strategy the update is a synchronisation point that cannot
+                # sit in a branch; its head gradient is then zero, which only happens without
+                # classifier_add_gt_rois.)
+                used = tf.add_n([st[6] for st in stats])
 
-        self._joint_shape, self._joint_rng = (0, 0), np.random.default_rng(0)
-        self.joint_train_step = tf.function(joint_train, input_signature=[
-            img_spec, rpn_specs[1], rpn_specs[2], tf.TensorSpec((None, 4), tf.float64),
-            tf.TensorSpec((None,), tf.int64)])
+                def apply_head():
+                    self.opt_cls.apply_gradients(zip(head_grads, self.cls_vars))
+                    return tf.constant(True)
+                tf.cond(used > 0, apply_head, lambda: tf.constant(False))
+            else:
+                self.opt_cls.apply_gradients(zip(head_grads, self.cls_vars))
+            return tf.stack([tf.stack([tf.cast(v, tf.float32) for v in st]) for st in stats])
+
+        def joint_step(inputs):
+            return self.strategy.run(replica_joint, args=(inputs,))
+
+        if cfg.distribute == "none":   # plain tensors: one trace for any image size and box count
+            image_spec = (img_spec, rpn_specs[1], rpn_specs[2], tf.TensorSpec((None, 4), tf.float32),
+                          tf.TensorSpec((None,), tf.int64), tf.TensorSpec((2,), tf.int32))
+            self.joint_step = tf.function(joint_step, input_signature=[(image_spec,) * self.per_replica])
+        else:                          # per-replica values: shapes are relaxed after the second trace
+            self.joint_step = tf.function(joint_step, reduce_retracing=True)
         self.rpn_train_step = tf.function(rpn_train, input_signature=rpn_specs)
         self.cls_train_step = tf.function(cls_train, input_signature=cls_specs)
         self.rpn_eval_step = tf.function(lambda x, c, r: rpn_forward(x, c, r, False), input_signature=rpn_specs,
@@ -363,6 +399,19 @@ class Trainer:
         self.cls_eval_step = tf.function(lambda x, r, c, g, u: cls_forward(x, r, c, g, u, False),
                                          input_signature=cls_specs,
                                          autograph=False)
+
+    def agree(self, value: float) -> float:
+        """``value`` made the same on every worker (under multiworker, the value of replica 0, the chief's
+        first; itself otherwise), so that time-based decisions (the budget, the learning-rate drop)
+        cannot split the workers."""
+        if self.cfg.distribute != "multiworker":
+            return value
+        import tensorflow as tf
+
+        def replica_value():
+            first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+            return tf.where(first, float(value), 0.0)
+        return float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(replica_value), axis=None))
 
     def set_learning_rate(self, rate: float) -> None:
         """Set both Adams' learning rate (the compiled steps read it at every call)."""
@@ -399,15 +448,7 @@ class Trainer:
         """One training iteration on one image (both modes); the losses (nan where the head was skipped,
         and for ``cls_iou`` without the IoU head)."""
         if self.joint:
-            self._joint_shape, self._joint_rng = sample["x_img"].shape[1:3], rng
-            out = self.joint_train_step(sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"],
-                                        np.asarray(sample["boxes"], np.float64).reshape(-1, 4),
-                                        np.asarray(sample["labels"], np.int64).reshape(-1))
-            l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, acc, used, pos_fraction = (float(v) for v in out)
-            result = {"rpn_cls": l_rpn_cls, "rpn_regr": l_rpn_regr, **_HEAD_SKIPPED}
-            if used > 0:
-                result.update(self._head_result(l_cls, l_regr, l_iou, acc, pos_fraction))
-            return result
+            return self.train_on_batch([sample], rng)[0]
         l_rpn_cls, l_rpn_regr, p_cls, p_regr = self.rpn_train_step(
             sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"])
         out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), **_HEAD_SKIPPED}
@@ -418,6 +459,36 @@ class Trainer:
             l_cls, l_regr, l_iou, acc = self.cls_train_step(sample["x_img"], rois, y_cls, y_regr, y_iou)
             out.update(self._head_result(l_cls, l_regr, l_iou, acc, pos_fraction))
         return out
+
+    def train_on_batch(self, samples: list[dict], rng: np.random.Generator) -> list[dict[str, float]]:
+        """One training step on ``cfg.batch_size`` images (one, in the alternating mode), split across
+        the replicas in order; the losses of each image, as :meth:`train_on_sample` gives them."""
+        if not self.joint:
+            return [self.train_on_sample(sample, rng) for sample in samples]
+        import tensorflow as tf
+
+        if len(samples) != self.per_replica * self.replicas:
+            raise ValueError(f"a step takes {self.per_replica * self.replicas} images, got {len(samples)}")
+        images = [(sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"],
+                   np.asarray(sample["boxes"], np.float32).reshape(-1, 4),
+                   np.asarray(sample["labels"], np.int64).reshape(-1),
+                   rng.integers(0, 2**31 - 1, size=2, dtype=np.int32)) for sample in samples]
+        k = self.per_replica
+
+        def replica_values(context):
+            first = context.replica_id_in_sync_group * k
+            return tuple(tuple(tf.constant(v) for v in image) for image in images[first:first + k])
+
+        inputs = self.strategy.experimental_distribute_values_from_function(replica_values)
+        # every replica's rows, in global image order, on every worker
+        rows = np.asarray(self.strategy.gather(self.joint_step(inputs), axis=0))
+        results = []
+        for l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, acc, used, pos_fraction in rows.tolist():
+            result = {"rpn_cls": l_rpn_cls, "rpn_regr": l_rpn_regr, **_HEAD_SKIPPED}
+            if used > 0:
+                result.update(self._head_result(l_cls, l_regr, l_iou, acc, pos_fraction))
+            results.append(result)
+        return results
 
     def _head_result(self, l_cls, l_regr, l_iou, acc, pos_fraction) -> dict[str, float]:
         return {"cls_cls": float(l_cls), "cls_regr": float(l_regr),
@@ -587,11 +658,11 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
     epoch: the CSV log and the resumable state (``resume=True`` continues from it). CryoError when
     a loss becomes NaN/Inf (the last good weights stay).
     """
-    for target in (cfg.model_path, bestval_path(cfg.model_path), state_path(cfg.model_path), config_path):
-        for name in remove_stale_temporaries(target):
-            print(f"removed {name}, a partial file left by an interrupted run")
     started = time.time()
     trainer = Trainer(cfg)
+    for target in (cfg.model_path, bestval_path(cfg.model_path), state_path(cfg.model_path), config_path):
+        for name in (remove_stale_temporaries(target) if trainer.chief else []):
+            print(f"removed {name}, a partial file left by an interrupted run")
     rng = np.random.default_rng(cfg.seed)
     source = tomo_io.image_source(cfg)
     try:
@@ -618,9 +689,10 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
         for epoch in range(first_epoch, cfg.num_epochs):
             stats = EpochStats()
             start = time.time()
-            bar = tqdm(range(cfg.epoch_length), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
-            for index in bar:
-                passed = progress(epoch, index)
+            bar = tqdm(total=cfg.epoch_length, desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="img")
+            index = 0          # images of this epoch so far; a step takes cfg.batch_size of them
+            while index < cfg.epoch_length:
+                passed = trainer.agree(progress(epoch, index))       # the same on every worker
                 if time_budget_min is not None and passed >= 1.0 and index > 0:
                     tqdm.write(f"time budget of {time_budget_min:g} min used: epoch {epoch + 1} ends after "
                                f"{index} of {cfg.epoch_length} images")
@@ -633,15 +705,17 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
                 rate = scheduled_learning_rate(cfg, passed, epoch * cfg.epoch_length + index)
                 if not math.isclose(rate, trainer.learning_rate):
                     trainer.set_learning_rate(rate)
-                step = trainer.train_on_sample(next(gen), rng)
-                classifier_ran = not math.isnan(step["pos_fraction"])  # nan classifier losses: step skipped
-                if not all(math.isfinite(step[k]) for k in ("rpn_cls", "rpn_regr")) or \
-                        (classifier_ran and not all(math.isfinite(step[k]) for k in _head_keys(trainer))):
-                    kept = (f"the last good weights are kept in {cfg.model_path}" if math.isfinite(best_loss)
-                            else "no weights were saved yet")
-                    raise CryoError(f"loss became NaN/Inf in epoch {epoch + 1} ({step}); {kept} (try a lower "
-                                    "--learning-rate; --resume restarts after the last completed epoch)")
-                stats.add(**step)
+                for step in trainer.train_on_batch([next(gen) for _ in range(cfg.batch_size)], rng):
+                    classifier_ran = not math.isnan(step["pos_fraction"])  # nan classifier losses: step skipped
+                    if not all(math.isfinite(step[k]) for k in ("rpn_cls", "rpn_regr")) or \
+                            (classifier_ran and not all(math.isfinite(step[k]) for k in _head_keys(trainer))):
+                        kept = (f"the last good weights are kept in {cfg.model_path}" if math.isfinite(best_loss)
+                                else "no weights were saved yet")
+                        raise CryoError(f"loss became NaN/Inf in epoch {epoch + 1} ({step}); {kept} (try a lower "
+                                        "--learning-rate; --resume restarts after the last completed epoch)")
+                    stats.add(**step)
+                index += cfg.batch_size
+                bar.update(cfg.batch_size)
                 bar.set_postfix(rpn_cls=f"{stats.mean('rpn_cls'):.3f}", rpn_regr=f"{stats.mean('rpn_regr'):.3f}",
                                 cls=f"{stats.mean('cls_cls'):.3f}", regr=f"{stats.mean('cls_regr'):.3f}",
                                 acc=f"{stats.mean('cls_acc'):.2f}")
@@ -655,10 +729,13 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
                   f"cls {row['cls_cls']:.4f}, regr {row['cls_regr']:.4f}{iou_text}), classifier accuracy "
                   f"{row['cls_acc']:.3f}, {row['seconds']:.1f} s")
             if curr < best_loss:
-                print(f"total loss decreased from {best_loss:.4f} to {curr:.4f}, saving weights to {cfg.model_path}")
+                if trainer.chief:
+                    print(f"total loss decreased from {best_loss:.4f} to {curr:.4f}, saving weights to "
+                          f"{cfg.model_path}")
                 best_loss = curr
-                save_weights_atomic(trainer.models.model_all, cfg.model_path)
-                if not config_saved:
+                if trainer.chief:
+                    save_weights_atomic(trainer.models.model_all, cfg.model_path)
+                if not config_saved and trainer.chief:
                     save_config(cfg, config_path)
                     config_saved = True
                     print(f"config written to {config_path}")
@@ -670,13 +747,16 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
                 score = val[f"val_ap@{cfg.val_selection_iou:g}"]
                 if score > best_val:
                     best_val = score
-                    save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
-                    print(f"  best validation AP@{cfg.val_selection_iou:g} so far ({score:.3f}): "
-                          f"saved {bestval_path(cfg.model_path)}")
+                    if trainer.chief:
+                        save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
+                        print(f"  best validation AP@{cfg.val_selection_iou:g} so far ({score:.3f}): "
+                              f"saved {bestval_path(cfg.model_path)}")
             log_rows.append(row)
-            _write_log(_log_path(cfg.model_path), log_rows)
-            save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng, log_rows)
-            if time_budget_min is not None and time.time() - started > 60.0 * time_budget_min:
+            if trainer.chief:
+                _write_log(_log_path(cfg.model_path), log_rows)
+                save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng,
+                                    log_rows)
+            if time_budget_min is not None and trainer.agree(time.time() - started > 60.0 * time_budget_min):
                 print(f"time budget of {time_budget_min:g} min used after epoch {epoch + 1}: stopping "
                       f"({sum(int(r.get('images', cfg.epoch_length)) for r in log_rows)} training images seen)")
                 break

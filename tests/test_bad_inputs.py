@@ -709,8 +709,9 @@ def test_disk_full_while_saving_weights_keeps_the_old_model(inputs, tmp_path, mo
     for name in MODEL_FILES:
         shutil.copy2(inputs.model_dir / name, model_dir / name)
     before = {name: sha256(model_dir / name) for name in MODEL_FILES}
-    monkeypatch.setattr(train.Trainer, "train_on_sample", lambda self, sample, rng: {
-        "rpn_cls": 0.6, "rpn_regr": 0.2, "cls_cls": 0.7, "cls_regr": 0.3, "cls_acc": 0.5, "pos_fraction": 0.25})
+    monkeypatch.setattr(train.Trainer, "train_on_batch", lambda self, samples, rng: [{
+        "rpn_cls": 0.6, "rpn_regr": 0.2, "cls_cls": 0.7, "cls_regr": 0.3, "cls_acc": 0.5, "pos_fraction": 0.25}
+        for _ in samples])
     real_save = keras.Model.save_weights
     sizes = []
 

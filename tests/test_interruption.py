@@ -243,7 +243,7 @@ def test_nan_classifier_loss_alone_stops_training(toy_dataset, tmp_path, monkeyp
     skipped = dict(finite, cls_cls=float("nan"), cls_regr=float("nan"), cls_acc=float("nan"), pos_fraction=float("nan"))
     broken = dict(finite, cls_cls=float("nan"))
     schedule = [finite, skipped, broken]          # epoch 1: a step and a skipped classifier; epoch 2: NaN
-    monkeypatch.setattr(train.Trainer, "train_on_sample", lambda self, sample, rng: schedule.pop(0))
+    monkeypatch.setattr(train.Trainer, "train_on_batch", lambda self, samples, rng: [schedule.pop(0) for _ in samples])
     weights = tmp_path / "model.weights.h5"
     argv = ["-p", toy_dataset, "--im-size", str(TOY_SIZE), "--anchor-scales", *(f"{s:g}" for s in TOY_ANCHORS),
             "--num_epochs", "2", "--epoch_length", "2", "--output_weight_path", str(weights),

@@ -117,6 +117,25 @@ def test_refinement_and_voting_keep_detections_well_formed(models):
     assert any(moved)                                                   # the second pass moved boxes
 
 
+def test_rpn_weight_mixes_objectness_into_the_score(models, monkeypatch):
+    """score = head probability^(1 - r) x RPN objectness^r; r = 0 is the head's probability alone."""
+    rois = np.array([[0.0, 0.0, 20.0, 20.0], [40.0, 40.0, 70.0, 60.0]])
+    objectness = np.array([0.25, 0.9])
+    probs = np.array([[0.9, 0.1], [0.6, 0.4]])                  # (RoIs, classes + bg)
+
+    def head(features, boxes):
+        return probs, np.zeros((len(boxes), 1, 4)), None        # no deltas: boxes stay the RoIs
+    for weight in (0.0, 0.5):
+        detector = model_mod.Detector(toy_config(detection_rpn_weight=weight), models=models)
+        monkeypatch.setattr(detector, "_head", head)
+        dets = detector._classify(None, rois, objectness, 96, 96, min_score=0.0)
+        want = probs[:, 0] ** (1 - weight) * objectness ** weight
+        order = np.argsort(-want)
+        np.testing.assert_allclose(dets.scores, want[order])
+        np.testing.assert_allclose(dets.boxes, rois[order])
+    assert want[1] > want[0]                                     # objectness reversed the ranking
+
+
 def test_three_channel_input_is_detected_like_a_grey_image(models):
     detector = model_mod.Detector(toy_config(), models=models)
     image = np.random.default_rng(2).integers(0, 255, (96, 96)).astype(np.uint8)
