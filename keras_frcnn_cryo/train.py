@@ -9,8 +9,10 @@ Per image (Li et al. 2019, keras-frcnn; ``train_mode = "alternating"``, the defa
 
 ``train_mode = "joint"`` (approximate joint training, Ren et al. 2015) does the same per image in
 one compiled step with one backbone pass: the proposals and classifier targets of steps 2-3 are
-computed from that pass (by the same numpy code, inside the graph), and one gradient of
-L_rpn + L_cls updates all weights. The RoIs are constants to the gradient in both modes.
+computed from that pass in TensorFlow ops (targets_tf, checked against the numpy code of roi_helpers),
+and one gradient of L_rpn + L_cls updates all weights. The RoIs are constants to the gradient in both
+modes. Joint steps may take ``batch_size`` images and run under a tf.distribute strategy
+(``distribute``; see distribute.py): the step is then the mean over the global batch.
 
 An epoch is ``epoch_length`` images. After each epoch the summed mean loss is compared with the best
 so far; the weights are written (atomically) only when it improves (the paper's rule). With a
@@ -247,7 +249,8 @@ class EpochStats:
 
 
 class Trainer:
-    """Holds the models, optimisers and compiled train steps."""
+    """Holds the tf.distribute strategy, the models and optimisers (built in its scope) and the compiled
+    train steps. ``chief``: whether this process writes files (False on multiworker workers but one)."""
 
     def __init__(self, cfg: Config):
         from . import distribute
