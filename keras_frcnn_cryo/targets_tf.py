@@ -119,12 +119,10 @@ def calc_iou(rois: tf.Tensor, gt_boxes: tf.Tensor, gt_labels: tf.Tensor, cfg: Co
     class_idx = tf.where(positive, matched_label, num_fg)
     y_class = tf.one_hot(class_idx, num_classes, dtype=tf.float32)
     matched = tf.gather(tf.concat([gt_boxes, [[0.0, 0.0, 1.0, 1.0]]], axis=0), best_gt)
-    pos_f = tf.cast(positive, tf.float32)[:, None]
-    # encode only where positive (a zero-size match would give log(0)); the mask zeroes the others
-    safe_target = tf.where(positive[:, None], matched, rois)
-    targets = tf.where(positive[:, None], encode(rois, safe_target, BoxCoder.head(cfg)), 0.0)
-    slot = tf.one_hot(tf.minimum(class_idx, num_fg - 1), num_fg, dtype=tf.float32) * pos_f     # (R, C - 1)
-    mask = tf.repeat(slot, 4, axis=1)                                                           # (R, 4(C - 1))
+    # non-positives are encoded against themselves (zero deltas; a zero-size match would give log(0))
+    targets = encode(rois, tf.where(positive[:, None], matched, rois), BoxCoder.head(cfg))
+    # one_hot of the bg index (num_fg) at depth num_fg is a zero row: the mask covers positives only
+    mask = tf.repeat(tf.one_hot(class_idx, num_fg, dtype=tf.float32), 4, axis=1)             # (R, 4(C - 1))
     values = mask * tf.tile(targets, [1, num_fg])
     return rois, y_class, tf.concat([mask, values], axis=1), best_iou
 

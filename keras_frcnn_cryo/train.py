@@ -470,8 +470,8 @@ class Trainer:
             return [self.train_on_sample(sample, rng) for sample in samples]
         import tensorflow as tf
 
-        if len(samples) != self.per_replica * self.replicas:
-            raise ValueError(f"a step takes {self.per_replica * self.replicas} images, got {len(samples)}")
+        if len(samples) != self.cfg.batch_size:
+            raise ValueError(f"a step takes {self.cfg.batch_size} images, got {len(samples)}")
         images = [(sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"],
                    np.asarray(sample["boxes"], np.float32).reshape(-1, 4),
                    np.asarray(sample["labels"], np.int64).reshape(-1),
@@ -735,13 +735,12 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
                 if trainer.chief:
                     print(f"total loss decreased from {best_loss:.4f} to {curr:.4f}, saving weights to "
                           f"{cfg.model_path}")
-                best_loss = curr
-                if trainer.chief:
                     save_weights_atomic(trainer.models.model_all, cfg.model_path)
-                if not config_saved and trainer.chief:
-                    save_config(cfg, config_path)
-                    config_saved = True
-                    print(f"config written to {config_path}")
+                    if not config_saved:
+                        save_config(cfg, config_path)
+                        config_saved = True
+                        print(f"config written to {config_path}")
+                best_loss = curr
             if val_records:
                 val = validate(trainer, val_records, cfg.seed)
                 row.update(val)
