@@ -51,7 +51,7 @@ VARIANTS = {
     "alternating": ["--train-mode", "alternating"],                 # the paper's two-step schedule
     "no-preprocess": ["--no-preprocess"],                           # the paper's ablation
     "paper-anchors": ["--anchor-scales", "128", "256", "512"],
-    "near-bg": ["--set", "classifier_min_overlap=0.1"],             # keras-frcnn: bg RoIs only near objects
+    "near-bg": ["--set", "classifier_hard_negative_fraction=0"],    # keras-frcnn: bg RoIs only near objects
     "all-bg": ["--set", "classifier_min_overlap=0"],                # every RoI below IoU 0.5 is background
 }
 

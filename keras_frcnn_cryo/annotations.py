@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from . import pascal_voc_parser, simple_parser
-from .config import CHOICES
+from .config import CHOICES, check_choice
 from .errors import CryoError
 
 PARSERS = CHOICES["parser"]
@@ -19,12 +19,10 @@ def load_annotations(path: str, parser: str) -> tuple[list[dict], dict[str, int]
     """(records, classes_count, class_mapping) from either annotation format; one record per image."""
     if not os.path.exists(path):
         raise CryoError("annotation path not found", path)
-    if parser == "simple":
+    if check_choice("parser", parser) == "simple":
         found = simple_parser.get_data(path)
-    elif parser == "pascal_voc":
-        found = pascal_voc_parser.get_data(path)
     else:
-        raise CryoError(f"unknown parser {parser!r} (use simple or pascal_voc)")
+        found = pascal_voc_parser.get_data(path)
     seen: set[str] = set()
     for record in found[0]:
         if record["filepath"] in seen:  # two XML files for one image: each would hide the other's boxes

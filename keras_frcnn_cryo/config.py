@@ -55,6 +55,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_choice(name: str, value: Any) -> Any:
+    """``value`` when it is one of ``CHOICES[name]``, else CryoError naming the field and the allowed
+    values (the one check behind Config.validate and the modules acting on a choice field)."""
+    allowed = CHOICES[name]
+    if value not in allowed:
+        raise CryoError(f"config field {name} = {value!r}: use one of {', '.join(allowed)}")
+    return value
+
+
 @dataclass
 class Config:
     """All tunables. Defaults are the paper's values; comments give the source of each."""
@@ -139,6 +148,12 @@ class Config:
     # Ground-truth boxes join the RPN proposals when sampling classifier RoIs (as torchvision does;
     # keras-frcnn does not): the head sees positives even while the RPN is still untrained.
     classifier_add_gt_rois: bool = True
+    # Hard background (not in the paper; 0 = off, keras-frcnn's sampling): up to this share of the
+    # num_rois RoIs of each step (int(num_rois * share), see hard_negative_count) are the RPN's
+    # best-ranked proposals that overlap no labelled box (IoU < classifier_min_overlap, which
+    # calc_iou would drop), so the head also learns that isolated look-alikes (lipid droplets,
+    # vesicles) are background. The scratch recipe uses 0.25.
+    classifier_hard_negative_fraction: float = 0.0
     # A third head output (not in the paper): the IoU of each RoI with its object, learnt on the
     # sampled RoIs (losses.class_loss_iou, weight lambda_cls_iou). At detection the score becomes
     # class probability^(1 - w) * predicted IoU^w, w = detection_iou_weight, so well-placed boxes rank
@@ -240,13 +255,15 @@ class Config:
         """Bilateral spatial sigma (px) for an image whose shorter side is ``image_short_side`` px."""
         return self.bilateral_sigma_d * image_short_side / float(self.bilateral_reference_size)
 
+    def hard_negative_count(self) -> int:
+        """RoIs per classifier step taken from the hard background (classifier_hard_negative_fraction)."""
+        return int(self.num_rois * float(self.classifier_hard_negative_fraction))
+
     def resolved_backbone_norm(self) -> str:
         """"frozen_bn" or "group" after resolving "auto"."""
         if self.backbone_norm == "auto":
             return "frozen_bn" if self.base_net_weights else "group"
-        if self.backbone_norm not in CHOICES["backbone_norm"]:
-            raise CryoError(f"unknown backbone_norm {self.backbone_norm!r} (use {', '.join(CHOICES['backbone_norm'])})")
-        return self.backbone_norm
+        return check_choice("backbone_norm", self.backbone_norm)
 
     def validate(self) -> Config:
         """Check every field a run depends on; returns self. CryoError naming the first bad field.
@@ -258,9 +275,8 @@ class Config:
         def bad(name: str, why: str) -> CryoError:
             return CryoError(f"config field {name} = {getattr(self, name)!r}: {why}")
 
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"use one of {', '.join(allowed)}")
+        for name in CHOICES:
+            check_choice(name, getattr(self, name))
         for name in ("im_size", "rpn_stride", "rpn_num_regions", "rpn_pre_nms_top_n", "rpn_max_proposals",
                      "rpn_max_proposals_test", "pool_size", "roi_samples_per_bin", "num_rois", "max_detections",
                      "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices",
@@ -286,6 +302,8 @@ class Config:
         for low, high in (("rpn_min_overlap", "rpn_max_overlap"), ("classifier_min_overlap", "classifier_max_overlap")):
             if getattr(self, low) > getattr(self, high):
                 raise bad(low, f"must not exceed {high} = {getattr(self, high)}")
+        if not 0.0 <= float(self.classifier_hard_negative_fraction) < 1.0:
+            raise bad("classifier_hard_negative_fraction", "must lie in [0, 1) (some RoIs are sampled as before)")
         if self.train_mode != "joint" and (self.batch_size > 1 or self.distribute != "none"):
             raise bad("train_mode", "only joint training takes --batch-size > 1 or --distribute")
         if not self.anchor_box_scales or min(float(s) for s in self.anchor_box_scales) <= 0:

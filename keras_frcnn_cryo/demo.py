@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=30, help="slices per tomogram")
     p.add_argument("--slice-step", type=int, default=3, help="label every n-th slice")
     p.add_argument("--apix", type=float, default=50.0, help="pixel size (A/px)")
+    p.add_argument("--snr-min", type=float, default=0.06, help="lowest tilt-image SNR of the tomograms")
+    p.add_argument("--snr-max", type=float, default=0.12, help="highest tilt-image SNR of the tomograms")
     p.add_argument("--minutes", type=float, default=3.0, help="training wall-time budget (train_frcnn.py --time-budget)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -55,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"[1/5] generating {args.tomograms} synthetic tomograms in {data_dir}")
     summary = synthetic.write_dataset(data_dir, args.tomograms, seed=args.seed,
                                       shape=(args.slices, args.size, args.size), pixel_size_a=args.apix,
-                                      slice_step=args.slice_step)
+                                      slice_step=args.slice_step, snr_range=(args.snr_min, args.snr_max))
     ann_path = summary["annotations"]
     print(f"      {summary['n_images']} labelled slices, {summary['n_boxes']} boxes, split {summary['split_counts']}")
 

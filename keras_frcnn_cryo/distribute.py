@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from .config import CHOICES, Config
+from .config import CHOICES, Config, check_choice
 from .errors import CryoError
 
 STRATEGIES = CHOICES["distribute"]
@@ -40,9 +40,7 @@ def make_strategy(cfg: Config):
     cannot be built here (unknown name, no TF_CONFIG for multiworker)."""
     import tensorflow as tf
 
-    if cfg.distribute not in STRATEGIES:
-        raise CryoError(f"unknown distribute {cfg.distribute!r} (use one of {', '.join(STRATEGIES)})")
-    if cfg.distribute == "none":
+    if check_choice("distribute", cfg.distribute) == "none":
         return tf.distribute.get_strategy()
     if cfg.distribute == "mirrored":
         if cfg.cpu_replicas:

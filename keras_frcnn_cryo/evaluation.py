@@ -31,7 +31,7 @@ be named after its tomogram (``tomo_03.csv``); with one tomogram neither is need
 matched per tomogram and class with :func:`keras_frcnn_cryo.tracking.match_objects_3d`.
 
 Outputs in ``--output``: ``metrics.json`` (also ``--json``), ``metrics.md``, ``pr_iou<t>.png``.
-JSON: :func:`metrics.results_to_json` of the (first) run, i.e. ``"classes": {name: row}`` and
+JSON: :func:`reports.results_to_json` of the (first) run, i.e. ``"classes": {name: row}`` and
 ``"mAP": row`` where ``row["ap"]`` is keyed by the IoU thresholds as strings ("0.5" ... "0.9"),
 plus ``"per_group"`` (Table 2), ``"split"``, ``"n_images"``, ``"annotations"``, ``"label"``,
 ``"source"``, ``"n_detections"``, ``"table_iou"``; with ``--compare`` also ``"runs": {label: the
@@ -40,7 +40,6 @@ same for each run}``; with ``--objects3d`` also ``"objects3d"``.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -49,12 +48,13 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics, preprocessing, splits, tomo_io, tracking
+from . import metrics, preprocessing, reports, splits, tomo_io, tracking, writers
 from .annotations import detections_to_dicts, load_annotations, records_to_ground_truth
 from .atomic import check_output_dir, write_text_atomic
 from .config import BG_CLASS, PAPER_TABLE_IOU, Config, load_config
 from .errors import CryoError, parse_float
 from .predict import CSV_COLUMNS, DETECTIONS_CSV, SHARD_CSV, add_detector_options, detect_images, load_detector
+from .textio import read_csv_rows, write_json
 from .tomo_io import natural_sort_key
 
 SPLITS = ("test", "val", "train", "all")
@@ -62,8 +62,6 @@ DEFAULT_CONFIG = "config.pickle"
 # 3D object-level matching thresholds reported by --objects3d.
 OBJECT3D_IOU_THRESHOLDS = (0.5, 0.7)
 GT3D_COLUMNS = ("tomogram", "class", "x1", "y1", "z1", "x2", "y2", "z2")
-PRED3D_COLUMNS = ("class", "score", "x1", "y1", "z1", "x2", "y2", "z2")
-_BOX3D_KEYS = ("x1", "y1", "z1", "x2", "y2", "z2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,40 +256,6 @@ def _csv_float(row: Mapping[str, str], key: str, source: str, line: int) -> floa
     return parse_float(row[key], f"column {key!r}", source, line)
 
 
-def read_csv_rows(path: str, columns: Sequence[str], what: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """(header, [(line number, {column: text})]) of a CSV whose header holds ``columns``.
-
-    Blank lines and ``#`` comment lines (the headers writers.py puts above its tables) are skipped;
-    line numbers are those of the file (1-based). CryoError naming ``path`` (and the line) for a
-    missing or non-UTF-8 file, a missing column, or a row with the wrong number of fields.
-    """
-    if not os.path.isfile(path):
-        raise CryoError(f"{what} file not found", path)
-    with open(path, "rb") as fh:
-        data = fh.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CryoError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
-    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1)
-             if line.strip() and not line.lstrip().startswith("#")]
-    if not lines:
-        raise CryoError(f"empty {what} file (expected a header {','.join(columns)})", path)
-    header_line, header_text = lines[0]
-    header = [name.strip() for name in next(csv.reader([header_text]))]
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise CryoError(f"{what} CSV lacks column(s) {', '.join(missing)} (needs {','.join(columns)}; "
-                        f"header: {','.join(header)})", path, header_line)
-    rows = []
-    for number, line in lines[1:]:
-        values = next(csv.reader([line]))
-        if len(values) != len(header):
-            raise CryoError(f"expected {len(header)} comma-separated fields, found {len(values)}", path, number)
-        rows.append((number, {key: value.strip() for key, value in zip(header, values)}))
-    return header, rows
-
-
 def read_detections_csv(path: str, index: ImageIndex) -> DetectionsFile:
     """Rows of a test_frcnn.py CSV (:data:`~keras_frcnn_cryo.predict.CSV_COLUMNS`) -> detection dicts.
 
@@ -360,93 +324,14 @@ def evaluate_run(label: str, source: str, gt: Mapping[str, Sequence[Mapping[str,
 
 
 def run_payload(run: EvaluatedRun, table_iou: float) -> dict[str, Any]:
-    """JSON data of one run: :func:`metrics.results_to_json` plus ``per_group``, ``source``,
+    """JSON data of one run: :func:`reports.results_to_json` plus ``per_group``, ``source``,
     ``n_detections`` and ``table_iou``."""
-    payload = metrics.results_to_json(run.results)
+    payload = reports.results_to_json(run.results)
     payload["per_group"] = run.by_group
     payload["table_iou"] = table_iou
     payload["source"] = run.source
     payload["n_detections"] = len(run.detections)
     return payload
-
-
-# ------------------------------------------------------------------------------------------
-# tables
-# ------------------------------------------------------------------------------------------
-def _num(value: Any) -> str:
-    if value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(float(value))):
-        return "-"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return f"{float(value):.3f}"
-
-
-def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False,
-                 text_columns: int = 1) -> str:
-    """Plain-text (aligned) or Markdown table; the first ``text_columns`` columns are left-aligned."""
-    if markdown:
-        align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i < text_columns else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in [header, *rows]]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def _evaluated_iou(results: Mapping[str, Any], iou: float) -> float:
-    """The threshold of ``results`` equal to ``iou`` (as stored, a dict key); CryoError if not evaluated."""
-    for t in results["iou_thresholds"]:
-        if math.isclose(t, iou, abs_tol=1e-9):
-            return t
-    raise CryoError(f"IoU {iou:g} was not evaluated (evaluated: {', '.join(f'{t:g}' for t in results['iou_thresholds'])})")
-
-
-def _class_cells(results: Mapping[str, Any], name: str, table_iou: float) -> dict[str, str]:
-    """Cells of one class (or "mAP") row, keyed by column name."""
-    thresholds = results["iou_thresholds"]
-    t = _evaluated_iou(results, table_iou)
-    if name == "mAP":
-        mean = results["mean"]
-        cells = {f"AP@{u:g}": _num(mean["ap"][u]) for u in thresholds}
-        cells.update({"AP@.5:.95": _num(mean["coco_ap"]), "AP50": _num(mean["ap50"]), "AP75": _num(mean["ap75"]),
-                      f"F1@{t:g}": _num(mean["f1"][t]), "score@F1": "-", f"P@{t:g}": _num(mean["precision"][t]),
-                      f"R@{t:g}": _num(mean["recall"][t]), f"mIoU@{results['miou_iou_threshold']:g}": _num(mean["miou"]),
-                      "n_gt": str(sum(results["per_class"][c]["n_gt"] for c in results["classes"]))})
-        return cells
-    cls = results["per_class"][name]
-    entry = cls["thresholds"]
-    cells = {f"AP@{u:g}": _num(entry[u]["ap"]) for u in thresholds}
-    cells.update({"AP@.5:.95": _num(cls["coco_ap"]), "AP50": _num(cls["ap50"]), "AP75": _num(cls["ap75"]),
-                  f"F1@{t:g}": _num(entry[t]["f1"]), "score@F1": _num(entry[t]["best_threshold"]),
-                  f"P@{t:g}": _num(entry[t]["precision"]), f"R@{t:g}": _num(entry[t]["recall"]),
-                  f"mIoU@{results['miou_iou_threshold']:g}": _num(cls["miou"]), "n_gt": str(cls["n_gt"])})
-    return cells
-
-
-def format_summary(results: Mapping[str, Any], table_iou: float = PAPER_TABLE_IOU, markdown: bool = False) -> str:
-    """Table of :func:`metrics.evaluate` results: one row per class and "mAP" (mean over classes with
-    ground truth); AP at each IoU, COCO AP 0.50:0.95 / AP50 / AP75, best F1 at ``table_iou`` with its
-    score threshold, precision and recall there, mean IoU of the TPs, number of objects."""
-    names = list(results["classes"]) + ["mAP"]
-    rows_cells = [_class_cells(results, name, table_iou) for name in names]
-    header = ["class", *rows_cells[0].keys()]
-    rows = [[name, *cells.values()] for name, cells in zip(names, rows_cells)]
-    return render_table(header, rows, markdown)
-
-
-def format_group_table(by_group: Mapping[Any, Mapping[str, Any]], iou_threshold: float = PAPER_TABLE_IOU,
-                       markdown: bool = False) -> str:
-    """Per-tomogram table (the paper's Table 2): F1, AP, mIoU, precision, recall at ``iou_threshold``,
-    and the group's estimated SNR when known (``snr_estimate``, :func:`group_snr`)."""
-    t = f"{iou_threshold:g}"
-    header = ["group", "images", "objects", f"F1@{t}", f"AP@{t}", f"mIoU@{t}", f"P@{t}", f"R@{t}", "SNR est."]
-    rows = [[str(name), str(v["n_images"]), str(v["n_gt"]), *(_num(v[k]) for k in ("f1", "ap", "miou", "precision",
-                                                                                      "recall")),
-             _num(v.get("snr_estimate", math.nan))]
-            for name, v in sorted(by_group.items(), key=lambda kv: natural_sort_key(str(kv[0])))]
-    return render_table(header, rows, markdown)
 
 
 def group_snr(records: Sequence[Mapping[str, Any]], groups: Mapping[str, str], per_group: int) -> dict[str, float]:
@@ -466,29 +351,6 @@ def group_snr(records: Sequence[Mapping[str, Any]], groups: Mapping[str, str], p
     return out
 
 
-def format_comparison(runs: Sequence[EvaluatedRun], table_iou: float = PAPER_TABLE_IOU, markdown: bool = False) -> str:
-    """Runs side by side: for each class with ground truth and for "mAP", one row per run (AP at each
-    IoU, COCO AP, F1 and its score threshold at ``table_iou``, mean IoU) and, for two runs, a
-    "Δ first − second" row."""
-    first = runs[0].results
-    blocks = [c for c in first["classes"] if first["per_class"][c]["n_gt"] > 0] + ["mAP"]
-    keep = [f"AP@{u:g}" for u in first["iou_thresholds"]] + [
-        "AP@.5:.95", f"F1@{_evaluated_iou(first, table_iou):g}", "score@F1",
-        f"mIoU@{first['miou_iou_threshold']:g}"]
-    header = ["class", "run", *keep]
-    rows = []
-    for name in blocks:
-        cells = [_class_cells(run.results, name, table_iou) for run in runs]
-        rows += [[name, run.label, *(c[k] for k in keep)] for run, c in zip(runs, cells)]
-        if len(runs) == 2:
-            delta = []
-            for k in keep:
-                a, b = cells[0][k], cells[1][k]
-                delta.append("-" if k == "score@F1" or "-" in (a, b) else f"{float(a) - float(b):+.3f}")
-            rows.append([name, f"Δ {runs[0].label} − {runs[1].label}", *delta])
-    return render_table(header, rows, markdown, text_columns=2)
-
-
 # ------------------------------------------------------------------------------------------
 # 3D objects
 # ------------------------------------------------------------------------------------------
@@ -496,28 +358,30 @@ def read_gt3d_csv(path: str) -> list[dict]:
     """annotations_3d.csv -> ``[{"tomogram", "class", "box": float64 (6,) [x1, y1, z1, x2, y2, z2],
     "incomplete": bool}]`` (voxels, 0-based, exclusive upper edges). CryoError naming file and line."""
     _, rows = read_csv_rows(path, GT3D_COLUMNS, "3D ground-truth")
-    objects = [{"tomogram": row["tomogram"], "class": _class_3d(row, path, line_no),
-                "box": _box_3d(row, path, line_no),
-                "incomplete": row.get("incomplete", "0").lower() in ("1", "true", "yes")}
-               for line_no, row in rows]
+    objects = []
+    for line_no, row in rows:
+        if not row["class"]:
+            raise CryoError("empty class name", path, line_no)
+        objects.append({"tomogram": row["tomogram"], "class": row["class"],
+                        "box": writers.box3d_from_row(row, path, line_no),
+                        "incomplete": row.get("incomplete", "0").lower() in ("1", "true", "yes")})
     if not objects:
         raise CryoError("no 3D objects: nothing to evaluate", path)
     return objects
 
 
-def read_objects3d_csv(path: str, tomograms: Sequence[str]) -> list[dict]:
-    """3D predictions CSV -> dicts as :func:`read_gt3d_csv` (without ``incomplete``) plus ``"score"``.
+def predicted_objects3d(path: str, tomograms: Sequence[str]) -> list[dict]:
+    """3D predictions (writers.read_objects3d_csv) -> dicts as :func:`read_gt3d_csv` (without
+    ``incomplete``) plus ``"score"``, each with the ground-truth tomogram it belongs to.
 
-    Columns ``class,score,x1,y1,z1,x2,y2,z2`` and optionally ``tomogram`` (others, such as the
-    ``n_slices`` of writers.write_objects3d_csv, are ignored; ``#`` comment lines are skipped). The
-    tomogram of a row is its ``tomogram`` column; without that column, the file name stem when it is
-    one of ``tomograms`` (``tomo_03.csv`` for tomogram ``tomo_03``), else the only tomogram when the
+    The tomogram of a row is its ``tomogram`` column; without that column, the file name stem when it
+    is one of ``tomograms`` (``tomo_03.csv`` for tomogram ``tomo_03``), else the only tomogram when the
     ground truth has one. Otherwise CryoError naming the file.
     """
-    header, rows = read_csv_rows(path, PRED3D_COLUMNS, "3D objects")
+    rows = writers.read_objects3d_csv(path)
     known = sorted(set(tomograms))
     default_tomogram = None
-    if "tomogram" not in header:
+    if rows and "tomogram" not in rows[0]:
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in known:
             default_tomogram = stem
@@ -528,27 +392,13 @@ def read_objects3d_csv(path: str, tomograms: Sequence[str]) -> list[dict]:
                             f"ground-truth tomograms ({', '.join(known[:3])}, ...): add the column or name the "
                             "file after its tomogram", path)
     objects = []
-    for line_no, row in rows:
+    for number, row in enumerate(rows):
         tomogram = default_tomogram or row["tomogram"]
         if tomogram not in known:
-            raise CryoError(f"tomogram {tomogram!r} is not in the 3D ground truth", path, line_no)
-        objects.append({"tomogram": tomogram, "class": _class_3d(row, path, line_no),
-                        "box": _box_3d(row, path, line_no), "score": _csv_float(row, "score", path, line_no)})
+            raise CryoError(f"tomogram {tomogram!r} is not in the 3D ground truth (row {number + 1})", path)
+        objects.append({"tomogram": tomogram, "class": row["class"], "score": row["score"],
+                        "box": np.array([row[key] for key in writers.BOX3D_KEYS], dtype=np.float64)})
     return objects
-
-
-def _class_3d(row: Mapping[str, str], path: str, line: int) -> str:
-    name = row["class"]
-    if not name:
-        raise CryoError("empty class name", path, line)
-    return name
-
-
-def _box_3d(row: Mapping[str, str], path: str, line: int) -> np.ndarray:
-    box = np.array([_csv_float(row, key, path, line) for key in _BOX3D_KEYS], dtype=np.float64)
-    if np.any(box[3:] < box[:3]):
-        raise CryoError(f"box with an upper edge below its lower edge: {box.tolist()}", path, line)
-    return box
 
 
 def evaluate_objects_3d(predictions: Sequence[Mapping[str, Any]], ground_truth: Sequence[Mapping[str, Any]],
@@ -600,21 +450,10 @@ def evaluate_objects_3d(predictions: Sequence[Mapping[str, Any]], ground_truth: 
 
 
 def _as_object3d(obj: Mapping[str, Any]) -> tracking.Object3D:
-    """A row of :func:`read_gt3d_csv` / :func:`read_objects3d_csv` as a tracking.Object3D (its box as read)."""
+    """A row of :func:`read_gt3d_csv` / :func:`predicted_objects3d` as a tracking.Object3D (its box as read)."""
     x1, y1, z1, x2, y2, z2 = (float(v) for v in obj["box"])
     return tracking.Object3D(class_index=-1, class_name=str(obj["class"]), x1=x1, y1=y1, z1=z1, x2=x2, y2=y2,
                              z2=z2, score=float(obj.get("score", 1.0)))
-
-
-def format_objects_3d(result: Mapping[str, Any], markdown: bool = False) -> str:
-    """Table of :func:`evaluate_objects_3d`: one row per class and threshold, then "all"."""
-    header = ["class", "IoU3D", "objects", "incomplete", "found", "TP", "FP", "FN", "precision", "recall", "F1"]
-    rows = []
-    for name, per_t in [*result["classes"].items(), ("all", result["all"])]:
-        for t, c in per_t.items():
-            rows.append([name, f"{t:g}", str(c["n_gt"]), str(c["n_incomplete"]), str(c["n_pred"]), str(c["tp"]),
-                         str(c["fp"]), str(c["fn"]), _num(c["precision"]), _num(c["recall"]), _num(c["f1"])])
-    return render_table(header, rows, markdown)
 
 
 # ------------------------------------------------------------------------------------------
@@ -703,17 +542,17 @@ def main(args: argparse.Namespace) -> int:
                      f"annotations `{ann_path}`."]
     for run in runs:
         print(f"\n== {run.label}: {len(run.detections)} detections ({run.source}) ==")
-        print(format_summary(run.results, table_iou))
+        print(reports.format_summary(run.results, table_iou))
         print(f"\nPer tomogram (image group), IoU {table_iou:g}")
-        print(format_group_table(run.by_group, table_iou))
+        print(reports.format_group_table(run.by_group, table_iou))
         md.append(f"## {run.label}\n\nDetections: `{run.source}` ({len(run.detections)}).\n\n"
-                  + format_summary(run.results, table_iou, markdown=True)
+                  + reports.format_summary(run.results, table_iou, markdown=True)
                   + f"\n\n### Per tomogram (image group), IoU {table_iou:g}\n\n"
-                  + format_group_table(run.by_group, table_iou, markdown=True))
+                  + reports.format_group_table(run.by_group, table_iou, markdown=True))
     if len(runs) > 1:
         print(f"\nComparison ({' vs '.join(r.label for r in runs)})")
-        print(format_comparison(runs, table_iou))
-        md.insert(1, "## Comparison\n\n" + format_comparison(runs, table_iou, markdown=True))
+        print(reports.format_comparison(runs, table_iou))
+        md.insert(1, "## Comparison\n\n" + reports.format_comparison(runs, table_iou, markdown=True))
 
     payload = run_payload(runs[0], table_iou)
     payload.update(split=split, n_images=len(records), annotations=ann_path, label=runs[0].label)
@@ -722,27 +561,27 @@ def main(args: argparse.Namespace) -> int:
 
     if args.objects3d:
         gt3d = read_gt3d_csv(args.gt3d)
-        pred3d = read_objects3d_csv(args.objects3d, [o["tomogram"] for o in gt3d])
+        pred3d = predicted_objects3d(args.objects3d, [o["tomogram"] for o in gt3d])
         result3d = evaluate_objects_3d(pred3d, gt3d)
         print(f"\n3D objects ({args.objects3d} against {args.gt3d})")
-        print(format_objects_3d(result3d))
+        print(reports.format_objects_3d(result3d))
         md.append(f"## 3D objects\n\n`{args.objects3d}` against `{args.gt3d}`.\n\n"
-                  + format_objects_3d(result3d, markdown=True))
+                  + reports.format_objects_3d(result3d, markdown=True))
         payload["objects3d"] = {"predictions": args.objects3d, "ground_truth": args.gt3d, **result3d}
 
     json_path = os.path.join(out_dir, "metrics.json")
-    metrics.write_json_atomic(payload, json_path)
+    write_json(json_path, payload)
     if args.json:
-        metrics.write_json_atomic(payload, args.json)
+        write_json(args.json, payload)
     md_path = os.path.join(out_dir, "metrics.md")
     write_text_atomic(md_path, "\n\n".join(md) + "\n")
     written = [json_path, md_path] + ([args.json] if args.json else [])
     for iou in pr_ious:
         pr_path = os.path.join(out_dir, f"pr_iou{iou:g}.png")
         if len(runs) == 1:
-            metrics.plot_pr_curves(runs[0].pr_results[iou], iou, pr_path)
+            reports.plot_pr_curves(runs[0].pr_results[iou], iou, pr_path)
         else:
-            metrics.plot_pr_runs({run.label: run.pr_results[iou] for run in runs}, iou, pr_path)
+            reports.plot_pr_runs({run.label: run.pr_results[iou] for run in runs}, iou, pr_path)
         written.append(pr_path)
     print(f"\nwritten: {', '.join(written)}")
     return 0

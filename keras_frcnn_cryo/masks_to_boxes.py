@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .atomic import check_output_dir
+from .atomic import check_output_dir, write_bytes_atomic
 from .config import Config
 from .errors import CryoError
 from .pascal_voc_parser import write_labelimg_xml
@@ -61,7 +61,6 @@ from .tomo_io import (
     natural_sort_key,
     open_volume,
     read_image,
-    write_bytes_atomic,
 )
 
 ANNOTATIONS_NAME = "annotations.txt"

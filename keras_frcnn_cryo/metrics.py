@@ -39,15 +39,12 @@ Definitions (the ancestors' code got two of them wrong, fixes 7 and 12 in docs/f
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path, write_text_atomic
 from .boxes import iou_matrix
 from .errors import CryoError
 
@@ -60,12 +57,7 @@ __all__ = [
     "coco_evaluate_class",
     "evaluate",
     "evaluate_by_group",
-    "results_to_json",
-    "format_table",
-    "format_markdown",
-    "plot_pr_curves",
-    "plot_pr_runs",
-    "write_json_atomic",
+    "threshold_key",
 ]
 
 GroundTruth = Mapping[Hashable, Sequence[Mapping[str, Any]]]
@@ -400,7 +392,9 @@ def _coco_summary(per_threshold_ap: np.ndarray, thresholds: np.ndarray) -> dict[
 # ------------------------------------------------------------------------------------------
 # evaluation
 # ------------------------------------------------------------------------------------------
-def _threshold_key(results: Mapping[str, Any], iou_threshold: float) -> float:
+def threshold_key(results: Mapping[str, Any], iou_threshold: float) -> float:
+    """The IoU threshold of :func:`evaluate`'s ``results`` equal to ``iou_threshold``, as stored (a dict key);
+    CryoError when it was not evaluated."""
     for t in results["iou_thresholds"]:
         if math.isclose(t, iou_threshold, abs_tol=1e-9):
             return t
@@ -547,166 +541,3 @@ def evaluate_by_group(gt: GroundTruth, detections: Detections, groups: Mapping[H
             "per_class": rows,
         }
     return table
-
-
-# ------------------------------------------------------------------------------------------
-# output
-# ------------------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON data: numpy scalars/arrays to Python, nan/inf to None, keys to strings."""
-    if isinstance(obj, Mapping):
-        return {_fmt_key(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    return obj
-
-
-def _fmt_key(key: Any) -> str:
-    if isinstance(key, (float, np.floating)):
-        return f"{float(key):g}"
-    return str(key)
-
-
-def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
-    """Summary of :func:`evaluate`'s results as plain JSON data (curves left out; nan -> None).
-
-    ``{"iou_thresholds", "miou_iou_threshold", "score_threshold", "classes": {name: row}, "mAP": row}``
-    where a row has ``"ap"``, ``"f1"``, ``"precision"``, ``"recall"``, ``"best_threshold"``,
-    ``"n_tp"``, ``"n_fp"`` keyed by the IoU thresholds as strings ("0.5" ... "0.9"), and ``"miou"``,
-    ``"coco_ap"``, ``"ap50"``, ``"ap75"``, ``"n_gt"``. The "mAP" row holds the means over classes with
-    ground truth; its ``best_threshold``, ``n_tp`` and ``n_fp`` are None (no common score cut).
-    """
-    thresholds = results["iou_thresholds"]
-    classes: dict[str, Any] = {}
-    for name in results["classes"]:
-        cls = results["per_class"][name]
-        row: dict[str, Any] = {
-            key: {t: cls["thresholds"][t][src] for t in thresholds}
-            for key, src in (("ap", "ap"), ("f1", "f1"), ("precision", "precision"), ("recall", "recall"),
-                             ("best_threshold", "best_threshold"), ("n_tp", "n_tp_at_best"), ("n_fp", "n_fp_at_best"))
-        }
-        if results.get("score_threshold") is not None:
-            row["at_score"] = {t: cls["thresholds"][t]["at_score"] for t in thresholds}
-        row.update({key: cls[key] for key in ("miou", "n_miou", "coco_ap", "ap50", "ap75", "n_gt")})
-        classes[name] = row
-    mean = results["mean"]
-    mean_row: dict[str, Any] = {key: dict(mean[key]) for key in ("ap", "f1", "precision", "recall")}
-    mean_row.update({key: {t: None for t in thresholds} for key in ("best_threshold", "n_tp", "n_fp")})
-    if "at_score" in mean:
-        mean_row["at_score"] = mean["at_score"]
-    mean_row.update({key: mean[key] for key in ("miou", "coco_ap", "ap50", "ap75")})
-    mean_row["n_gt"] = int(sum(results["per_class"][name]["n_gt"] for name in results["classes"]))
-    return _jsonable({
-        "iou_thresholds": thresholds,
-        "miou_iou_threshold": results["miou_iou_threshold"],
-        "score_threshold": results.get("score_threshold"),
-        "classes": classes,
-        "mAP": mean_row,
-    })
-
-
-def _table_rows(results: Mapping[str, Any], iou_threshold: float | None) -> tuple[list[str], list[list[str]]]:
-    thresholds = results["iou_thresholds"]
-    t_f1 = thresholds[0] if iou_threshold is None else _threshold_key(results, iou_threshold)
-    header = (["class"] + [f"AP@{t:g}" for t in thresholds]
-              + [f"F1@{t_f1:g}", f"P@{t_f1:g}", f"R@{t_f1:g}", f"mIoU@{results['miou_iou_threshold']:g}", "n_gt"])
-
-    def num(value: float) -> str:
-        return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
-
-    rows = []
-    for name in results["classes"]:
-        cls = results["per_class"][name]
-        entry = cls["thresholds"]
-        rows.append([name] + [num(entry[t]["ap"]) for t in thresholds]
-                    + [num(entry[t_f1][k]) for k in ("f1", "precision", "recall")]
-                    + [num(cls["miou"]), str(cls["n_gt"])])
-    mean = results["mean"]
-    n_gt = sum(results["per_class"][name]["n_gt"] for name in results["classes"])
-    rows.append(["mAP"] + [num(mean["ap"][t]) for t in thresholds]
-                + [num(mean[k][t_f1]) for k in ("f1", "precision", "recall")] + [num(mean["miou"]), str(n_gt)])
-    return header, rows
-
-
-def format_table(results: Mapping[str, Any], iou_threshold: float | None = None) -> str:
-    """Plain-text table: one row per class and a "mAP" row; AP at each IoU threshold, then best F1,
-    its precision and recall at ``iou_threshold`` (default: the first evaluated), mean IoU, n_gt."""
-    header, rows = _table_rows(results, iou_threshold)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in [header] + rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def format_markdown(results: Mapping[str, Any], iou_threshold: float | None = None) -> str:
-    """The table of :func:`format_table` as a Markdown table."""
-    header, rows = _table_rows(results, iou_threshold)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def plot_pr_curves(results: Mapping[str, Any], iou_threshold: float, out_png: str | os.PathLike) -> None:
-    """Precision-recall curve of each class (with ground truth) at ``iou_threshold`` to a PNG.
-
-    Headless (Agg canvas, no pyplot state); written to a temporary name then renamed.
-    """
-    plot_pr_runs({"": results}, iou_threshold, out_png)
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented strict JSON (numpy values converted, nan -> null) via temp + rename."""
-    write_text_atomic(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
-def plot_pr_runs(runs: Mapping[str, Mapping[str, Any]], iou_threshold: float, out_png: str | os.PathLike) -> None:
-    """Precision-recall curves of several runs (``{label: evaluate() results}``) in one PNG.
-
-    One colour per class, one line style per run (the ablation with and without preprocessing; a run
-    labelled "" is drawn without a label prefix);
-    classes without ground truth are left out. Headless; written to a temporary name then renamed.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    styles = ["-", "--", ":", "-."]
-    colours = [f"C{k}" for k in range(10)]
-    class_names: list[str] = []
-    for results in runs.values():
-        class_names += [c for c in results["classes"] if c not in class_names]
-    for r, (label, results) in enumerate(runs.items()):
-        t = _threshold_key(results, iou_threshold)
-        for c, name in enumerate(class_names):
-            if name not in results["per_class"]:
-                continue
-            entry = results["per_class"][name]["thresholds"][t]
-            if entry["n_gt"] == 0:
-                continue
-            recall = np.concatenate(([0.0], entry["recall_curve"]))
-            precision = np.concatenate(([1.0 if entry["precision_curve"].size else 0.0], entry["precision_curve"]))
-            ax.step(recall, precision, where="post", linestyle=styles[r % len(styles)],
-                    color=colours[c % len(colours)],
-                    label=f"{label + ': ' if label else ''}{name} (AP {entry['ap']:.3f})")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.05)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(f"precision-recall at IoU {iou_threshold:g}")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower left", fontsize="small")
-    ax.grid(True, alpha=0.3)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")

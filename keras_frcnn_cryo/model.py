@@ -37,7 +37,7 @@ from . import preprocessing, roi_helpers
 from .atomic import atomic_path
 from .boxes import BoxCoder, apply_regr, box_voting, clip_boxes, nms
 from .cli import import_tensorflow_quietly
-from .config import BG_CLASS, CHOICES, Config
+from .config import BG_CLASS, CHOICES, Config, check_choice
 from .errors import CryoError
 
 import_tensorflow_quietly()  # TensorFlow's start-up notices are noise for users
@@ -70,9 +70,7 @@ class FrcnnModels:
 
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of PRECISIONS, else CryoError naming the allowed values."""
-    if precision not in PRECISIONS:
-        raise CryoError(f"unknown inference_precision {precision!r} (use one of {', '.join(PRECISIONS)})")
-    return precision
+    return check_choice("inference_precision", precision)
 
 
 @contextmanager

@@ -36,9 +36,10 @@ import os
 import numpy as np
 from lxml import etree
 
+from .atomic import write_bytes_atomic
 from .errors import CryoError, parse_float
 from .simple_parser import check_box, check_class_name, summarize
-from .tomo_io import IMAGE_EXTENSIONS, image_size, natural_sort_key, write_bytes_atomic
+from .tomo_io import IMAGE_EXTENSIONS, image_size, natural_sort_key
 
 _COORD_TAGS = ("xmin", "ymin", "xmax", "ymax")
 _IMAGESETS = ("trainval", "test")

@@ -41,6 +41,7 @@ class ScratchRecipe:
     use_vertical_flips: bool = True
     rot_90: bool = True
     input_channels: str = "slabs"             # when every training image's tomogram is known (fit_input_channels)
+    classifier_hard_negative_fraction: float = 0.25  # 8 of 32 RoIs: the RPN's best-ranked proposals far from objects
 
 
 # Input size and anchors fitted to the boxes (scratch recipe; see fit_to_boxes)

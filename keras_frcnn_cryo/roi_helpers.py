@@ -126,20 +126,48 @@ def calc_iou(
     return boxes, y_class, y_regr, best_iou
 
 
+def far_negatives(rois: np.ndarray, gt_boxes: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The hard background calc_iou drops: of ``rois`` (M, 4), best first (rpn_to_roi's order), the
+    first ``cfg.hard_negative_count()`` whose IoU with every gt box (N, 4) is below
+    ``cfg.classifier_min_overlap``: (H, 4) boxes and (H,) best IoUs, H <= that count. These are the
+    proposals the RPN ranks highest away from every labelled object, look-alikes the head should
+    learn to call background. With no gt boxes calc_iou keeps every RoI as bg already: none here."""
+    boxes = as_boxes(rois, "rois")
+    gts = as_boxes(gt_boxes, "gt_boxes")
+    if cfg.hard_negative_count() <= 0 or gts.shape[0] == 0 or boxes.shape[0] == 0:
+        return boxes[:0], np.zeros(0)
+    best_iou = iou_matrix(boxes, gts).max(axis=1)
+    far = np.flatnonzero(best_iou < cfg.classifier_min_overlap)[: cfg.hard_negative_count()]
+    return boxes[far], best_iou[far]
+
+
+def background_rows(count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """calc_iou's y_class (count, C) and y_regr (count, 8(C-1)) for RoIs labelled bg."""
+    y_class = np.zeros((count, num_classes), dtype=np.float32)
+    y_class[:, -1] = 1.0
+    return y_class, np.zeros((count, 8 * (num_classes - 1)), dtype=np.float32)
+
+
 def sample_rois(
-    y_class: np.ndarray, num_rois: int, positive_fraction: float, rng: np.random.Generator
+    y_class: np.ndarray, num_rois: int, positive_fraction: float, rng: np.random.Generator,
+    size: int | None = None,
 ) -> np.ndarray:
-    """Choose exactly ``num_rois`` rows of ``y_class`` (R, C) for one classifier step.
+    """Choose exactly ``size`` (default ``num_rois``) rows of ``y_class`` (R, C) for one classifier step.
 
     Rows whose argmax is the last column are negatives (bg), the others positives. At most
-    ``int(num_rois * positive_fraction)`` distinct positives, the rest negatives, drawn without
-    replacement. If that leaves the batch short, negatives are drawn again with replacement; with no
-    negatives at all the batch is filled with positives (distinct while they last), so the positive
-    share then exceeds the fraction. R == 0 gives an empty array. Returns int64 indices, positives first.
+    ``int(num_rois * positive_fraction)`` distinct positives (and at most ``size``), the rest
+    negatives, drawn without replacement. If that leaves the batch short, negatives are drawn again
+    with replacement; with no negatives at all the batch is filled with positives (distinct while
+    they last), so the positive share then exceeds the fraction. R == 0 gives an empty array.
+    Returns int64 indices, positives first. ``size`` < ``num_rois`` leaves room for rows the caller
+    adds (far_negatives) without lowering the positive cap.
     """
     num_rois = int(num_rois)
     if num_rois <= 0:
         raise ValueError(f"num_rois must be positive, got {num_rois}")
+    size = num_rois if size is None else int(size)
+    if not 0 < size <= num_rois:
+        raise ValueError(f"size must lie in [1, num_rois={num_rois}], got {size}")
     labels = np.asarray(y_class)
     if labels.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
@@ -148,11 +176,11 @@ def sample_rois(
     neg_idx = np.flatnonzero(is_bg)
 
     if neg_idx.size == 0:
-        return _draw(pos_idx, num_rois, rng)
-    max_pos = int(num_rois * positive_fraction)
+        return _draw(pos_idx, size, rng)
+    max_pos = min(int(num_rois * positive_fraction), size)
     num_pos = min(max_pos, pos_idx.size)
     chosen_pos = rng.choice(pos_idx, size=num_pos, replace=False)
-    chosen_neg = _draw(neg_idx, num_rois - num_pos, rng)
+    chosen_neg = _draw(neg_idx, size - num_pos, rng)
     return np.concatenate([chosen_pos, chosen_neg]).astype(np.int64)
 
 

@@ -48,8 +48,9 @@ import random
 import re
 import warnings
 
+from .atomic import write_bytes_atomic
 from .errors import CryoError
-from .tomo_io import natural_sort_key, write_bytes_atomic
+from .tomo_io import natural_sort_key
 
 logger = logging.getLogger(__name__)
 

@@ -137,21 +137,36 @@ def _draw(pool: tf.Tensor, count: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.concat([distinct, tf.gather(pool, extra)], axis=0)
 
 
-def sample_rois(y_class: tf.Tensor, num_rois: int, positive_fraction: float, seed: tf.Tensor) -> tf.Tensor:
-    """roi_helpers.sample_rois with stateless draws: ``num_rois`` row indices (int32) of y_class (R, C),
-    R > 0, positives first. At most ``int(num_rois * positive_fraction)`` distinct positives, the rest
-    negatives (repeats once they run out); with no negatives, positives fill the batch."""
+def far_negatives(rois: tf.Tensor, gt_boxes: tf.Tensor, cfg: Config) -> tuple[tf.Tensor, tf.Tensor]:
+    """roi_helpers.far_negatives: of proposals (M, 4), best first, the first
+    ``cfg.hard_negative_count()`` with IoU < ``cfg.classifier_min_overlap`` against every gt box
+    (N, 4): boxes (H, 4) and their best IoUs (H,); none without gt boxes."""
+    rois = tf.cast(rois, tf.float32)
+    gt_boxes = tf.cast(gt_boxes, tf.float32)
+    best_iou = tf.reduce_max(iou_matrix(rois, tf.concat([gt_boxes, tf.zeros((1, 4))], axis=0)), axis=1)
+    far = tf.logical_and(tf.shape(gt_boxes)[0] > 0, best_iou < cfg.classifier_min_overlap)
+    idx = tf.cast(tf.where(far)[:cfg.hard_negative_count(), 0], tf.int32)
+    return tf.gather(rois, idx), tf.gather(best_iou, idx)
+
+
+def sample_rois(y_class: tf.Tensor, num_rois: int, positive_fraction: float, seed: tf.Tensor,
+                size: tf.Tensor | int | None = None) -> tf.Tensor:
+    """roi_helpers.sample_rois with stateless draws: ``size`` (default ``num_rois``) row indices (int32)
+    of y_class (R, C), R > 0, positives first. At most ``int(num_rois * positive_fraction)`` (and
+    ``size``) distinct positives, the rest negatives (repeats once they run out); with no negatives,
+    positives fill the batch."""
+    size = tf.constant(num_rois) if size is None else tf.cast(size, tf.int32)
     is_bg = tf.equal(tf.argmax(y_class, axis=1), tf.cast(tf.shape(y_class)[1] - 1, tf.int64))
     pos_idx = tf.cast(tf.where(tf.logical_not(is_bg))[:, 0], tf.int32)
     neg_idx = tf.cast(tf.where(is_bg)[:, 0], tf.int32)
     seed = tf.cast(seed, tf.int32)
-    num_pos = tf.minimum(int(num_rois * positive_fraction), tf.shape(pos_idx)[0])
+    num_pos = tf.minimum(tf.minimum(int(num_rois * positive_fraction), size), tf.shape(pos_idx)[0])
 
     def mixed():
         chosen_pos = tf.gather(pos_idx, tf.argsort(tf.random.stateless_uniform(tf.shape(pos_idx), seed + 2))[:num_pos])
-        return tf.concat([chosen_pos, _draw(neg_idx, num_rois - num_pos, seed)], axis=0)
+        return tf.concat([chosen_pos, _draw(neg_idx, size - num_pos, seed)], axis=0)
 
-    return tf.cond(tf.size(neg_idx) > 0, mixed, lambda: _draw(pos_idx, tf.constant(num_rois), seed))
+    return tf.cond(tf.size(neg_idx) > 0, mixed, lambda: _draw(pos_idx, size, seed))
 
 
 def classifier_batch(rpn_cls: tf.Tensor, rpn_regr: tf.Tensor, gt_boxes: tf.Tensor, gt_labels: tf.Tensor,
@@ -160,24 +175,30 @@ def classifier_batch(rpn_cls: tf.Tensor, rpn_regr: tf.Tensor, gt_boxes: tf.Tenso
     """The head's batch for one image, as train.Trainer.classifier_targets builds it in numpy.
 
     rpn_cls (h, w, K), rpn_regr (h, w, 4K): the RPN outputs; gt_boxes (N, 4) in network-input pixels
-    with labels (N,). Proposals (plus the gt boxes with ``cfg.classifier_add_gt_rois``) are labelled
-    and ``cfg.num_rois`` of them sampled. Returns RoIs (R, 4) in feature-map units, one-hot classes
-    (R, C), regression targets (R, 8(C-1)), IoU with the matched box (R, 1), ``used`` (1.0, or 0.0
-    when no RoI could be labelled: then one dummy bg RoI, R = 1, which the caller must weight by 0)
-    and the fraction of positives (nan when unused). R = ``cfg.num_rois``.
+    with labels (N,). Proposals (plus the gt boxes with ``cfg.classifier_add_gt_rois``) are labelled,
+    ``cfg.num_rois`` - H of them sampled and the H far_negatives appended. Returns RoIs (R, 4) in
+    feature-map units, one-hot classes (R, C), regression targets (R, 8(C-1)), IoU with the matched
+    box (R, 1), ``used`` (1.0, or 0.0 when no RoI could be labelled: then one dummy bg RoI, R = 1,
+    which the caller must weight by 0) and the fraction of positives (nan when unused).
+    R = ``cfg.num_rois``.
     """
     num_classes = cfg.num_classes
-    rois, _ = rpn_to_roi(rpn_cls, rpn_regr, cfg, width, height)
+    proposals, _ = rpn_to_roi(rpn_cls, rpn_regr, cfg, width, height)
+    rois = proposals
     if cfg.classifier_add_gt_rois:
         rois = tf.concat([rois, tf.cast(gt_boxes, tf.float32)], axis=0)
     rois, y_class, y_regr, ious = calc_iou(rois, gt_boxes, gt_labels, cfg, num_classes)
 
     def sampled():
-        idx = sample_rois(y_class, cfg.num_rois, cfg.classifier_positive_fraction, seed)
-        picked_class = tf.gather(y_class, idx)
-        return (tf.gather(rois, idx) / float(cfg.rpn_stride), picked_class, tf.gather(y_regr, idx),
-                tf.gather(ious, idx)[:, None], tf.constant(1.0),
-                tf.reduce_mean(1.0 - picked_class[:, -1]))
+        far, far_iou = far_negatives(proposals, gt_boxes, cfg)
+        num_far = tf.shape(far)[0]
+        idx = sample_rois(y_class, cfg.num_rois, cfg.classifier_positive_fraction, seed, size=cfg.num_rois - num_far)
+        picked_class = tf.concat([tf.gather(y_class, idx), tf.one_hot(tf.fill([num_far], num_classes - 1),
+                                                                      num_classes)], axis=0)
+        picked_regr = tf.concat([tf.gather(y_regr, idx), tf.zeros((num_far, 8 * (num_classes - 1)))], axis=0)
+        picked_iou = tf.concat([tf.gather(ious, idx), far_iou], axis=0)
+        return (tf.concat([tf.gather(rois, idx), far], axis=0) / float(cfg.rpn_stride), picked_class, picked_regr,
+                picked_iou[:, None], tf.constant(1.0), tf.reduce_mean(1.0 - picked_class[:, -1]))
 
     return tf.cond(tf.shape(rois)[0] > 0, sampled, lambda: unused_batch(num_classes))
 

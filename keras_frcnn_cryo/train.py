@@ -40,10 +40,10 @@ import numpy as np
 from tqdm import tqdm
 
 from . import anchors, data_generators, metrics, recipes, roi_helpers, splits, tomo_io
-from .annotations import PARSERS, detections_to_dicts, load_annotations, records_to_ground_truth
+from .annotations import detections_to_dicts, load_annotations, records_to_ground_truth
 from .atomic import atomic_path, check_output_dir, remove_stale_temporaries
 from .cli import set_seed
-from .config import BG_CLASS, CHOICES, Config, apply_overrides, save_config
+from .config import BG_CLASS, CHOICES, Config, apply_overrides, check_choice, save_config
 from .errors import CryoError
 from .model import (Detector, build_models, check_weights_path, fetch_imagenet_weights, load_imagenet_weights,
                     save_weights_atomic)
@@ -146,8 +146,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     The choices fitted to the labelled boxes (input size, anchors) are made later, in :func:`main`,
     once the annotations are read.
     """
-    if args.parser not in PARSERS:
-        raise CryoError(f"unknown parser {args.parser!r} (use simple or pascal_voc)")
+    check_choice("parser", args.parser)
     for name, value in (("num_rois", args.num_rois), ("num_epochs", args.num_epochs),
                         ("epoch_length", args.epoch_length), ("im_size", args.im_size)):
         if value is not None and value < 1:
@@ -292,9 +291,7 @@ class Trainer:
             l_iou = loss_cls_iou(y_iou, outputs[2]) if self.iou_head else tf.constant(0.0)
             return self.loss_cls_cls(y_cls, outputs[0]), self.loss_cls_regr(y_regr, outputs[1]), l_iou
         m = self.models
-        if cfg.train_mode not in TRAIN_MODES:
-            raise CryoError(f"unknown train_mode {cfg.train_mode!r} (use {' or '.join(TRAIN_MODES)})")
-        self.joint = cfg.train_mode == "joint"
+        self.joint = check_choice("train_mode", cfg.train_mode) == "joint"
         self.rpn_vars = m.base.trainable_variables + m.rpn_head.trainable_variables
         # Joint mode: one gradient for everything, so the backbone needs one Adam only. Adam is
         # element-wise, so rpn_vars under opt_rpn plus the head under opt_cls is one Adam over all.
@@ -436,16 +433,24 @@ class Trainer:
         """
         cfg = self.cfg
         height, width = shape
-        rois, _ = roi_helpers.rpn_to_roi(p_cls[0], p_regr[0], cfg, width, height)
+        proposals, _ = roi_helpers.rpn_to_roi(p_cls[0], p_regr[0], cfg, width, height)
+        rois = proposals
         if cfg.classifier_add_gt_rois and len(boxes):
             rois = np.concatenate([rois, boxes.astype(rois.dtype)], axis=0)
         rois, y_class, y_regr, ious = roi_helpers.calc_iou(rois, boxes, labels, cfg, cfg.num_classes)
         if rois.shape[0] == 0:
             return None
-        idx = roi_helpers.sample_rois(y_class, cfg.num_rois, cfg.classifier_positive_fraction, rng)
-        rois_feat = (rois[idx] / float(cfg.rpn_stride)).astype(np.float32)
-        return (rois_feat[None], y_class[idx].astype(np.float32)[None], y_regr[idx].astype(np.float32)[None],
-                ious[idx].astype(np.float32)[None, :, None], float(np.mean(y_class[idx, -1] == 0)))
+        far, far_iou = roi_helpers.far_negatives(proposals, boxes, cfg)
+        idx = roi_helpers.sample_rois(y_class, cfg.num_rois, cfg.classifier_positive_fraction, rng,
+                                      size=cfg.num_rois - far.shape[0])
+        far_class, far_regr = roi_helpers.background_rows(far.shape[0], cfg.num_classes)
+        rois = np.concatenate([rois[idx], far])
+        y_class = np.concatenate([y_class[idx], far_class])
+        y_regr = np.concatenate([y_regr[idx], far_regr])
+        ious = np.concatenate([ious[idx], far_iou])
+        rois_feat = (rois / float(cfg.rpn_stride)).astype(np.float32)
+        return (rois_feat[None], y_class.astype(np.float32)[None], y_regr.astype(np.float32)[None],
+                ious.astype(np.float32)[None, :, None], float(np.mean(y_class[:, -1] == 0)))
 
     def train_on_sample(self, sample: dict, rng: np.random.Generator) -> dict[str, float]:
         """One training iteration on one image (both modes); the losses (nan where the head was skipped,
@@ -649,6 +654,11 @@ def prepare(cfg: Config, split_file: str | None = None, apix: float | None = Non
     return train_records, val_records
 
 
+def _images_seen(log_rows: list[dict], cfg: Config) -> int:
+    """Training images of the logged epochs (rows of logs written before the column: a full epoch)."""
+    return sum(int(r.get("images", cfg.epoch_length)) for r in log_rows)
+
+
 def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_path: str,
         time_budget_min: float | None = None, resume: bool = False) -> FitResult:
     """The training loop (train_frcnn.py's, for a prepared ``cfg``; see :func:`prepare`).
@@ -760,11 +770,10 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
                                     log_rows)
             if time_budget_min is not None and trainer.agree(time.time() - started > 60.0 * time_budget_min):
                 print(f"time budget of {time_budget_min:g} min used after epoch {epoch + 1}: stopping "
-                      f"({sum(int(r.get('images', cfg.epoch_length)) for r in log_rows)} training images seen)")
+                      f"({_images_seen(log_rows, cfg)} training images seen)")
                 break
-        images = sum(int(r.get("images", cfg.epoch_length)) for r in log_rows)
-        return FitResult(epochs=len(log_rows), images_seen=images, best_loss=best_loss, best_val=best_val,
-                         log_rows=log_rows)
+        return FitResult(epochs=len(log_rows), images_seen=_images_seen(log_rows, cfg), best_loss=best_loss,
+                         best_val=best_val, log_rows=log_rows)
     finally:
         source.close()  # the tomograms the slabs were read from
 

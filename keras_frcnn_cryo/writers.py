@@ -31,9 +31,6 @@ Formats
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,13 +43,14 @@ from . import tomo_io
 from .atomic import write_text_atomic
 from .errors import CryoError
 from .pascal_voc_parser import write_labelimg_xml
+from .textio import csv_text, parse_number, read_csv_rows, read_json, read_text, write_json
 from .tracking import Object3D, as_slice_detections
 
 __all__ = [
     "BOXES2D_COLUMNS", "OBJECTS3D_COLUMNS", "CBOX_COLUMNS", "STAR_COLUMNS",
     "boxes2d_rows", "write_boxes2d_csv", "read_boxes2d_csv", "write_boxes2d_json", "read_boxes2d_json",
     "write_json", "read_json", "json_header",
-    "write_objects3d_csv", "read_objects3d_csv", "write_objects3d_json", "read_objects3d_json",
+    "BOX3D_KEYS", "box3d_from_row", "write_objects3d_csv", "read_objects3d_csv", "write_objects3d_json", "read_objects3d_json",
     "write_cbox", "read_cbox", "read_star_blocks",
     "write_imod_coords", "read_imod_coords",
     "write_star", "read_star",
@@ -99,89 +97,6 @@ def _pixel_size_line(pixel_size_a: float | None) -> str:
 def _comment_block(lines: Iterable[str]) -> str:
     """``#`` comment lines (STAR and IMOD headers; never in CSVs)."""
     return "".join(f"# {line}\n" for line in lines)
-
-
-def _csv_text(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """CSV text whose first line is the header ``columns``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _read_text(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CryoError("file not found", path)
-    with open(path, "rb") as fh:
-        data = fh.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CryoError("not a UTF-8 text file", path) from None
-
-
-def _read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV with ``#`` comment lines: ``[(line number, {column: text})]``; checks the columns."""
-    text = _read_text(path)
-    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1)
-             if line.strip() and not line.lstrip().startswith("#")]
-    if not lines:
-        raise CryoError("no header row (expected columns " + ",".join(columns) + ")", path)
-    header_number, header_line = lines[0]
-    header = next(csv.reader([header_line]))
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise CryoError(f"missing column(s) {', '.join(missing)}", path, header_number)
-    out = []
-    for number, line in lines[1:]:
-        values = next(csv.reader([line]))
-        if len(values) != len(header):
-            raise CryoError(f"expected {len(header)} fields, found {len(values)}", path, number)
-        out.append((number, dict(zip(header, values))))
-    return out
-
-
-def _number(text: str, kind: type, column: str, path: str | os.PathLike, line: int) -> Any:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise CryoError(f"{column} is not a{'n integer' if kind is int else ' number'}: {text!r}", path, line) from None
-    if kind is float and not math.isfinite(value):
-        raise CryoError(f"{column} is not finite: {text!r}", path, line)
-    return value
-
-
-def _jsonable(obj: Any) -> Any:
-    """numpy arrays/scalars, Object3D, tuples -> plain JSON data; NaN/Inf -> None (strict JSON)."""
-    if isinstance(obj, Object3D):
-        return _jsonable(obj.to_dict())
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented UTF-8 JSON, atomically (numpy and Object3D converted; NaN -> null)."""
-    write_text_atomic(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; CryoError naming the file when it is missing or malformed."""
-    text = _read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CryoError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
 
 
 def json_header(kind: str, pixel_size_a: float | None, source: str | None) -> dict[str, Any]:
@@ -235,17 +150,17 @@ def write_boxes2d_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any] 
         values = _row_values(row)
         body.append([str(int(values["slice"])), *(_fmt(values[c]) for c in ("x1", "y1", "x2", "y2")),
                      str(values["class"]), _fmt(values["score"], SCORE_DECIMALS)])
-    write_text_atomic(path, _csv_text(BOXES2D_COLUMNS, body))
+    write_text_atomic(path, csv_text(BOXES2D_COLUMNS, body))
     return len(body)
 
 
 def read_boxes2d_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of :func:`write_boxes2d_csv`: dicts with int ``slice``, float coordinates and score, str class."""
     out = []
-    for line, raw in _read_csv_rows(path, BOXES2D_COLUMNS):
-        row: dict[str, Any] = {"slice": _number(raw["slice"], int, "slice", path, line)}
+    for line, raw in read_csv_rows(path, BOXES2D_COLUMNS, "2D boxes")[1]:
+        row: dict[str, Any] = {"slice": parse_number(raw["slice"], int, "slice", path, line)}
         for column in ("x1", "y1", "x2", "y2", "score"):
-            row[column] = _number(raw[column], float, column, path, line)
+            row[column] = parse_number(raw[column], float, column, path, line)
         row["class"] = raw["class"]
         out.append({column: row[column] for column in BOXES2D_COLUMNS})
     return out
@@ -285,19 +200,48 @@ def write_objects3d_csv(path: str | os.PathLike, objects: Sequence[Object3D]) ->
     body = [[obj.class_name, _fmt(obj.score, SCORE_DECIMALS), _fmt(obj.x1), _fmt(obj.y1), str(int(obj.z1)),
              _fmt(obj.x2), _fmt(obj.y2), str(int(obj.z2)), str(obj.n_slices), str(obj.first_slice),
              str(obj.last_slice)] for obj in objects]
-    write_text_atomic(path, _csv_text(OBJECTS3D_COLUMNS, body))
+    write_text_atomic(path, csv_text(OBJECTS3D_COLUMNS, body))
     return len(body)
 
 
+BOX3D_KEYS = ("x1", "y1", "z1", "x2", "y2", "z2")
+_OBJECTS3D_REQUIRED = ("class", "score", *BOX3D_KEYS)
+_OBJECTS3D_INT = ("n_slices", "first_slice", "last_slice")
+
+
+def box3d_from_row(row: Mapping[str, str], path: str | os.PathLike, line: int) -> np.ndarray:
+    """float64 (6,) [x1, y1, z1, x2, y2, z2] of a CSV row; CryoError naming ``path:line`` for a value
+    that is not a finite number or an upper edge below its lower edge."""
+    box = np.array([parse_number(row[key], float, key, path, line) for key in BOX3D_KEYS], dtype=np.float64)
+    if np.any(box[3:] < box[:3]):
+        raise CryoError(f"box with an upper edge below its lower edge: {box.tolist()}", path, line)
+    return box
+
+
 def read_objects3d_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of :func:`write_objects3d_csv` as dicts (ints for z and slice counts, floats otherwise)."""
+    """Rows of a 3D objects CSV: :func:`write_objects3d_csv`'s, or any with the columns
+    ``class,score,x1,y1,z1,x2,y2,z2`` (the 3D predictions measure_map.py scores).
+
+    Each row a dict in the file's column order: str ``class`` (not empty), float score and x/y, z1/z2
+    int when whole (float otherwise), int ``n_slices``/``first_slice``/``last_slice`` and str
+    ``tomogram`` when those columns exist; other columns are left out. CryoError naming file and line.
+    """
+    header, rows = read_csv_rows(path, _OBJECTS3D_REQUIRED, "3D objects")
     out = []
-    for line, raw in _read_csv_rows(path, OBJECTS3D_COLUMNS):
-        row: dict[str, Any] = {"class": raw["class"]}
-        for column in OBJECTS3D_COLUMNS[1:]:
-            kind = int if column in ("z1", "z2", "n_slices", "first_slice", "last_slice") else float
-            row[column] = _number(raw[column], kind, column, path, line)
-        out.append(row)
+    for line, raw in rows:
+        if not raw["class"]:
+            raise CryoError("empty class name", path, line)
+        box = box3d_from_row(raw, path, line)
+        values: dict[str, Any] = dict(zip(BOX3D_KEYS, box.tolist()))
+        for key in ("z1", "z2"):
+            values[key] = int(values[key]) if float(values[key]).is_integer() else values[key]
+        values["class"], values["score"] = raw["class"], parse_number(raw["score"], float, "score", path, line)
+        if "tomogram" in raw:
+            values["tomogram"] = raw["tomogram"]
+        for column in _OBJECTS3D_INT:
+            if column in raw:
+                values[column] = parse_number(raw[column], int, column, path, line)
+        out.append({column: values[column] for column in header if column in values})
     return out
 
 
@@ -334,7 +278,7 @@ def read_star_blocks(path: str | os.PathLike) -> dict[str, Any]:
     name: str | None = None
     labels: list[str] | None = None   # labels of the loop being read
     in_rows = False
-    for number, raw in enumerate(_read_text(path).splitlines(), 1):
+    for number, raw in enumerate(read_text(path).splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -500,7 +444,7 @@ def read_imod_coords(path: str | os.PathLike, one_based: bool | None = None) -> 
     The base comes from the header comment ("0-based"/"1-based") when present, else from ``one_based``
     (default 0-based). Extra leading columns (point2model's contour/object numbers) are not accepted.
     """
-    text = _read_text(path)
+    text = read_text(path)
     detected: bool | None = None
     points = []
     for number, raw in enumerate(text.splitlines(), 1):
@@ -516,7 +460,7 @@ def read_imod_coords(path: str | os.PathLike, one_based: bool | None = None) -> 
         parts = line.split()
         if len(parts) != 3:
             raise CryoError(f"expected 3 values x y z, found {len(parts)}", path, number)
-        points.append([_number(p, float, axis, path, number) for p, axis in zip(parts, "xyz")])
+        points.append([parse_number(p, float, axis, path, number) for p, axis in zip(parts, "xyz")])
     base_one = detected if detected is not None else bool(one_based)
     arr = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     return arr - 1.0 if base_one else arr
@@ -564,7 +508,7 @@ def read_star(path: str | os.PathLike) -> list[dict[str, Any]]:
     Reads the first loop holding ``_rlnCoordinateX`` (any block name).
     """
     names: dict[int, str] = {}
-    for raw in _read_text(path).splitlines():
+    for raw in read_text(path).splitlines():
         line = raw.strip()
         if line.startswith("# class ") and " = " in line:
             number, _, name = line[len("# class "):].partition(" = ")

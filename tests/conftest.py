@@ -13,6 +13,16 @@ TOY_SIZE = 96
 TOY_ANCHORS = [24.0, 48.0]
 
 
+def obj(x1, y1, x2, y2, cls="mito", difficult=False) -> dict:
+    """A ground-truth box as metrics.evaluate takes it."""
+    return {"class": cls, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "difficult": difficult}
+
+
+def det(image, x1, y1, x2, y2, score, cls="mito") -> dict:
+    """A detection as metrics.evaluate takes it."""
+    return {"image": image, "class": cls, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score}
+
+
 def sha256(path) -> str:
     """Hex SHA-256 of a file (to prove a file was left untouched)."""
     digest = hashlib.sha256()

@@ -3,35 +3,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
-import os
 
 import numpy as np
 import pytest
+from conftest import det, obj
 
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.metrics import (
     evaluate,
     evaluate_by_group,
-    format_markdown,
-    format_table,
     match_detections,
-    plot_pr_curves,
-    results_to_json,
     voc_ap,
-    write_json_atomic,
 )
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def obj(x1, y1, x2, y2, cls="mito", difficult=False):
-    return {"class": cls, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "difficult": difficult}
-
-
-def det(image, x1, y1, x2, y2, score, cls="mito"):
-    return {"image": image, "class": cls, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score}
 
 
 # ------------------------------------------------------------------------------------------
@@ -253,59 +239,6 @@ def test_evaluate_by_group():
     assert (b["n_images"], b["n_gt"]) == (3, 2)
     with pytest.raises(CryoError, match="no group"):
         evaluate_by_group(gt, dets, {"A0": "tomoA"})
-
-
-# ------------------------------------------------------------------------------------------
-# outputs
-# ------------------------------------------------------------------------------------------
-def _small_results():
-    gt = {"a": [obj(0, 0, 10, 10), obj(20, 0, 30, 10, cls="vesicle")], "b": [obj(0, 0, 10, 10)]}
-    dets = [det("a", 0, 0, 10, 10, 0.9), det("b", 50, 50, 60, 60, 0.8), det("b", 0, 0, 10, 10, 0.7),
-            det("a", 20, 0, 30, 10, 0.6, cls="vesicle"), det("a", 0, 0, 1, 1, 0.6, cls="membrane")]
-    return evaluate(gt, dets, THRESHOLDS)
-
-
-def test_results_to_json_is_strict_json():
-    out = results_to_json(_small_results())
-    text = json.dumps(out, allow_nan=False)
-    back = json.loads(text)
-    assert set(back["classes"]) == {"mito", "vesicle", "membrane"}
-    assert list(back["mAP"]["ap"]) == ["0.5", "0.6", "0.7", "0.8", "0.9"]
-    mito = back["classes"]["mito"]
-    assert mito["ap"]["0.5"] == pytest.approx(5.0 / 6.0)  # TP, FP, TP over 2 objects: 1/2*1 + 1/2*2/3
-    assert mito["best_threshold"]["0.5"] == pytest.approx(0.7) and mito["miou"] == 1.0
-    assert back["classes"]["membrane"]["ap"]["0.5"] is None  # no ground truth: undefined
-    assert back["mAP"]["ap"]["0.5"] == pytest.approx((5.0 / 6.0 + 1.0) / 2.0)
-    assert back["mAP"]["best_threshold"]["0.5"] is None
-    assert {"coco_ap", "ap50", "ap75", "f1", "precision", "recall", "miou"} <= set(back["mAP"])
-
-
-def test_tables_list_classes_and_mean():
-    res = _small_results()
-    text = format_table(res)
-    lines = text.splitlines()
-    assert "AP@0.5" in lines[0] and "AP@0.9" in lines[0] and "mIoU@0.5" in lines[0]
-    assert lines[-1].split()[0] == "mAP" and lines[-1].split()[1] == "0.917"
-    assert any(line.split()[0] == "membrane" and line.split()[1] == "-" for line in lines)
-    md = format_markdown(res, iou_threshold=0.7).splitlines()
-    assert md[0].startswith("| class | AP@0.5") and "F1@0.7" in md[0]
-    assert md[-1].startswith("| mAP | 0.917")
-    with pytest.raises(CryoError, match="not evaluated"):
-        format_table(res, iou_threshold=0.75)
-
-
-def test_plot_pr_curves_writes_png_atomically(tmp_path):
-    out = tmp_path / "pr.png"
-    plot_pr_curves(_small_results(), 0.5, out)
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert os.listdir(tmp_path) == ["pr.png"]
-
-
-def test_write_json_atomic_round_trip(tmp_path):
-    path = tmp_path / "sub" / "metrics.json"
-    write_json_atomic({"x": np.float32(0.5), "n": np.int64(3), "bad": float("nan"), "arr": np.arange(2)}, path)
-    assert json.loads(path.read_text()) == {"x": 0.5, "n": 3, "bad": None, "arr": [0, 1]}
-    assert os.listdir(path.parent) == ["metrics.json"]
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,19 +9,45 @@ import keras_frcnn_cryo
 PACKAGE_DIR = os.path.dirname(keras_frcnn_cryo.__file__)
 
 
+def _modules() -> dict[str, str]:
+    """Dotted module name inside the package -> its file; a subpackage is named by its folder
+    (its ``__init__.py``), its modules as ``folder.module``."""
+    out = {}
+    for root, _, files in os.walk(PACKAGE_DIR):
+        rel = os.path.relpath(root, PACKAGE_DIR)
+        prefix = "" if rel == "." else rel.replace(os.sep, ".")
+        if prefix and "__init__.py" not in files:
+            continue
+        for name in files:
+            if not name.endswith(".py") or name == "__main__.py" or (name == "__init__.py" and not prefix):
+                continue
+            stem = name[:-3]
+            out[prefix if stem == "__init__" else ".".join(filter(None, [prefix, stem]))] = os.path.join(root, name)
+    return out
+
+
 def import_graph(module_level_only: bool = False) -> dict[str, set[str]]:
     """module -> the package modules it imports (relative imports anywhere in the file, or only
-    those at module level: what importing the module loads)."""
-    modules = {name[:-3] for name in os.listdir(PACKAGE_DIR) if name.endswith(".py")}
+    those at module level: what importing the module loads). Names as :func:`_modules` gives them."""
+    modules = _modules()
     graph = {}
-    for module in modules:
-        with open(os.path.join(PACKAGE_DIR, f"{module}.py"), encoding="utf-8") as fh:
+    for module, path in modules.items():
+        with open(path, encoding="utf-8") as fh:
             tree = ast.parse(fh.read())
+        is_package = path.endswith("__init__.py")
+        here = module.split(".") if is_package else module.split(".")[:-1]   # the importing package
         deps = set()
         for node in (tree.body if module_level_only else ast.walk(tree)):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
-        graph[module] = deps & modules - {module}
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                base = here[:len(here) - (node.level - 1)]
+                targets = [".".join(base + node.module.split("."))] if node.module else [
+                    ".".join(base + [alias.name]) for alias in node.names]
+                for target in targets:
+                    while target and target not in modules:        # a name inside a module: the module
+                        target = target.rpartition(".")[0]
+                    if target:
+                        deps.add(target)
+        graph[module] = deps - {module}
     return graph
 
 
@@ -56,7 +82,8 @@ def test_find_cycle_sees_a_cycle():
 
 def test_no_import_cycle_in_the_package():
     graph = import_graph()
-    assert {"boxes", "anchors", "roi_helpers", "data_generators"} <= set(graph)
+    assert {"boxes", "anchors", "roi_helpers", "data_generators", "synthetic.phantom", "tomo_io.mrc"} <= set(graph)
+    assert {"synthetic.params", "synthetic.phantom"} <= graph["synthetic"] and "tomo_io" in graph["synthetic.dataset"]
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 
 
@@ -81,7 +108,7 @@ def test_evaluation_does_not_load_the_trainer():
 # data, file-format and arithmetic modules: usable from a notebook without the command-line layer
 LIBRARY_MODULES = ("annotations", "anchors", "atomic", "boxes", "masks_to_boxes", "metrics", "pascal_voc_parser",
                    "preprocessing", "simple_parser", "splits", "synthetic", "targets_tf", "tomo_io", "tracking", "writers",
-                   "distribute")
+                   "distribute", "textio", "reports")
 
 
 def test_io_and_arithmetic_modules_do_not_load_the_command_line_layer():

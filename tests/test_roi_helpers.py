@@ -12,6 +12,7 @@ from keras_frcnn_cryo.data_generators import calc_rpn, generate_anchors
 from keras_frcnn_cryo.roi_helpers import (
     calc_iou,
     encode_boxes,
+    far_negatives,
     rpn_to_roi,
     sample_rois,
 )
@@ -194,6 +195,36 @@ def test_sample_rois_no_negatives_and_empty():
     idx = sample_rois(y_class, 12, 0.5, rng)
     assert len(idx) == 12 and set(idx.tolist()) == set(range(5))
     assert sample_rois(np.zeros((0, 3)), 8, 0.5, rng).shape == (0,)
+
+
+def test_sample_rois_size_leaves_room_without_lowering_the_positive_cap():
+    rng = np.random.default_rng(3)
+    y_class = one_hot([0] * 20 + [2] * 40, 3)
+    idx = sample_rois(y_class, 32, 0.5, rng, size=24)
+    assert idx.shape == (24,) and np.sum(idx < 20) == 16           # the cap of 32 * 0.5, not of 24
+    idx = sample_rois(y_class, 32, 0.5, rng, size=10)
+    assert idx.shape == (10,) and np.sum(idx < 20) == 10           # never more rows than asked
+    with pytest.raises(ValueError):
+        sample_rois(y_class, 32, 0.5, rng, size=33)
+
+
+def test_far_negatives_are_the_best_ranked_proposals_away_from_every_object():
+    cfg = Config()
+    cfg.num_rois, cfg.classifier_hard_negative_fraction = 8, 0.25
+    gts = np.array([[0.0, 0.0, 50.0, 50.0]])
+    rois = np.array([[0.0, 0.0, 50.0, 48.0],       # on the object
+                     [200.0, 200.0, 250.0, 250.0],   # far, ranked first
+                     [40.0, 40.0, 90.0, 90.0],       # IoU 0.02: far too (below classifier_min_overlap 0.1)
+                     [300.0, 300.0, 350.0, 350.0],   # far, beyond the count
+                     [10.0, 10.0, 60.0, 60.0]])      # near (IoU 0.47): calc_iou's bg, not far
+    far, ious = far_negatives(rois, gts, cfg)
+    np.testing.assert_array_equal(far, rois[[1, 2]])
+    np.testing.assert_allclose(ious, [0.0, 100.0 / 4900.0])
+    kept = calc_iou(rois, gts, np.array([0]), cfg, 2)[0]
+    assert not any((kept == box).all(axis=1).any() for box in far)   # exactly the RoIs calc_iou drops
+    assert far_negatives(rois, np.zeros((0, 4)), cfg)[0].shape == (0, 4)   # no gt: none
+    cfg.classifier_hard_negative_fraction = 0.0
+    assert far_negatives(rois, gts, cfg)[0].shape == (0, 4)
 
 
 def test_rpn_to_roi_test_time_cap():

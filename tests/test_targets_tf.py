@@ -130,6 +130,36 @@ def test_classifier_batch_labels_every_sampled_roi_as_numpy_does():
     assert 0 < pos_fraction <= 0.5                    # the gt boxes themselves join as positives
 
 
+def test_far_negatives_match_numpy():
+    cfg = _cfg(num_rois=20, classifier_hard_negative_fraction=0.25)
+    rng = np.random.default_rng(8)
+    rois, gts = _random_boxes(rng, 60), _random_boxes(rng, 3)
+    for gt in (gts, np.zeros((0, 4))):
+        got = targets_tf.far_negatives(tf.constant(rois, tf.float32), tf.constant(gt, tf.float32), cfg)
+        want = roi_helpers.far_negatives(rois, gt, cfg)
+        assert got[0].shape[0] == want[0].shape[0] == (5 if len(gt) else 0)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), w, rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_batch_appends_the_hard_negatives():
+    cfg = _cfg(num_rois=8, rpn_pre_nms_top_n=500, classifier_hard_negative_fraction=0.375)
+    rng = np.random.default_rng(5)
+    rpn_cls, rpn_regr = _rpn_outputs(rng, 10, 10, cfg.num_anchors)
+    gts = np.array([[20.0, 30.0, 70.0, 90.0]])
+    out = [t.numpy() for t in targets_tf.classifier_batch(tf.constant(rpn_cls), tf.constant(rpn_regr),
+                                                          tf.constant(gts, tf.float32), tf.constant([0]),
+                                                          cfg, 160, 160, tf.constant([1, 2]))]
+    rois, y_class, y_regr, y_iou = out[:4]
+    assert rois.shape == (8, 4) and out[4] == 1.0
+    proposals, _ = targets_tf.rpn_to_roi(tf.constant(rpn_cls), tf.constant(rpn_regr), cfg, 160, 160)
+    want, _ = roi_helpers.far_negatives(proposals.numpy(), gts, cfg)
+    np.testing.assert_allclose(rois[-3:] * cfg.rpn_stride, want, atol=1e-3)     # the last rows, best first
+    assert np.all(y_class[-3:, -1] == 1.0) and not y_regr[-3:].any()
+    assert np.all(y_iou[-3:, 0] < cfg.classifier_min_overlap)
+    assert np.all(iou_matrix(rois[:5] * cfg.rpn_stride, gts).max(axis=1) >= cfg.classifier_min_overlap - 1e-6)
+
+
 def test_classifier_batch_without_labelled_rois_is_unused():
     cfg = _cfg(num_rois=8, classifier_add_gt_rois=False, rpn_max_proposals=5)
     rng = np.random.default_rng(6)

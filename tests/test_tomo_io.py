@@ -10,16 +10,16 @@ import pytest
 
 from keras_frcnn_cryo import tomo_io
 from keras_frcnn_cryo.errors import CryoError
+from keras_frcnn_cryo.atomic import write_bytes_atomic
 from keras_frcnn_cryo.tomo_io import (
-    _header_size,
     IMAGE_EXTENSIONS,
     image_size,
     list_images,
     natural_sort_key,
     read_image,
-    write_bytes_atomic,
     write_png_atomic,
 )
+from keras_frcnn_cryo.tomo_io.images import _header_size
 
 
 def _ramp(height: int = 5, width: int = 7, dtype=np.uint8) -> np.ndarray:

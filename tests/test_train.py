@@ -191,8 +191,32 @@ def test_joint_step_updates_what_it_should(toy_dataset, monkeypatch, case):
         assert out["pos_fraction"] == 0.0
 
 
+def test_alternating_targets_end_with_the_hard_negatives():
+    """Trainer.classifier_targets (numpy, alternating mode): num_rois RoIs, the last
+    hard_negative_count() of them the best-ranked proposals away from every object, as bg."""
+    import types
+
+    from keras_frcnn_cryo import roi_helpers
+    cfg = toy_config(class_mapping={"mitochondrion": 0, "bg": 1}, num_rois=8, classifier_hard_negative_fraction=0.375)
+    rng = np.random.default_rng(4)
+    feat = 6
+    p_cls = rng.uniform(0, 1, (1, feat, feat, cfg.num_anchors)).astype(np.float32)
+    p_regr = rng.normal(0, 0.3, (1, feat, feat, 4 * cfg.num_anchors)).astype(np.float32)
+    shape = (feat * cfg.rpn_stride, feat * cfg.rpn_stride)
+    boxes, labels = np.array([[10.0, 12.0, 40.0, 44.0]]), np.array([0])
+    rois, y_class, y_regr, y_iou, _ = train.Trainer.classifier_targets(
+        types.SimpleNamespace(cfg=cfg), shape, boxes, labels, p_cls, p_regr, rng)
+    assert rois.shape == (1, 8, 4) and y_class.shape == (1, 8, 2)
+    proposals, _ = roi_helpers.rpn_to_roi(p_cls[0], p_regr[0], cfg, shape[1], shape[0])
+    far, far_iou = roi_helpers.far_negatives(proposals, boxes, cfg)
+    assert far.shape[0] == 3
+    np.testing.assert_allclose(rois[0, -3:] * cfg.rpn_stride, far, rtol=1e-5)
+    np.testing.assert_allclose(y_iou[0, -3:, 0], far_iou, atol=1e-6)
+    assert np.all(y_class[0, -3:, -1] == 1.0) and not y_regr[0, -3:].any()
+
+
 def test_unknown_train_mode_is_refused():
-    with pytest.raises(CryoError, match="unknown train_mode"):
+    with pytest.raises(CryoError, match="train_mode = .sometimes.: use one of alternating, joint"):
         train.Trainer(toy_config(class_mapping={"mitochondrion": 0, "bg": 1}, train_mode="sometimes"))
 
 
@@ -217,7 +241,7 @@ def test_main_writes_config_weights_and_log(toy_dataset, tmp_path, capsys):
 def test_bad_arguments(toy_dataset, tmp_path):
     def run(*extra):
         return train.main(train.build_parser().parse_args(["-p", toy_dataset, *extra]))
-    with pytest.raises(CryoError, match="unknown parser"):
+    with pytest.raises(CryoError, match="parser = .* use one of simple, pascal_voc"):
         run("-o", "coco")
     with pytest.raises(CryoError, match="must end with"):
         run("--output_weight_path", str(tmp_path / "model.hdf5"))

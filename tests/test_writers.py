@@ -59,21 +59,10 @@ def test_boxes2d_csv_errors_name_file_and_line(tmp_path):
     with pytest.raises(CryoError, match=r"bad\.csv:4: slice is not an integer"):
         writers.read_boxes2d_csv(path)
     path.write_text("slice,x1,y1,x2,class,score\n")
-    with pytest.raises(CryoError, match="missing column"):
+    with pytest.raises(CryoError, match="lacks column"):
         writers.read_boxes2d_csv(path)
     with pytest.raises(CryoError, match="not found"):
         writers.read_boxes2d_csv(tmp_path / "absent.csv")
-
-
-def test_write_json_converts_numpy_and_objects(tmp_path):
-    path = tmp_path / "any.json"
-    writers.write_json(path, {"a": np.float32(1.5), "b": np.arange(3), "c": float("nan"), "o": _objects()[0]})
-    data = writers.read_json(path)
-    assert data["a"] == 1.5 and data["b"] == [0, 1, 2] and data["c"] is None
-    assert data["o"]["slices"] == [3, 4, 5] and data["o"]["z2"] == 6
-    path.write_text("{broken")
-    with pytest.raises(CryoError, match="malformed JSON"):
-        writers.read_json(path)
 
 
 # ------------------------------------------------------------------------------------------
