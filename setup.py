@@ -25,7 +25,7 @@ setup(
         # (Linux). "cpu" adds nothing: it is kept so that older install commands still work.
         "cpu": [],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
-        "test": ["pytest>=7", "pycocotools>=2.0.7"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "pycocotools>=2.0.7"],
     },
     entry_points={
         "console_scripts": [

@@ -65,8 +65,13 @@ def evaluate(detector, records: list[dict], label: str,
     for path, found in predict.detect_images(detector, [r["filepath"] for r in records],
                                              detector.cfg.eval_min_score, desc=label).items():
         dets += annotations.detections_to_dicts(path, found)
+    return score(dets, records, detector.cfg.class_names[:-1], label, group_note)
+
+
+def score(dets: list[dict], records: list[dict], classes: list[str], label: str,
+          group_note: Callable[[str], str] | None = None) -> dict:
+    """:func:`evaluate`'s figures (printed, and returned) for detection dicts already made."""
     gt = annotations.records_to_ground_truth(records)
-    classes = detector.cfg.class_names[:-1]
     result = metrics.evaluate(gt, dets, IOUS, classes=classes)
     per_group = metrics.evaluate_by_group(gt, dets, {r["filepath"]: splits.image_group(r["filepath"])
                                                      for r in records}, 0.7, classes=classes)

@@ -35,7 +35,8 @@ from parallel_training import cpu_description, limit_threads, run_variants  # no
 TEST_FRACTION = round(1.0 / 3.0, 6)  # as written to the split file
 VARIANTS = {"default": [], "paper": ["--recipe", "paper"],
             "near-bg": ["--set", "classifier_hard_negative_fraction=0"],  # keras-frcnn: bg RoIs only near objects
-            "all-bg": ["--set", "classifier_min_overlap=0"]}     # every RoI below IoU 0.5 is background
+            "all-bg": ["--set", "classifier_min_overlap=0"],     # every RoI below IoU 0.5 is background
+            "half-hard-bg": ["--set", "classifier_hard_negative_fraction=0.125"]}  # half the default share of far bg
 
 
 def main() -> None:

@@ -18,6 +18,8 @@
    ``--tilt-step``-th tilt; boxes projected from the 3D objects).
 4. ``--test-time`` also evaluates the default model with each test-time option (accuracy_common.TEST_TIME)
    switched; ``--eval-only`` re-evaluates the models of an earlier run in ``--out`` without training.
+5. ``--z-refine`` also detects each test tomogram whole, through its volume, links the boxes into 3D
+   objects and scores the labelled slices raw and refined along z (Z_REFINE, tracking.refine_along_z).
 
 Everything runs through the package's entry points (accuracy_common.py), so the numbers are what a
 user gets. The log prints the images each model saw and the CPU it ran on.
@@ -36,8 +38,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from accuracy_common import IOUS, TEST_TIME, evaluate, load_run, records_of, train_variant  # noqa: E402
-from keras_frcnn_cryo import annotations, metrics, preprocessing, splits, synthetic, tomo_io  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from accuracy_common import IOUS, TEST_TIME, evaluate, load_run, records_of, score, train_variant  # noqa: E402
+from keras_frcnn_cryo import annotations, metrics, predict, preprocessing, splits, synthetic, tomo_io, tracking  # noqa: E402
 from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
 
 # variant -> train_frcnn.py flags added to "-p annotations.txt --time-budget B"
@@ -53,7 +57,59 @@ VARIANTS = {
     "paper-anchors": ["--anchor-scales", "128", "256", "512"],
     "near-bg": ["--set", "classifier_hard_negative_fraction=0"],    # keras-frcnn: bg RoIs only near objects
     "all-bg": ["--set", "classifier_min_overlap=0"],                # every RoI below IoU 0.5 is background
+    "half-hard-bg": ["--set", "classifier_hard_negative_fraction=0.125"],  # half the default share of far bg
 }
+
+
+# Tomogram path (--z-refine): every slice of each test tomogram detected through its volume, boxes
+# linked into 3D objects (tracking.link_boxes, the config's track_* values), then the labelled slices
+# scored as detected (raw) or refined along z: name -> (window, rescore, orphan_weight) of
+# tracking.refine_along_z.
+Z_REFINE = {
+    "tomogram path, raw": (0, False, 1.0),
+    "z window 1": (1, False, 1.0),
+    "z window 2": (2, False, 1.0),
+    "track rescore": (0, True, 1.0),
+    "z window 1 + rescore": (1, True, 1.0),
+    "z window 2 + rescore": (2, True, 1.0),
+    "z window 1 + rescore, untracked x0.5": (1, True, 0.5),
+}
+
+
+def evaluate_tomogram_path(detector, records: list[dict], label: str) -> dict[str, dict]:
+    """Per-slice figures of the labelled slices ``records`` (PNGs with sidecars) when their tomograms
+    are detected whole and the boxes refined along z (Z_REFINE); returns name -> accuracy_common.score."""
+    cfg = detector.cfg
+    wanted: dict[str, dict[int, str]] = {}
+    for record in records:
+        tomogram, sidecar, problem = tomo_io.tomogram_of(record["filepath"])
+        if problem:
+            raise SystemExit(f"{record['filepath']}: {problem}")
+        wanted.setdefault(tomogram, {})[int(sidecar["z"])] = record["filepath"]
+    per_tomogram = {}
+    for tomogram in tqdm(sorted(wanted), desc=f"{label}: tomograms", unit="tomogram"):
+        with tomo_io.open_volume(tomogram) as volume:
+            read = predict.volume_reader(volume, cfg)
+            per_slice = {}
+            for start in range(0, volume.n_slices, 4):
+                batch = list(range(start, min(start + 4, volume.n_slices)))
+                found = detector.detect_many([read(z) for z in batch], cfg.eval_min_score, volume.slice_pixel_size_a)
+                per_slice.update(zip(batch, found))
+        objects = tracking.link_boxes(per_slice, tracking.TrackingParams.from_config(cfg), cfg.class_names)
+        per_tomogram[tomogram] = (per_slice, objects)
+    out = {}
+    classes = cfg.class_names[:-1]
+    for name, (window, rescore, orphan) in Z_REFINE.items():
+        dets = []
+        for tomogram, (per_slice, objects) in per_tomogram.items():
+            refined = tracking.refine_along_z(per_slice, objects, window, rescore, orphan)
+            for z, path in wanted[tomogram].items():
+                boxes, scores, labels = refined[z]
+                dets += [{"image": path, "class": classes[int(c)], "x1": float(b[0]), "y1": float(b[1]),
+                          "x2": float(b[2]), "y2": float(b[3]), "score": float(s)}
+                         for b, s, c in zip(boxes, scores, labels)]
+        out[name] = score(dets, records, classes, f"{label} | {name}")
+    return out
 
 
 def make_data(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -129,6 +185,9 @@ def main() -> None:
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the models an earlier run left in --out (same data arguments) without training")
     parser.add_argument("--tilt-step", type=int, default=4, help="evaluate every n-th tilt image")
+    parser.add_argument("--z-refine", action="store_true",
+                        help="also detect the test tomograms whole and score their labelled slices refined "
+                             "along z (Z_REFINE)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # --jobs children
     parser.add_argument("--threads", type=int, default=0,
@@ -171,6 +230,10 @@ def main() -> None:
         if overrides is None:
             for name, data in test_sets.items():
                 evaluate_tilts(detector, data, args.tilt_step, f"{label} | test set, {name} SNR")
+        if overrides is None and args.z_refine:
+            for name, (_, records) in sets.items():
+                for option, figures in evaluate_tomogram_path(detector, records, f"{label} | {name}").items():
+                    results[label][f"{name} | {option}"] = figures
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=2)
     print(f"results -> {os.path.join(args.out, 'results.json')}")

@@ -187,6 +187,9 @@ class Config:
     lr_drop_fraction: float = 0.0
     lr_drop_factor: float = 0.1
     lr_warmup_steps: int = 0                  # linear ramp from 0 over this many images (paper: none)
+    # ... ending by this fraction of the run at the latest (0 = no cap): a short --time-budget run
+    # on a slow CPU would otherwise spend much of its time in the ramp.
+    lr_warmup_max_fraction: float = 0.0
 
     # --- training schedule ---------------------------------------------------------------
     # "alternating" (paper, keras-frcnn): an RPN step, then a classifier step that runs the backbone
@@ -233,6 +236,13 @@ class Config:
     track_max_gap: int = 2                    # slices a mitochondrion may be missed and still continue
     track_min_length: int = 3                 # objects seen on fewer slices are dropped
     track_extent_quantile: float = 0.0        # 0: x/y extent = union of member boxes
+    # Per-slice boxes of a tomogram refined by their 3D object (tracking.refine_along_z; not in the
+    # paper; 0 / False / 1.0 = off): each member box becomes the score-weighted mean of the object's
+    # boxes on the slices within track_refine_window of it; with track_rescore it scores the object's
+    # mean; boxes in no object score x track_untracked_weight. Applied to NAME_boxes2d of tomograms.
+    track_refine_window: int = 0
+    track_rescore: bool = False
+    track_untracked_weight: float = 1.0
     tilt_consistency_min_iou: float = 0.3     # tilt series: a box needs a neighbour-tilt box at this IoU
 
     # ---------------------------------------------------------------------------------------
@@ -284,7 +294,8 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "must be a whole number >= 1")
-        for name in ("im_max_size", "lr_warmup_steps", "detection_refine_steps", "track_max_gap", "cpu_replicas"):
+        for name in ("im_max_size", "lr_warmup_steps", "detection_refine_steps", "track_max_gap", "cpu_replicas",
+                     "track_refine_window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(name, "must be a whole number >= 0")
@@ -293,10 +304,10 @@ class Config:
                 raise bad(name, "must be > 0")
         for name in ("rpn_min_overlap", "rpn_max_overlap", "classifier_min_overlap", "classifier_max_overlap",
                      "rpn_max_positive_fraction", "classifier_positive_fraction", "test_fraction", "val_fraction",
-                     "lr_drop_fraction", "lr_drop_factor", "rpn_nms_overlap", "detection_nms_overlap",
+                     "lr_drop_fraction", "lr_drop_factor", "lr_warmup_max_fraction", "rpn_nms_overlap", "detection_nms_overlap",
                      "detection_threshold", "eval_min_score", "rpn_min_score_test", "detection_iou_weight",
                      "detection_rpn_weight",
-                     "detection_box_voting_iou", "track_min_iou", "tilt_consistency_min_iou"):
+                     "detection_box_voting_iou", "track_min_iou", "tilt_consistency_min_iou", "track_untracked_weight"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise bad(name, "must lie in [0, 1]")
         for low, high in (("rpn_min_overlap", "rpn_max_overlap"), ("classifier_min_overlap", "classifier_max_overlap")):

@@ -15,7 +15,6 @@ give a rough model (AP@0.5 about 0.3); an hour gives AP@0.5 0.7-0.8 on these tom
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -83,14 +82,13 @@ def main(args: argparse.Namespace) -> int:
 
     print("[4/5] evaluating on the held-out tomogram (AP vs IoU, as in the paper's Fig. 6a)")
     eval_dir = os.path.join(out, "evaluation")
-    evaluation.main(evaluation.build_parser().parse_args([
-        "--config_filename", config_path, "--model", weights, "--split", "test",
-        "--detections", os.path.join(out, "predictions", "detections.csv"), "-p", ann_path,
-        "--output", eval_dir]))
+    detections_csv = os.path.join(out, "predictions", "detections.csv")
+    result = evaluation.evaluate(ann_path, [("model", detections_csv)], cfg, split="test", out_dir=eval_dir)
+    print(result.text())
+    evaluation.write_evaluation(result, eval_dir)
 
     print("[5/5] drawing held-out slices with true and predicted boxes")
-    with open(os.path.join(eval_dir, "metrics.json")) as fh:
-        metrics_json = json.load(fh)
+    metrics_json = result.payload()
     montage_path = os.path.join(out, "montage.png")
     threshold, ap = write_montage(montage_path, detector, test_records, metrics_json)
     minutes = (time.time() - started) / 60.0

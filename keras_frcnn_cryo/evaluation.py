@@ -30,6 +30,10 @@ ground truth holds several tomograms, the predictions need a ``tomogram`` column
 be named after its tomogram (``tomo_03.csv``); with one tomogram neither is needed. Objects are
 matched per tomogram and class with :func:`keras_frcnn_cryo.tracking.match_objects_3d`.
 
+Library: :func:`evaluate` (what measure_map.py computes; prints notes, writes nothing) returns an
+:class:`Evaluation` (its tables as text or Markdown, its JSON payload); :func:`write_evaluation` writes
+the files. The command and the demo both call these two.
+
 Outputs in ``--output``: ``metrics.json`` (also ``--json``), ``metrics.md``, ``pr_iou<t>.png``.
 JSON: :func:`reports.results_to_json` of the (first) run, i.e. ``"classes": {name: row}`` and
 ``"mAP": row`` where ``row["ap"]`` is keyed by the IoU thresholds as strings ("0.5" ... "0.9"),
@@ -43,7 +47,7 @@ import argparse
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,8 +56,10 @@ from . import metrics, preprocessing, reports, splits, tomo_io, tracking, writer
 from .annotations import detections_to_dicts, load_annotations, records_to_ground_truth
 from .atomic import check_output_dir, write_text_atomic
 from .config import BG_CLASS, PAPER_TABLE_IOU, Config, load_config
-from .errors import CryoError, parse_float
-from .predict import CSV_COLUMNS, DETECTIONS_CSV, SHARD_CSV, add_detector_options, detect_images, load_detector
+from .errors import CryoError
+from .model import Detector
+from .detections_csv import ImageIndex, load_detections
+from .predict import add_detector_options, detect_images, load_detector
 from .textio import read_csv_rows, write_json
 from .tomo_io import natural_sort_key
 
@@ -145,7 +151,7 @@ def check_classes_known(gt: Mapping[str, Sequence[Mapping[str, Any]]], cfg: Conf
                             f"(it knows: {', '.join(sorted(known))})", ann_path)
 
 
-def resolve_split(args: argparse.Namespace, cfg: Config | None, ann_path: str) -> tuple[str, str]:
+def resolve_split(split: str | None, split_file: str | None, cfg: Config | None, ann_path: str) -> tuple[str, str]:
     """(split name, split file) for this evaluation; the file is only read here, never written.
 
     The file: ``--split-file``, else the one training recorded in the config (when the annotations
@@ -153,15 +159,14 @@ def resolve_split(args: argparse.Namespace, cfg: Config | None, ann_path: str) -
     unset: "test" when that file exists, else "all" (said on stdout). A train/val/test split
     without its file is a CryoError: splits are made by training, where they decide what it sees.
     """
-    if args.split_file:
-        split_path = args.split_file
+    if split_file:
+        split_path = split_file
     elif cfg is not None and cfg.split_path and cfg.annotation_path and \
             os.path.abspath(cfg.annotation_path) == os.path.abspath(ann_path):
         split_path = cfg.split_path
     else:
         split_path = splits.default_split_path(ann_path)
     exists = os.path.isfile(split_path)
-    split = args.split
     if split is None:
         split = "test" if exists else "all"
         if not exists:
@@ -197,100 +202,6 @@ def check_ground_truth(gt: Mapping[str, Sequence[Mapping[str, Any]]], ann_path: 
 # ------------------------------------------------------------------------------------------
 # detections CSV
 # ------------------------------------------------------------------------------------------
-def _path_parts(path: str) -> list[str]:
-    return [part for part in path.replace("\\", "/").split("/") if part not in ("", ".")]
-
-
-def _shared_tail(parts_a: Sequence[str], parts_b: Sequence[str]) -> int:
-    """Number of trailing path components two paths have in common."""
-    count = 0
-    for a, b in zip(reversed(parts_a), reversed(parts_b)):
-        if a != b:
-            break
-        count += 1
-    return count
-
-
-class ImageIndex:
-    """Finds the annotated image a CSV row names: by file name; among annotated images sharing that
-    name, the one sharing the most trailing path components with it.
-
-    ``all_paths``: every annotated image (file paths, the ground-truth ids); ``evaluated``: those of
-    the evaluated split.
-    """
-
-    def __init__(self, all_paths: Sequence[str], evaluated: Sequence[str]):
-        self.by_name: dict[str, list[str]] = {}
-        for path in all_paths:
-            self.by_name.setdefault(os.path.basename(path), []).append(path)
-        self.evaluated = set(evaluated)
-
-    def lookup(self, name: str, source: str, line: int) -> str | None:
-        """Ground-truth id of ``name``; None when no annotated image has that file name;
-        CryoError (``source:line``) when several do and its path does not single one out."""
-        parts = _path_parts(name)
-        candidates = self.by_name.get(parts[-1] if parts else "", [])
-        if len(candidates) > 1:
-            shared = [_shared_tail(_path_parts(c), parts) for c in candidates]
-            best = [c for c, n in zip(candidates, shared) if n == max(shared)]
-            if len(best) != 1:
-                raise CryoError(f"image {name!r} is ambiguous: several annotated images have this file name "
-                                "(write the path relative to a common folder)", source, line)
-            return best[0]
-        return candidates[0] if candidates else None
-
-
-@dataclass
-class DetectionsFile:
-    """Detections read from one CSV, keyed to ground-truth ids (image file paths)."""
-
-    path: str
-    detections: list[dict] = field(default_factory=list)
-    n_rows: int = 0
-    n_other_split: int = 0   # rows of annotated images outside the evaluated split (dropped)
-    unannotated: dict[str, int] = field(default_factory=dict)  # image name -> rows, images not in the annotations
-    min_score: float = math.nan
-
-
-def _csv_float(row: Mapping[str, str], key: str, source: str, line: int) -> float:
-    return parse_float(row[key], f"column {key!r}", source, line)
-
-
-def read_detections_csv(path: str, index: ImageIndex) -> DetectionsFile:
-    """Rows of a test_frcnn.py CSV (:data:`~keras_frcnn_cryo.predict.CSV_COLUMNS`) -> detection dicts.
-
-    Each dict: ``{"image": ground-truth id, "class": str, "x1", "y1", "x2", "y2", "score": float}``
-    (float pixels, x2/y2 exclusive). Rows of annotated images outside ``index.evaluated`` are
-    dropped and counted, and so are rows of images that are not in the annotations at all
-    (``unannotated``). CryoError naming ``path`` (and the line) for: a missing file or column, a
-    non-numeric or non-finite value (NaN score), x2 < x1 or y2 < y1, an empty class.
-    """
-    out = DetectionsFile(path=path)
-    _, rows = read_csv_rows(path, CSV_COLUMNS, "detections")
-    scores = []
-    for line_no, row in rows:
-        out.n_rows += 1
-        x1, y1, x2, y2, score = (_csv_float(row, key, path, line_no) for key in ("x1", "y1", "x2", "y2", "score"))
-        if x2 < x1 or y2 < y1:
-            raise CryoError(f"box with x2 < x1 or y2 < y1: {(x1, y1, x2, y2)}", path, line_no)
-        class_name = row["class"]
-        if not class_name:
-            raise CryoError("empty class name", path, line_no)
-        name = row["image"]
-        image_id = index.lookup(name, path, line_no)
-        if image_id is None:
-            out.unannotated[name] = out.unannotated.get(name, 0) + 1
-            continue
-        if image_id not in index.evaluated:
-            out.n_other_split += 1
-            continue
-        scores.append(score)
-        out.detections.append({"image": image_id, "class": class_name, "x1": x1, "y1": y1, "x2": x2,
-                               "y2": y2, "score": score})
-    out.min_score = min(scores) if scores else math.nan
-    return out
-
-
 # ------------------------------------------------------------------------------------------
 # one evaluated run
 # ------------------------------------------------------------------------------------------
@@ -465,6 +376,16 @@ def _check_iou(value: float, flag: str) -> float:
     return float(value)
 
 
+def check_options(table_iou: float, pr_ious: Sequence[float], objects3d: str | None,
+                  gt3d: str | None) -> tuple[float, list[float]]:
+    """(table IoU, distinct PR IoUs) once each lies in (0, 1] and the 3D files come as a pair."""
+    table_iou = _check_iou(table_iou, "--table-iou")
+    pr_ious = list(dict.fromkeys(_check_iou(v, "--pr-iou") for v in pr_ious))
+    if (objects3d is None) != (gt3d is None):
+        raise CryoError("--objects3d and --gt3d go together (3D predictions and 3D ground truth)")
+    return table_iou, pr_ious
+
+
 def _run_labels(args: argparse.Namespace) -> list[str]:
     """Names of the evaluated runs (one, or two with --compare)."""
     if args.labels is not None and args.compare is None:
@@ -483,180 +404,171 @@ def _run_labels(args: argparse.Namespace) -> list[str]:
     return labels
 
 
-def main(args: argparse.Namespace) -> int:
-    """measure_map.py (see the module docstring)."""
-    table_iou = _check_iou(args.table_iou, "--table-iou")
-    pr_ious = list(dict.fromkeys(_check_iou(v, "--pr-iou") for v in args.pr_iou))
-    if (args.objects3d is None) != (args.gt3d is None):
-        raise CryoError("--objects3d and --gt3d go together (3D predictions and 3D ground truth)")
-    labels = _run_labels(args)
-    cfg = resolve_config(args)
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured: the evaluated images, one :class:`EvaluatedRun` per set of
+    detections (two with a comparison) and, optionally, the 3D object-level result."""
+
+    ann_path: str
+    split: str
+    records: list[dict]
+    n_objects: int
+    table_iou: float
+    pr_ious: list[float]
+    runs: list[EvaluatedRun]
+    objects3d: dict[str, Any] | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """metrics.json's data (see the module docstring)."""
+        out = run_payload(self.runs[0], self.table_iou)
+        out.update(split=self.split, n_images=len(self.records), annotations=self.ann_path, label=self.runs[0].label)
+        if len(self.runs) > 1:
+            out["runs"] = {run.label: run_payload(run, self.table_iou) for run in self.runs}
+        if self.objects3d is not None:
+            out["objects3d"] = self.objects3d
+        return out
+
+    def text(self, markdown: bool = False) -> str:
+        """The tables measure_map.py prints (plain text), or metrics.md (``markdown``)."""
+        iou = self.table_iou
+        parts: list[str] = []
+        for run in self.runs:
+            if markdown:
+                parts.append(f"## {run.label}\n\nDetections: `{run.source}` ({len(run.detections)}).\n\n"
+                             + reports.format_summary(run.results, iou, markdown=True)
+                             + f"\n\n### Per tomogram (image group), IoU {iou:g}\n\n"
+                             + reports.format_group_table(run.by_group, iou, markdown=True))
+            else:
+                parts.append(f"== {run.label}: {len(run.detections)} detections ({run.source}) ==\n"
+                             + reports.format_summary(run.results, iou)
+                             + f"\n\nPer tomogram (image group), IoU {iou:g}\n"
+                             + reports.format_group_table(run.by_group, iou))
+        if len(self.runs) > 1:
+            table = reports.format_comparison(self.runs, iou, markdown=markdown)
+            if markdown:
+                parts.insert(0, "## Comparison\n\n" + table)
+            else:
+                parts.append(f"Comparison ({' vs '.join(r.label for r in self.runs)})\n{table}")
+        if self.objects3d is not None:
+            pred, truth = self.objects3d["predictions"], self.objects3d["ground_truth"]
+            table = reports.format_objects_3d(self.objects3d, markdown=markdown)
+            parts.append(f"## 3D objects\n\n`{pred}` against `{truth}`.\n\n{table}" if markdown
+                         else f"3D objects ({pred} against {truth})\n{table}")
+        if markdown:
+            parts.insert(0, f"# Evaluation\n\n{len(self.records)} images ({self.split} split), {self.n_objects} "
+                            f"objects; annotations `{self.ann_path}`.")
+        return "\n\n".join(parts)
+
+
+def evaluate(ann_path: str, detections: Sequence[tuple[str, str | Detector]], cfg: Config | None = None,
+             parser: str = "simple", split: str | None = None, split_file: str | None = None,
+             table_iou: float = PAPER_TABLE_IOU, pr_ious: Sequence[float] = (PAPER_TABLE_IOU,),
+             objects3d: str | None = None, gt3d: str | None = None, config_name: str = DEFAULT_CONFIG,
+             out_dir: str | None = None) -> Evaluation:
+    """Evaluate one or two sets of detections against the annotations ``ann_path`` (measure_map.py's
+    library entry; prints the notes a user needs, writes nothing).
+
+    ``detections``: (label, source) pairs; a source is a detections CSV or test_frcnn.py output folder
+    (:func:`~keras_frcnn_cryo.detections_csv.detection_csv_files`), or a :class:`~keras_frcnn_cryo.model.Detector` run on the
+    evaluated images (scores >= its ``cfg.eval_min_score``). ``cfg``: the model's config (its IoU
+    thresholds, split file and classes), or None for the defaults. ``split``/``split_file``: as
+    :func:`resolve_split`. ``objects3d``/``gt3d``: 3D predictions and ground truth, both or neither.
+    ``out_dir``: created and checked once the ground truth is valid, before any detection is read or
+    predicted (so a bad folder fails early, and bad annotations leave no folder behind).
+    """
+    table_iou, pr_ious = check_options(table_iou, pr_ious, objects3d, gt3d)
     defaults = cfg or Config()
     thresholds = [float(t) for t in defaults.eval_iou_thresholds]
     if not any(math.isclose(table_iou, t, abs_tol=1e-9) for t in thresholds):
         raise CryoError(f"--table-iou {table_iou:g} is not one of the evaluated IoU thresholds "
                         f"({', '.join(f'{t:g}' for t in thresholds)})")
 
-    ann_path, parser_name = resolve_annotations(args, cfg)
-    all_records, _, class_mapping = load_annotations(ann_path, parser_name)
+    all_records, _, class_mapping = load_annotations(ann_path, parser)
     group_of = dict(zip((r["filepath"] for r in all_records), splits.record_groups(all_records)))
-    split, split_path = resolve_split(args, cfg, ann_path)
+    split, split_path = resolve_split(split, split_file, cfg, ann_path)
     records = select_split(all_records, split, split_path, defaults)
     gt = records_to_ground_truth(records)
     if cfg is not None:
-        check_classes_known(gt, cfg, ann_path, _config_name(args))
+        check_classes_known(gt, cfg, ann_path, config_name)
     n_objects = check_ground_truth(gt, ann_path, split)
-    out_dir = check_output_dir(args.output)
+    if out_dir is not None:
+        check_output_dir(out_dir)
     groups = {r["filepath"]: group_of[r["filepath"]] for r in records}
     print(f"{len(records)} images ({split} split) in {len(set(groups.values()))} group(s), "
           f"{n_objects} objects, from {ann_path}")
 
-    # detections of each run
     index = ImageIndex([r["filepath"] for r in all_records], [r["filepath"] for r in records])
-    sources: list[tuple[str, list[dict]]] = []
-    if args.detections:
-        sources.append((args.detections, _load_csv_run(args.detections, index, defaults)))
-    else:
-        detector = load_detector(_config_name(args), args.model, args.max_proposals, args.precision,
-                                 args.min_proposal_score, args.overrides, args.pixel_size_match)
-        found = detect_images(detector, [r["filepath"] for r in records], detector.cfg.eval_min_score,
-                              desc=f"evaluate {split}")
-        sources.append(("model", [d for path, dets in found.items() for d in detections_to_dicts(path, dets)]))
-    if args.compare:
-        sources.append((args.compare, _load_csv_run(args.compare, index, defaults)))
+    sources: list[tuple[str, str, list[dict]]] = []
+    for label, source in detections:
+        if isinstance(source, str):
+            sources.append((label, source, load_detections(source, index, defaults.eval_min_score)))
+        else:
+            found = detect_images(source, [r["filepath"] for r in records], source.cfg.eval_min_score,
+                                  desc=f"evaluate {split}")
+            sources.append((label, "model", [d for path, dets in found.items() for d in detections_to_dicts(path, dets)]))
 
     gt_classes = [c for c in (cfg.class_names if cfg else sorted(class_mapping)) if c != BG_CLASS]
-    extra = sorted({d["class"] for _, dets in sources for d in dets} - set(gt_classes) - {BG_CLASS})
+    extra = sorted({d["class"] for _, _, dets in sources for d in dets} - set(gt_classes) - {BG_CLASS})
     if extra:
         print(f"note: class(es) {', '.join(extra)} of the detections have no ground truth (left out of the means)")
     classes = gt_classes + extra
     runs = [evaluate_run(label, source, gt, dets, groups, classes, thresholds, table_iou, pr_ious)
-            for label, (source, dets) in zip(labels, sources)]
+            for label, source, dets in sources]
     snr = group_snr(records, groups, defaults.snr_sample_slices)
     for run in runs:
         for group, row in run.by_group.items():
             row["snr_estimate"] = snr.get(group, math.nan)
 
-    # text outputs
-    md: list[str] = [f"# Evaluation\n\n{len(records)} images ({split} split), {n_objects} objects; "
-                     f"annotations `{ann_path}`."]
-    for run in runs:
-        print(f"\n== {run.label}: {len(run.detections)} detections ({run.source}) ==")
-        print(reports.format_summary(run.results, table_iou))
-        print(f"\nPer tomogram (image group), IoU {table_iou:g}")
-        print(reports.format_group_table(run.by_group, table_iou))
-        md.append(f"## {run.label}\n\nDetections: `{run.source}` ({len(run.detections)}).\n\n"
-                  + reports.format_summary(run.results, table_iou, markdown=True)
-                  + f"\n\n### Per tomogram (image group), IoU {table_iou:g}\n\n"
-                  + reports.format_group_table(run.by_group, table_iou, markdown=True))
-    if len(runs) > 1:
-        print(f"\nComparison ({' vs '.join(r.label for r in runs)})")
-        print(reports.format_comparison(runs, table_iou))
-        md.insert(1, "## Comparison\n\n" + reports.format_comparison(runs, table_iou, markdown=True))
+    result3d = None
+    if objects3d:
+        truth = read_gt3d_csv(gt3d)
+        predicted = predicted_objects3d(objects3d, [o["tomogram"] for o in truth])
+        result3d = {"predictions": objects3d, "ground_truth": gt3d, **evaluate_objects_3d(predicted, truth)}
+    return Evaluation(ann_path, split, records, n_objects, table_iou, pr_ious, runs, result3d)
 
-    payload = run_payload(runs[0], table_iou)
-    payload.update(split=split, n_images=len(records), annotations=ann_path, label=runs[0].label)
-    if len(runs) > 1:
-        payload["runs"] = {run.label: run_payload(run, table_iou) for run in runs}
 
-    if args.objects3d:
-        gt3d = read_gt3d_csv(args.gt3d)
-        pred3d = predicted_objects3d(args.objects3d, [o["tomogram"] for o in gt3d])
-        result3d = evaluate_objects_3d(pred3d, gt3d)
-        print(f"\n3D objects ({args.objects3d} against {args.gt3d})")
-        print(reports.format_objects_3d(result3d))
-        md.append(f"## 3D objects\n\n`{args.objects3d}` against `{args.gt3d}`.\n\n"
-                  + reports.format_objects_3d(result3d, markdown=True))
-        payload["objects3d"] = {"predictions": args.objects3d, "ground_truth": args.gt3d, **result3d}
-
+def write_evaluation(result: Evaluation, out_dir: str, json_copy: str | None = None) -> list[str]:
+    """metrics.json (also at ``json_copy``), metrics.md and one pr_iou<t>.png per PR IoU into
+    ``out_dir``; returns the paths written."""
+    out_dir = check_output_dir(out_dir)
+    payload = result.payload()
     json_path = os.path.join(out_dir, "metrics.json")
     write_json(json_path, payload)
-    if args.json:
-        write_json(args.json, payload)
+    if json_copy:
+        write_json(json_copy, payload)
     md_path = os.path.join(out_dir, "metrics.md")
-    write_text_atomic(md_path, "\n\n".join(md) + "\n")
-    written = [json_path, md_path] + ([args.json] if args.json else [])
-    for iou in pr_ious:
+    write_text_atomic(md_path, result.text(markdown=True) + "\n")
+    written = [json_path, md_path] + ([json_copy] if json_copy else [])
+    for iou in result.pr_ious:
         pr_path = os.path.join(out_dir, f"pr_iou{iou:g}.png")
-        if len(runs) == 1:
-            reports.plot_pr_curves(runs[0].pr_results[iou], iou, pr_path)
+        if len(result.runs) == 1:
+            reports.plot_pr_curves(result.runs[0].pr_results[iou], iou, pr_path)
         else:
-            reports.plot_pr_runs({run.label: run.pr_results[iou] for run in runs}, iou, pr_path)
+            reports.plot_pr_runs({run.label: run.pr_results[iou] for run in result.runs}, iou, pr_path)
         written.append(pr_path)
+    return written
+
+
+def main(args: argparse.Namespace) -> int:
+    """measure_map.py (see the module docstring): the options into one :func:`evaluate`, printed and
+    written by :func:`write_evaluation`."""
+    check_options(args.table_iou, args.pr_iou, args.objects3d, args.gt3d)
+    labels = _run_labels(args)
+    cfg = resolve_config(args)
+    ann_path, parser_name = resolve_annotations(args, cfg)
+    first: str | Detector
+    if args.detections:
+        first = args.detections
+    else:
+        first = load_detector(_config_name(args), args.model, args.max_proposals, args.precision,
+                              args.min_proposal_score, args.overrides, args.pixel_size_match)
+    sources = [(labels[0], first)] + ([(labels[1], args.compare)] if args.compare else [])
+    result = evaluate(ann_path, sources, cfg, parser_name, args.split, args.split_file, args.table_iou,
+                      args.pr_iou, args.objects3d, args.gt3d, _config_name(args), args.output)
+    print("\n" + result.text())
+    written = write_evaluation(result, args.output, args.json)
     print(f"\nwritten: {', '.join(written)}")
     return 0
-
-
-def detection_csv_files(path: str) -> list[str]:
-    """The detections CSV(s) that ``path`` names: the file itself, or in a folder its detections.csv or
-    all parts detections.shard-K-of-N.csv of a ``test_frcnn.py --shard`` run.
-
-    CryoError naming the folder when it holds neither, both, parts of two different N, or not every
-    part K = 0 .. N-1 (the message names the missing parts and the command that writes them).
-    """
-    if not os.path.isdir(path):
-        return [path]
-    names = os.listdir(path)
-    parts: dict[int, dict[int, str]] = {}
-    for name in names:
-        match = SHARD_CSV.match(name)
-        if match:
-            parts.setdefault(int(match.group(2)), {})[int(match.group(1))] = os.path.join(path, name)
-    whole = DETECTIONS_CSV in names
-    if whole and parts:
-        raise CryoError(f"holds both {DETECTIONS_CSV} and --shard parts: evaluate one of them "
-                        f"(move the other run's files away)", path)
-    if whole:
-        return [os.path.join(path, DETECTIONS_CSV)]
-    if not parts:
-        raise CryoError(f"no {DETECTIONS_CSV} and no detections.shard-K-of-N.csv in this folder", path)
-    if len(parts) > 1:
-        raise CryoError(f"holds --shard parts of different runs (N = {', '.join(map(str, sorted(parts)))})", path)
-    (n, found), = parts.items()
-    missing = [k for k in range(n) if k not in found]
-    if missing:
-        raise CryoError(f"--shard part(s) {', '.join(f'{k}/{n}' for k in missing)} missing (no "
-                        f"detections.shard-{missing[0]}-of-{n}.csv yet): run test_frcnn.py --shard "
-                        f"{missing[0]}/{n} --output {path} (add --resume to keep finished parts)", path)
-    return [found[k] for k in range(n)]
-
-
-def _load_csv_run(path: str, index: ImageIndex, defaults: Config) -> list[dict]:
-    """Detections of one CSV, or of the CSVs of a folder (:func:`detection_csv_files`), with the
-    notes a user needs (dropped rows, truncated score range). CryoError when two parts hold
-    detections of the same image."""
-    files = detection_csv_files(path)
-    found = read_detections_csv(files[0], index)
-    owner = {d["image"]: files[0] for d in found.detections}
-    for other in files[1:]:
-        more = read_detections_csv(other, index)
-        clash = next((d["image"] for d in more.detections if owner.get(d["image"], other) != other), None)
-        if clash is not None:
-            raise CryoError(f"image {clash} has detections in two parts ({os.path.basename(owner[clash])} and "
-                            f"{os.path.basename(other)})", path)
-        owner.update((d["image"], other) for d in more.detections)
-        found.detections += more.detections
-        found.n_rows += more.n_rows
-        found.n_other_split += more.n_other_split
-        for name, count in more.unannotated.items():
-            found.unannotated[name] = found.unannotated.get(name, 0) + count
-        found.min_score = min((s for s in (found.min_score, more.min_score) if not math.isnan(s)), default=math.nan)
-    if len(files) > 1:
-        print(f"{path}: {len(found.detections)} detections merged from {len(files)} --shard parts")
-    if found.unannotated:
-        names = sorted(found.unannotated, key=natural_sort_key)
-        print(f"{path}: {sum(found.unannotated.values())} detections on {len(names)} image(s) that are not in the "
-              f"ground truth (e.g. {', '.join(names[:3])}); left out. Annotate an image without objects as "
-              "'path,,,,,' to count its detections as false positives")
-    if found.n_other_split:
-        print(f"{path}: {found.n_other_split} of {found.n_rows} detections are on images outside the "
-              "evaluated split; ignored")
-    if not found.detections:
-        print(f"{path}: no detections on the evaluated images (AP 0)")
-    elif found.min_score > defaults.eval_min_score:
-        print(f"note: {path} holds no score below {found.min_score:.3g}: AP and PR curves stop there "
-              f"(write it with test_frcnn.py --threshold {defaults.eval_min_score:g} for the full curves)")
-    return found.detections
 
 
 def console_main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,6 @@ file is written under a temporary name and renamed when complete (atomic.py).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import os
 import re
@@ -24,14 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from . import preprocessing, tomo_io, tracking, writers
-from .atomic import atomic_path, check_output_dir
+from .atomic import check_output_dir
 from .config import apply_overrides, load_config
+from .detections_csv import DETECTIONS_CSV, shard_csv_name, write_detections_csv
 from .errors import CryoError
 from .model import PRECISIONS, Detections, Detector
 
-CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "class", "score")
-DETECTIONS_CSV = "detections.csv"
-SHARD_CSV = re.compile(r"^detections\.shard-(\d+)-of-(\d+)\.csv$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,20 +141,6 @@ def detect_images(detector: Detector, paths: list[str], min_score: float,
     return results
 
 
-def write_detections_csv(path: str, results: dict[str, Detections], relative_to: str | None = None) -> int:
-    """One row per box (image, x1, y1, x2, y2, class, score); written atomically. Returns the row count."""
-    rows = 0
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for image_path, dets in results.items():
-            name = os.path.relpath(image_path, relative_to) if relative_to else image_path
-            for box, score, label in zip(dets.boxes, dets.scores, dets.labels):
-                writer.writerow([name, *(f"{v:.2f}" for v in box), dets.class_names[int(label)], f"{score:.6f}"])
-                rows += 1
-    return rows
-
-
 def predict_images(detector: Detector, paths: list[str], out_dir: str, threshold: float,
                    root: str | None = None, overlays: bool = True, overlay_threshold: float | None = None,
                    csv_name: str = DETECTIONS_CSV) -> str:
@@ -219,11 +202,6 @@ def shard_inputs(paths: list[str], shard: tuple[int, int] | None) -> list[str]:
     k, n = shard
     ordered = sorted(paths, key=lambda p: tomo_io.natural_sort_key(os.path.basename(p)) + (p,))
     return ordered[k::n]
-
-
-def detections_csv_name(shard: tuple[int, int] | None) -> str:
-    """detections.csv, or detections.shard-K-of-N.csv for part K of N."""
-    return DETECTIONS_CSV if shard is None else f"detections.shard-{shard[0]}-of-{shard[1]}.csv"
 
 
 def split_inputs(path: str) -> tuple[list[str], list[str]]:
@@ -299,9 +277,8 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
             print(f"{name}: {pixel_size_in:g} A/px; the model was trained on {cfg.pixel_size_angstrom:g} A/px images "
                   f"seen at {cfg.network_pixel_size_angstrom:g} A per network pixel: slices resized x{scale:.3g} "
                   "(--no-pixel-size-match: resize by the config's im_size instead)")
-        shown = overlay_score(cfg, options.overlay_threshold)
         per_slice: dict[int, Detections] = {}
-        overlays: dict[int, np.ndarray] = {}
+        overlays: dict[int, np.ndarray] = {}           # slice -> its grey image, drawn once boxes are final
         projection = None
         bar = tqdm(total=len(indices), desc=name, unit="slice" if volume.kind == "tomogram" else "tilt")
         for start in range(0, len(indices), options.batch_size):
@@ -312,8 +289,7 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
                 per_slice[index] = dets
                 projection = image.astype(np.float64) if projection is None else projection + image
                 if start + offset in overlay_at:
-                    overlays[index] = writers.render_overlay(image, dets.boxes, dets.labels, dets.scores,
-                                                             dets.class_names, min_score=shown)
+                    overlays[index] = image
             bar.update(len(batch))
         bar.close()
         kind, pixel_size, angles = volume.kind, volume.pixel_size_a, volume.angles
@@ -350,12 +326,19 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
                          overlays: dict[int, np.ndarray], projection: np.ndarray | None,
                          pixel_size: float | None, angles, cfg, threshold: float, options: VolumeOptions,
                          snr: float = float("nan")) -> dict:
-    """Every output file of one volume (see :func:`predict_volume`); NAME.done.json last."""
+    """Every output file of one volume (see :func:`predict_volume`); NAME.done.json last. ``overlays``:
+    slice index -> the (binned) grey slice, drawn here with the final boxes."""
     class_names = cfg.class_names
     binning = options.binning
-    # boxes in the input file's pixels (undo binning); overlays were drawn in the binned slices
+    # boxes in the input file's pixels (undo binning); overlays are drawn in the binned slices
     full = {z: (d.boxes * binning, d.scores, d.labels) for z, d in per_slice.items()}
     base = os.path.join(out_dir, name)
+    objects = []
+    if kind != "tilt_series":
+        objects = tracking.link_boxes(full, tracking.TrackingParams.from_config(cfg), class_names)
+        if cfg.track_refine_window > 0 or cfg.track_rescore or cfg.track_untracked_weight < 1.0:
+            full = tracking.refine_along_z(full, objects, cfg.track_refine_window, cfg.track_rescore,
+                                           cfg.track_untracked_weight)
     rows = writers.boxes2d_rows(full, class_names)
     writers.write_boxes2d_csv(base + "_boxes2d.csv", rows)
     summary = {"input": os.path.abspath(path), "kind": kind, "slices_processed": len(per_slice),
@@ -372,7 +355,6 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
             print(f"{name}: {len(flags)} detections seen on one tilt but on neither neighbour "
                   f"(listed under 'isolated' in {name}_boxes2d.json)")
     else:
-        objects = tracking.link_boxes(full, tracking.TrackingParams.from_config(cfg), class_names)
         writers.write_objects3d_csv(base + "_objects3d.csv", objects)
         writers.write_objects3d_json(base + "_objects3d.json", objects, pixel_size_a=pixel_size, source=path)
         writers.write_cbox(base + ".cbox", objects, pixel_size_a=pixel_size, source=path)
@@ -387,7 +369,10 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
     writers.write_boxes2d_json(base + "_boxes2d.json", rows, pixel_size_a=pixel_size, source=path,
                                extra={**summary, **{k: v for k, v in json_payload.items() if k != "boxes"}})
     tag = "z" if kind == "tomogram" else "t"
-    for index, picture in overlays.items():
+    shown = overlay_score(cfg, options.overlay_threshold)
+    for index, image in overlays.items():
+        boxes, scores, labels = full[index]
+        picture = writers.render_overlay(image, boxes / binning, labels, scores, class_names, min_score=shown)
         writers.write_png(os.path.join(base + "_overlays", f"{name}_{tag}{index:04d}.png"), picture)
     if options.labelimg:
         with_dets = sorted(z for z, d in per_slice.items() if len(d))
@@ -417,7 +402,7 @@ def main(args: argparse.Namespace) -> int:
     detector = load_detector(args.config_filename, args.model, args.max_proposals, args.precision,
                              args.min_proposal_score, args.overrides, args.pixel_size_match)
     threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
-    csv_name = detections_csv_name(shard)
+    csv_name = shard_csv_name(shard)
     if args.resume and os.path.isfile(os.path.join(args.output, csv_name)):
         print(f"{csv_name}: complete, its images skipped (--resume)")
     elif any_images:

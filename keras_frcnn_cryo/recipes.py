@@ -35,13 +35,18 @@ class ScratchRecipe:
 
     train_mode: str = "joint"                 # one backbone pass per image: about twice the images per hour
     learning_rate: float = 1e-4               # 10x the paper's: random weights need larger steps
-    lr_warmup_steps: int = 100                # linear ramp from 0 over the first steps
+    lr_warmup_steps: int = 100                # linear ramp from 0 over the first steps ...
+    lr_warmup_max_fraction: float = 0.05      # ... over 5 % of the run at most (3 min of an hour)
     lr_drop_fraction: float = 0.75            # last quarter of the run at a tenth of the rate
     use_horizontal_flips: bool = True
     use_vertical_flips: bool = True
     rot_90: bool = True
     input_channels: str = "slabs"             # when every training image's tomogram is known (fit_input_channels)
     classifier_hard_negative_fraction: float = 0.25  # 8 of 32 RoIs: the RPN's best-ranked proposals far from objects
+    # Tomograms (test_frcnn.py on MRC files): each slice's box averaged with its 3D object's boxes on
+    # the 2 slices either side, and scored by the object's mean score (tracking.refine_along_z)
+    track_refine_window: int = 2
+    track_rescore: bool = True
 
 
 # Input size and anchors fitted to the boxes (scratch recipe; see fit_to_boxes)

@@ -35,6 +35,11 @@ With ``extent_quantile = q > 0`` a robust extent is used instead: x1 = q-quantil
 x2 = (1 - q)-quantile of their x2 (likewise y), which ignores a single oversized box on a long track.
 Object score: the mean of the member scores (a length-neutral confidence; ``n_slices`` carries
 the length).
+
+Refinement along z (:func:`refine_along_z`, not in the paper): once linked, each member box can be
+replaced by the score-weighted mean of its object's boxes on neighbouring slices, and rescored by the
+object's mean score; test_frcnn.py does this for tomograms when the config asks
+(``Config.track_refine_window``, ``track_rescore``; the scratch recipe's default).
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ __all__ = [
     "TrackingParams",
     "Object3D",
     "link_boxes",
+    "refine_along_z",
     "iou_3d",
     "iou_3d_matrix",
     "ObjectMatch",
@@ -304,6 +310,44 @@ def link_boxes(
                if len(t.slices) >= params.min_length]
     objects.sort(key=lambda o: (o.z1, o.class_index, o.y1, o.x1, -o.score, o.z2))
     return objects
+
+
+def refine_along_z(per_slice: Mapping[int, SliceDetections], objects: Sequence[Object3D], window: int = 1,
+                   rescore: bool = True, orphan_weight: float = 1.0
+                   ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per-slice detections refined by the 3D objects they were linked into (not in the paper).
+
+    ``per_slice``: the detections :func:`link_boxes` was given; ``objects``: what it returned. For each
+    member box of an object on slice z: with ``window`` w > 0, its box becomes the score-weighted
+    mean of the object's member boxes on slices z - w .. z + w (a mitochondrion's outline changes
+    little from one slice to the next, the regression noise of independent slices does); with
+    ``rescore``, its score becomes the object's mean member score (the evidence of the whole
+    track). Boxes in no object (tracks shorter than ``min_length``) keep their box, their score
+    multiplied by ``orphan_weight``. Returns ``{z: (boxes (N, 4), scores (N,), labels (N,))}`` in the
+    input's order, every box kept.
+    """
+    if window < 0 or not 0.0 <= orphan_weight <= 1.0:
+        raise CryoError(f"window must be >= 0 and orphan_weight in [0, 1], got {window}, {orphan_weight}")
+    out = {}
+    member: dict[tuple[int, int], tuple[Object3D, int]] = {}     # (z, box index) -> (object, member row)
+    for z, value in per_slice.items():
+        boxes, scores, labels = as_slice_detections(value)
+        out[int(z)] = (boxes.copy(), scores * orphan_weight, labels)
+    for obj in objects:
+        for row, z in enumerate(obj.slices):
+            boxes, _, labels = out[int(z)]
+            same = np.flatnonzero((labels == obj.class_index) & np.all(boxes == obj.boxes[row], axis=1))
+            free = [i for i in same if (int(z), int(i)) not in member]
+            if free:
+                member[(int(z), int(free[0]))] = (obj, row)
+    for (z, index), (obj, row) in member.items():
+        boxes, scores, _ = out[z]
+        if window > 0:
+            near = np.abs(np.asarray(obj.slices) - z) <= window
+            weights = obj.scores[near] if obj.scores[near].sum() > 0 else np.ones(int(near.sum()))
+            boxes[index] = (obj.boxes[near] * weights[:, None]).sum(axis=0) / weights.sum()
+        scores[index] = obj.score if rescore else obj.scores[row]
+    return out
 
 
 # ------------------------------------------------------------------------------------------

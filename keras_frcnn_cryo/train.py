@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Adam learning rate (paper {defaults.learning_rate:g}, scratch {recipes.ScratchRecipe.learning_rate:g})")
     p.add_argument("--lr-warmup", type=int, default=None, metavar="STEPS",
                    help="ramp the learning rate up from 0 over this many images (paper 0, scratch "
-                        f"{recipes.ScratchRecipe.lr_warmup_steps})")
+                        f"{recipes.ScratchRecipe.lr_warmup_steps}, ending by "
+                        f"{100 * recipes.ScratchRecipe.lr_warmup_max_fraction:g} %% of the run at the latest)")
     p.add_argument("--train-mode", default=None, choices=list(TRAIN_MODES),
                    help="alternating (paper: RPN step, then classifier step) or joint (scratch: one backbone "
                         "pass and one update per image, about half the time per image)")
@@ -532,13 +533,17 @@ def _head_keys(trainer: Trainer) -> tuple[str, ...]:
 
 def scheduled_learning_rate(cfg: Config, progress: float, step: int | None = None) -> float:
     """Learning rate for training image ``step`` (0-based; None: after the warm-up) once ``progress``
-    (0..1) of the run has passed: a linear warm-up over the first ``cfg.lr_warmup_steps`` images,
-    then the step decay of ``cfg.lr_drop_fraction`` / ``lr_drop_factor`` (constant when both are 0)."""
+    (0..1) of the run has passed: a linear warm-up over the first ``cfg.lr_warmup_steps`` images
+    (cut short once ``cfg.lr_warmup_max_fraction`` of the run has passed, when that is > 0), then the
+    step decay of ``cfg.lr_drop_fraction`` / ``lr_drop_factor`` (constant when both are 0)."""
     rate = cfg.learning_rate
     if cfg.lr_drop_fraction > 0.0 and progress >= cfg.lr_drop_fraction:
         rate *= cfg.lr_drop_factor
     if step is not None and step < cfg.lr_warmup_steps:
-        rate *= (step + 1) / cfg.lr_warmup_steps
+        ramp = (step + 1) / cfg.lr_warmup_steps
+        if cfg.lr_warmup_max_fraction > 0.0:
+            ramp = max(ramp, progress / cfg.lr_warmup_max_fraction)
+        rate *= min(ramp, 1.0)
     return rate
 
 

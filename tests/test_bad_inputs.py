@@ -43,7 +43,7 @@ import numpy as np
 import pytest
 from conftest import TOY_ANCHORS, TOY_SIZE, sha256
 
-from keras_frcnn_cryo import annotations, evaluation, masks_to_boxes, predict, tomo_io, train
+from keras_frcnn_cryo import annotations, detections_csv, evaluation, masks_to_boxes, predict, tomo_io, train
 from keras_frcnn_cryo.cli import run_cli
 from keras_frcnn_cryo.config import Config, load_config, save_config
 from keras_frcnn_cryo.errors import CryoError
@@ -243,7 +243,7 @@ def image_types(folder: Path, source: Path) -> Path:
 def detections_written(n_images: int) -> Callable[[Path, str], None]:
     def check(work: Path, output: str) -> None:
         header = (work / "out" / "detections.csv").read_text().splitlines()[0]
-        assert header == ",".join(predict.CSV_COLUMNS)
+        assert header == ",".join(detections_csv.CSV_COLUMNS)
         assert len(list((work / "out" / "overlays").glob("*.png"))) == n_images
     return check
 
@@ -687,7 +687,7 @@ def test_disk_full_while_writing_detections_csv(inputs, tmp_path, monkeypatch, c
             self.handle.flush()
             raise disk_full()
 
-    monkeypatch.setattr(predict.csv, "writer", HalfWriter)
+    monkeypatch.setattr(detections_csv.csv, "writer", HalfWriter)
     case = Case("predict", predict_args(inputs, tmp_path, inputs.image, "--no-overlays", "--threshold", "0"),
                 ("detections.csv", "No space left on device"))
     returncode = run_in_process(case.tool, case.args)

@@ -313,12 +313,19 @@ def test_evaluate_objects_3d_against_brute_force():
     assert (v["tp"], v["fp"], v["fn"]) == (0, 0, 1) and math.isnan(v["precision"]) and v["recall"] == 0.0
 
 
-def test_image_index_uses_trailing_path_components_for_shared_names():
-    index = evaluation.ImageIndex(["/d/tomoA/z00.png", "/d/tomoB/z00.png", "/d/tomoB/z01.png"],
-                                  ["/d/tomoB/z00.png"])
-    assert index.lookup("tomoB/z00.png", "dets.csv", 2) == "/d/tomoB/z00.png"
-    assert index.lookup("out/tomoA/z00.png", "dets.csv", 2) == "/d/tomoA/z00.png"
-    assert index.lookup("z01.png", "dets.csv", 2) == "/d/tomoB/z01.png"
-    assert index.lookup("z02.png", "dets.csv", 2) is None
-    with pytest.raises(CryoError, match="dets.csv:7.*ambiguous"):
-        index.lookup("z00.png", "dets.csv", 7)
+def test_library_evaluate_matches_the_command_and_writes_nothing(data):
+    """evaluation.evaluate (the library call under measure_map.py and the demo) gives the command's
+    payload for the same inputs, and writes no file until write_evaluation is called."""
+    before = sorted(p.name for p in data.iterdir())
+    result = evaluation.evaluate(str(data / "ann.txt"), [("a", str(data / "shifted.csv")),
+                                                         ("b", str(data / "perfect.csv"))], split="all")
+    assert sorted(p.name for p in data.iterdir()) == before
+    assert [run.label for run in result.runs] == ["a", "b"] and result.n_objects == 4
+    payload = result.payload()
+    expected = run(data, "--compare", data / "perfect.csv", "--labels", "a", "b", detections="shifted.csv")
+    assert payload["runs"]["a"]["mAP"] == expected["runs"]["a"]["mAP"]
+    assert payload["runs"]["b"]["mAP"]["ap"]["0.9"] == 1.0 and payload["mAP"]["ap"]["0.9"] < 1.0
+    assert "## Comparison" in result.text(markdown=True) and "Comparison (a vs b)" in result.text()
+    written = evaluation.write_evaluation(result, str(data / "lib"))
+    assert [p.rsplit("/", 1)[1] for p in written] == ["metrics.json", "metrics.md", "pr_iou0.7.png"]
+    assert json.loads((data / "lib" / "metrics.json").read_text())["runs"]["b"]["mAP"]["ap"]["0.9"] == 1.0

@@ -86,6 +86,37 @@ def test_binning_maps_boxes_to_input_pixels(detector, tomogram, tmp_path, monkey
     assert len(objects) == 1 and (objects[0]["z1"], objects[0]["z2"]) == (0, 6)
 
 
+def test_tomogram_boxes_refined_by_their_track(detector, tomogram, tmp_path, monkeypatch):
+    """With track_refine_window / track_rescore set, NAME_boxes2d holds each slice's box averaged with
+    its track's neighbours and scored by the track; a box on no track keeps its own, x the untracked weight."""
+    from keras_frcnn_cryo.model import Detections
+    calls = []
+
+    def fake_many(images, min_score=None, pixel_size_a=None):
+        out = []
+        for _ in images:
+            z = len(calls)
+            calls.append(z)
+            boxes, scores = [[10.0 + (3.0 if z == 2 else 0.0), 10.0, 30.0, 30.0]], [0.5 if z == 2 else 0.9]
+            if z == 5:
+                boxes.append([40.0, 40.0, 50.0, 50.0]); scores.append(0.8)                 # on one slice only
+            out.append(Detections(np.array(boxes), np.array(scores), np.zeros(len(boxes), int), ["m", "bg"]))
+        return out
+    monkeypatch.setattr(detector, "detect_many", fake_many)
+    for name, value in (("track_refine_window", 1), ("track_rescore", True), ("track_untracked_weight", 0.5)):
+        monkeypatch.setattr(detector.cfg, name, value)
+    out = str(tmp_path / "refined")
+    predict.predict_volume(detector, tomogram, out, 0.0, volume_options())
+    rows = writers.read_boxes2d_csv(os.path.join(out, "cell_boxes2d.csv"))
+    track = [r for r in rows if r["x2"] < 35]
+    assert [r["slice"] for r in track] == list(range(6))
+    assert all(r["score"] == pytest.approx((0.9 * 5 + 0.5) / 6, abs=1e-4) for r in track)
+    assert track[2]["x1"] == pytest.approx(10 + 3 * 0.5 / 2.3, abs=0.01)        # pulled back towards 10
+    assert track[0]["x1"] == pytest.approx(10.0)
+    lone = [r for r in rows if r["x1"] >= 40]
+    assert len(lone) == 1 and lone[0]["score"] == pytest.approx(0.4, abs=1e-4)
+
+
 def test_tilt_series_gets_boxes_per_tilt(detector, tmp_path):
     path = str(tmp_path / "ts.st")
     tomo_io.write_volume(path, np.random.default_rng(1).normal(size=(3, 64, 64)).astype(np.float32),
@@ -182,7 +213,7 @@ def shard_folder(tmp_path):
 
 
 def test_shards_write_one_folder_and_a_killed_part_resumes(detector, tmp_path, monkeypatch, capsys):
-    from keras_frcnn_cryo import evaluation
+    from keras_frcnn_cryo.detections_csv import detection_csv_files
     folder, out = shard_folder(tmp_path), str(tmp_path / "res")
     monkeypatch.setattr(predict, "load_detector", lambda *a: detector)
     parser = predict.build_parser()
@@ -192,11 +223,11 @@ def test_shards_write_one_folder_and_a_killed_part_resumes(detector, tmp_path, m
                                                "--overlay-slices", "1", "--shard", shard, *extra]))
     assert run("0/2") == 0
     with pytest.raises(CryoError, match=r"part\(s\) 1/2 missing"):
-        evaluation.detection_csv_files(out)
+        detection_csv_files(out)
     assert run("1/2") == 0
     done = sorted(n for n in os.listdir(out) if n.endswith(predict.DONE_SUFFIX))
     assert done == [f"cell_{i}.done.json" for i in range(3)]
-    parts = evaluation.detection_csv_files(out)
+    parts = detection_csv_files(out)
     assert [os.path.basename(p) for p in parts] == ["detections.shard-0-of-2.csv", "detections.shard-1-of-2.csv"]
     images = []
     for part in parts:
@@ -213,7 +244,7 @@ def test_shards_write_one_folder_and_a_killed_part_resumes(detector, tmp_path, m
     # a whole-folder run beside the parts would count images twice: refused
     open(os.path.join(out, "detections.csv"), "w").write("image,x1,y1,x2,y2,class,score\n")
     with pytest.raises(CryoError, match="both detections.csv and --shard parts"):
-        evaluation.detection_csv_files(out)
+        detection_csv_files(out)
 
 
 def test_bad_shard_is_one_line_error(tmp_path, capsys):

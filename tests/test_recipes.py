@@ -117,6 +117,26 @@ def test_warm_up_then_drop():
     assert train.scheduled_learning_rate(cfg, 0.6) == pytest.approx(1e-5)
 
 
+def test_warm_up_is_cut_short_by_its_share_of_the_run():
+    """A slow run (few images per minute) leaves the ramp once lr_warmup_max_fraction of its time has
+    passed: the rate follows the larger of the two ramps and never exceeds the learning rate."""
+    cfg = toy_config(learning_rate=1e-4, lr_warmup_steps=100, lr_warmup_max_fraction=0.05)
+    assert train.scheduled_learning_rate(cfg, 0.0, 0) == pytest.approx(1e-6)            # step ramp
+    assert train.scheduled_learning_rate(cfg, 0.025, 9) == pytest.approx(5e-5)          # time ramp
+    assert train.scheduled_learning_rate(cfg, 0.06, 10) == pytest.approx(1e-4)          # cap passed
+    assert train.scheduled_learning_rate(cfg, 0.01, 59) == pytest.approx(6e-5)          # steps lead
+    off = toy_config(learning_rate=1e-4, lr_warmup_steps=100)
+    assert train.scheduled_learning_rate(off, 0.06, 10) == pytest.approx(1.1e-5)
+    assert recipes.config_for("scratch").lr_warmup_max_fraction == 0.05
+    assert recipes.config_for("paper").lr_warmup_max_fraction == 0.0
+
+
+def test_scratch_models_refine_tomogram_boxes_along_z_and_the_paper_does_not():
+    scratch, paper = recipes.config_for("scratch"), recipes.config_for("paper")
+    assert (scratch.track_refine_window, scratch.track_rescore) == (2, True)
+    assert (paper.track_refine_window, paper.track_rescore, paper.track_untracked_weight) == (0, False, 1.0)
+
+
 def test_slabs_only_when_every_training_image_has_its_tomogram(tmp_path):
     from keras_frcnn_cryo import simple_parser, synthetic
     data = synthetic.write_dataset(str(tmp_path / "synth"), 2, seed=4, shape=(8, 48, 48), slice_step=4,

@@ -8,6 +8,7 @@ import pytest
 
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.tracking import (
+    refine_along_z,
     Object3D,
     TrackingParams,
     flag_isolated_tilt_detections,
@@ -204,6 +205,39 @@ def _voxel_iou(a, b):
         grid[k, z1:z2, y1:y2, x1:x2] = True
     union = np.logical_or(grid[0], grid[1]).sum()
     return np.logical_and(grid[0], grid[1]).sum() / union if union else 0.0
+
+
+def test_refine_along_z_averages_neighbours_and_rescores_by_the_track():
+    """A track of 5 slices whose middle box is off by 4 px: with window 1 each member box becomes the
+    score-weighted mean of its neighbours (by hand below); with rescore every member scores the track's
+    mean; a lone box (no track of min_length) keeps its box, its score times orphan_weight."""
+    base = np.array([10.0, 10.0, 30.0, 30.0])
+    per_slice = {}
+    for z in range(5):
+        box = base + (4.0 if z == 2 else 0.0)
+        boxes, scores, labels = [box], [0.9 if z != 2 else 0.5], [0]
+        if z == 4:
+            boxes.append([60.0, 60.0, 70.0, 70.0]); scores.append(0.8); labels.append(0)   # isolated
+        per_slice[z] = (np.array(boxes), np.array(scores), np.array(labels))
+    objects = link_boxes(per_slice, TrackingParams(min_iou=0.3, min_length=3))
+    assert len(objects) == 1 and objects[0].n_slices == 5
+    out = refine_along_z(per_slice, objects, window=1, rescore=True, orphan_weight=0.5)
+    mean = (0.9 * 4 + 0.5) / 5
+    for z in range(5):
+        boxes, scores, labels = out[z]
+        assert scores[0] == pytest.approx(mean) and labels[0] == 0
+    # slice 1: slices 0, 1, 2 with weights 0.9, 0.9, 0.5 -> shift 4 * 0.5 / 2.3; slice 0: slices 0, 1 -> none
+    np.testing.assert_allclose(out[1][0][0], base + 4 * 0.5 / 2.3)
+    np.testing.assert_allclose(out[0][0][0], base)
+    np.testing.assert_allclose(out[2][0][0], base + 4 * 0.5 / 2.3)           # the outlier pulled back
+    np.testing.assert_allclose(out[4][0][1], [60, 60, 70, 70])
+    assert out[4][1][1] == pytest.approx(0.4)                                    # orphan: 0.8 x 0.5
+    same = refine_along_z(per_slice, objects, window=0, rescore=False)
+    for z in range(5):                                                           # nothing asked: unchanged
+        np.testing.assert_array_equal(same[z][0], per_slice[z][0])
+        np.testing.assert_array_equal(same[z][1], per_slice[z][1])
+    with pytest.raises(CryoError):
+        refine_along_z(per_slice, objects, window=-1)
 
 
 def test_iou_3d_hand_and_brute_force():
