@@ -89,12 +89,8 @@ def evaluate_tomogram_path(detector, records: list[dict], label: str) -> dict[st
     per_tomogram = {}
     for tomogram in tqdm(sorted(wanted), desc=f"{label}: tomograms", unit="tomogram"):
         with tomo_io.open_volume(tomogram) as volume:
-            read = predict.volume_reader(volume, cfg)
-            per_slice = {}
-            for start in range(0, volume.n_slices, 4):
-                batch = list(range(start, min(start + 4, volume.n_slices)))
-                found = detector.detect_many([read(z) for z in batch], cfg.eval_min_score, volume.slice_pixel_size_a)
-                per_slice.update(zip(batch, found))
+            per_slice = {z: dets for z, _, dets in predict.detect_volume(detector, volume, range(volume.n_slices),
+                                                                         cfg.eval_min_score)}
         objects = tracking.link_boxes(per_slice, tracking.TrackingParams.from_config(cfg), cfg.class_names)
         per_tomogram[tomogram] = (per_slice, objects)
     out = {}

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,6 @@ from .config import apply_overrides, load_config
 from .detections_csv import DETECTIONS_CSV, shard_csv_name, write_detections_csv
 from .errors import CryoError
 from .model import PRECISIONS, Detections, Detector
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +269,6 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
         indices = list(range(first, stop, options.step))
         overlay_at = set(tomo_io.evenly_spaced(range(len(indices)), options.overlay_slices)
                          ) if options.overlays else set()
-        read = volume_reader(volume, cfg)
         pixel_size_in = volume.slice_pixel_size_a
         scale = detector.input_scale(pixel_size_in)
         if scale is not None:
@@ -281,21 +279,30 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
         overlays: dict[int, np.ndarray] = {}           # slice -> its grey image, drawn once boxes are final
         projection = None
         bar = tqdm(total=len(indices), desc=name, unit="slice" if volume.kind == "tomogram" else "tilt")
-        for start in range(0, len(indices), options.batch_size):
-            batch = indices[start:start + options.batch_size]
-            images = [read(i) for i in batch]
-            for offset, (index, image, dets) in enumerate(zip(batch, images, detector.detect_many(images, threshold, pixel_size_in))):
-                image = image if image.ndim == 2 else image[:, :, 1]            # the slab at the slice
-                per_slice[index] = dets
-                projection = image.astype(np.float64) if projection is None else projection + image
-                if start + offset in overlay_at:
-                    overlays[index] = image
-            bar.update(len(batch))
+        for position, (index, image, dets) in enumerate(detect_volume(detector, volume, indices, threshold,
+                                                                      options.batch_size)):
+            image = image if image.ndim == 2 else image[:, :, 1]                # the slab at the slice
+            per_slice[index] = dets
+            projection = image.astype(np.float64) if projection is None else projection + image
+            if position in overlay_at:
+                overlays[index] = image
+            bar.update(1)
         bar.close()
         kind, pixel_size, angles = volume.kind, volume.pixel_size_a, volume.angles
         snr = volume_snr(volume, indices, cfg.snr_sample_slices)
     return write_volume_outputs(path, out_dir, name, kind, per_slice, overlays, projection, pixel_size, angles,
                                 cfg, threshold, options, snr)
+
+
+def detect_volume(detector: Detector, volume: tomo_io.Volume, indices: Sequence[int], min_score: float,
+                  batch_size: int = 4) -> Iterator[tuple[int, np.ndarray, Detections]]:
+    """(slice index, the network's view of it (volume_reader), its detections) for each of ``indices``,
+    in order, batched ``batch_size`` slices at a time through the detector, at the volume's pixel size."""
+    read = volume_reader(volume, detector.cfg)
+    for start in range(0, len(indices), batch_size):
+        batch = list(indices[start:start + batch_size])
+        images = [read(i) for i in batch]
+        yield from zip(batch, images, detector.detect_many(images, min_score, volume.slice_pixel_size_a))
 
 
 def volume_snr(volume: tomo_io.Volume, indices: list[int], n_slices: int) -> float:
