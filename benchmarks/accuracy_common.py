@@ -23,7 +23,18 @@ TEST_TIME = {
     "NMS 0.3": ["detection_nms_overlap=0.3"],
     "RPN score 0.3": ["detection_rpn_weight=0.3"],      # score = head^0.7 * RPN objectness^0.3
     "RPN score 0.5": ["detection_rpn_weight=0.5"],
+    "proposal floor 0.05": ["rpn_min_score_test=0.05"],  # proposals scored below it skip the head
+    "proposal floor 0.2": ["rpn_min_score_test=0.2"],
+    "proposal floor 0.5": ["rpn_min_score_test=0.5"],
 }
+
+
+def test_time_runs(chosen: list[str] | None) -> list[tuple[str, str, list[str]]]:
+    """(label, variant, overrides) of the default model under the ``--test-time`` options chosen
+    (None: the flag was not given; []: every option of TEST_TIME)."""
+    if chosen is None:
+        return []
+    return [(f"default, {name}", "default", TEST_TIME[name]) for name in (chosen or list(TEST_TIME))]
 
 
 def train_variant(annotation_path: str, run_dir: str, budget_min: float, seed: int, flags: list[str],

@@ -1,7 +1,7 @@
 """Accuracy on real EM data nobody in this project made: Lucchi++ mitochondria (FIB-SEM), README's defaults.
 
     python benchmarks/accuracy_real_em.py --data PATH/lucchi_pp_train --out runs/accuracy_real_em
-        [--budget-min 60] [--variants default paper] [--jobs 2] [--threads N] [--test-time] [--eval-only]
+        [--budget-min 60] [--variants default paper] [--jobs 2] [--threads N] [--test-time [OPTION ...]] [--eval-only]
 
 Data (``--data``): a lucchi_pp_train folder with images/ and masks/ (55 slices, 1024x768, every third
 slice of the Lucchi++ FIB-SEM training volume, with the experts' binary mitochondria masks). Boxes are the 8-connected components of the expert masks
@@ -14,9 +14,9 @@ Each variant trains from scratch for ``--budget-min`` minutes with
 adds none (the recipe README gives a new user: here the input size and anchors are fitted to these
 40-220 px mitochondria), "paper" adds ``--recipe paper`` (Li et al. 2019 as published: 600-px input,
 128/256/512-px anchors, alternating steps at lr 1e-5). ``--jobs 2`` trains both at once, each on
-half the cores; a single variant gets every core. ``--test-time`` also evaluates the default model
-with each test-time option (accuracy_common.TEST_TIME); ``--eval-only`` re-evaluates the models an
-earlier run left in ``--out`` without training.
+half the cores; a single variant gets every core. ``--test-time [OPTION ...]`` also evaluates the
+default model with those test-time options (accuracy_common.TEST_TIME; all when none is named);
+``--eval-only`` re-evaluates the models an earlier run left in ``--out`` without training.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from accuracy_common import TEST_TIME, evaluate, load_run, records_of, train_variant  # noqa: E402
+from accuracy_common import TEST_TIME, evaluate, test_time_runs, load_run, records_of, train_variant  # noqa: E402
 from keras_frcnn_cryo import masks_to_boxes  # noqa: E402
 from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
 
@@ -36,7 +36,9 @@ TEST_FRACTION = round(1.0 / 3.0, 6)  # as written to the split file
 VARIANTS = {"default": [], "paper": ["--recipe", "paper"],
             "near-bg": ["--set", "classifier_hard_negative_fraction=0"],  # keras-frcnn: bg RoIs only near objects
             "all-bg": ["--set", "classifier_min_overlap=0"],     # every RoI below IoU 0.5 is background
-            "half-hard-bg": ["--set", "classifier_hard_negative_fraction=0.125"]}  # half the default share of far bg
+            "half-hard-bg": ["--set", "classifier_hard_negative_fraction=0.125"],  # half the default share of far bg
+            "jitter": ["--set", "aug_noise_max=0.5", "--set", "aug_blur_max_sigma=1.0",  # noise, blur and scale
+                       "--set", "aug_scale_range=0.2"]}                                 # jitter (issue 12 item 6)
 
 
 def main() -> None:
@@ -47,7 +49,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-time", action="store_true", help="also evaluate the test-time options (TEST_TIME)")
+    parser.add_argument("--test-time", nargs="*", default=None, choices=sorted(TEST_TIME), metavar="OPTION",
+                        help="also evaluate the default model with these test-time options "
+                             "(TEST_TIME; none named: all)")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the models an earlier run left in --out without training")
     parser.add_argument("--train-only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # --jobs children
@@ -84,8 +88,7 @@ def main() -> None:
                           variant)
     test = records_of(annotations, "test", args.seed, TEST_FRACTION)
     runs = [(variant, variant, None) for variant in args.variants]
-    if args.test_time and "default" in args.variants:
-        runs += [(f"default, {name}", "default", overrides) for name, overrides in TEST_TIME.items()]
+    runs += test_time_runs(args.test_time) if "default" in args.variants else []
     results = {label: evaluate(load_run(os.path.join(args.out, variant), overrides), test, f"{label} | last third")
                for label, variant, overrides in runs}
     with open(os.path.join(args.out, "results.json"), "w") as fh:

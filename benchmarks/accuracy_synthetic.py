@@ -1,7 +1,7 @@
 """Accuracy on synthetic cryo-ET the model never saw: AP vs IoU on held-out tomograms, with README's defaults.
 
     python benchmarks/accuracy_synthetic.py --out runs/accuracy_synthetic [--budget-min 60]
-        [--variants default paper no-slabs ...] [--jobs 2] [--test-time] [--eval-only] [--threads N]
+        [--variants default paper no-slabs ...] [--jobs 2] [--test-time [OPTION ...]] [--eval-only] [--threads N]
 
 1. Generates ``--tomograms`` synthetic tomograms for training (keras_frcnn_cryo.synthetic, seed
    ``--seed``; SNR 0.06-0.12, distractors, mitochondria cut by the border; PNG slices with sidecars
@@ -16,8 +16,9 @@
    IoU 0.5-0.9, COCO AP, F1, mIoU), per tomogram with its SNR (the generator's, and the single-image
    estimate of preprocessing.estimate_snr), and on the test set's tilt images (every
    ``--tilt-step``-th tilt; boxes projected from the 3D objects).
-4. ``--test-time`` also evaluates the default model with each test-time option (accuracy_common.TEST_TIME)
-   switched; ``--eval-only`` re-evaluates the models of an earlier run in ``--out`` without training.
+4. ``--test-time [OPTION ...]`` also evaluates the default model with those test-time options
+   (accuracy_common.TEST_TIME; all of them when none is named) switched on; ``--eval-only``
+   re-evaluates the models of an earlier run in ``--out`` without training.
 5. ``--z-refine`` also detects each test tomogram whole, through its volume, links the boxes into 3D
    objects and scores the labelled slices raw and refined along z (Z_REFINE, tracking.refine_along_z).
 
@@ -40,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tqdm import tqdm  # noqa: E402
 
-from accuracy_common import IOUS, TEST_TIME, evaluate, load_run, records_of, score, train_variant  # noqa: E402
+from accuracy_common import (IOUS, TEST_TIME, evaluate, load_run, records_of, score,  # noqa: E402
+                             test_time_runs, train_variant)
 from keras_frcnn_cryo import annotations, metrics, predict, preprocessing, splits, synthetic, tomo_io, tracking  # noqa: E402
 from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
 
@@ -58,6 +60,8 @@ VARIANTS = {
     "near-bg": ["--set", "classifier_hard_negative_fraction=0"],    # keras-frcnn: bg RoIs only near objects
     "all-bg": ["--set", "classifier_min_overlap=0"],                # every RoI below IoU 0.5 is background
     "half-hard-bg": ["--set", "classifier_hard_negative_fraction=0.125"],  # half the default share of far bg
+    "jitter": ["--set", "aug_noise_max=0.5", "--set", "aug_blur_max_sigma=1.0",  # noise, blur and scale
+               "--set", "aug_scale_range=0.2"],                     # jitter (issue 12 item 6)
 }
 
 
@@ -177,7 +181,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS),
                         help="models to train (default: README's command only)")
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
-    parser.add_argument("--test-time", action="store_true", help="also evaluate the test-time options (TEST_TIME)")
+    parser.add_argument("--test-time", nargs="*", default=None, choices=sorted(TEST_TIME), metavar="OPTION",
+                        help="also evaluate the default model with these test-time options "
+                             "(TEST_TIME; none named: all)")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the models an earlier run left in --out (same data arguments) without training")
     parser.add_argument("--tilt-step", type=int, default=4, help="evaluate every n-th tilt image")
@@ -216,8 +222,7 @@ def main() -> None:
         sets[f"test set, {name} SNR"] = (data, records_of(data["annotations"], "all", args.seed))
     notes = {name: snr_notes(data, records) for name, (data, records) in sets.items()}
     runs = [(variant, variant, None) for variant in args.variants]
-    if args.test_time and "default" in args.variants:
-        runs += [(f"default, {name}", "default", overrides) for name, overrides in TEST_TIME.items()]
+    runs += test_time_runs(args.test_time) if "default" in args.variants else []
     results = {}
     for label, variant, overrides in runs:
         detector = load_run(os.path.join(args.out, variant), overrides)

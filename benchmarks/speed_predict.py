@@ -110,10 +110,15 @@ def trained_section(config_path: str, weights: str, image_paths: list[str], caps
     test-time proposal cap, proposal score floor (Config.rpn_min_score_test) and precision.
 
     With untrained weights every slice sends the full cap to the head; a trained RPN scores most
-    proposals near 0 on slices with few objects, which is what the score floor uses."""
+    proposals near 0 on slices with few objects, which is what the score floor uses. The slices are
+    read as the model's config says (tomo_io.image_source: three slabs of the tomogram for a model
+    trained on slabs), as test_frcnn.py reads them."""
     from keras_frcnn_cryo import predict, tomo_io
+    from keras_frcnn_cryo.config import load_config
 
-    images = [tomo_io.read_image(path) for path in image_paths]
+    source = tomo_io.image_source(load_config(config_path))    # slab channels when the model was trained on them
+    images = [source(path) for path in image_paths]
+    source.close()
     print(f"\ntrained model {weights} on {len(images)} slices ({images[0].shape[1]}x{images[0].shape[0]} px); "
           f"per slice: median over slices of the median of {repeats} calls; {load_text()}")
     print(f"  {'precision':<9} {'max proposals':>13} {'min score':>9} {'mean RoIs to head':>18} {'s per slice':>12}")

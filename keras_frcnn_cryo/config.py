@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
+import numbers
 import json
 import os
 import pickle
@@ -64,6 +66,26 @@ def check_choice(name: str, value: Any) -> Any:
     return value
 
 
+def check_tracking_values(min_iou: float, max_centre_distance_frac: float, max_gap: int, min_length: int,
+                          extent_quantile: float) -> None:
+    """The rules for the 3D-linking values (Config's ``track_*`` fields, tracking.TrackingParams);
+    CryoError naming the field. One home: Config.validate and TrackingParams both call it."""
+    def whole(value: Any) -> bool:
+        return (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+                and float(value) == int(value))
+
+    if not 0.0 <= float(min_iou) <= 1.0:
+        raise CryoError(f"track_min_iou must be in [0, 1], got {min_iou}")
+    if not float(max_centre_distance_frac) >= 0.0:
+        raise CryoError(f"track_max_centre_distance_frac must be >= 0, got {max_centre_distance_frac}")
+    if not whole(max_gap) or max_gap < 0:
+        raise CryoError(f"track_max_gap must be an integer >= 0, got {max_gap}")
+    if not whole(min_length) or min_length < 1:
+        raise CryoError(f"track_min_length must be an integer >= 1, got {min_length}")
+    if not 0.0 <= float(extent_quantile) < 0.5:
+        raise CryoError(f"track_extent_quantile must be in [0, 0.5), got {extent_quantile}")
+
+
 @dataclass
 class Config:
     """All tunables. Defaults are the paper's values; comments give the source of each."""
@@ -87,6 +109,14 @@ class Config:
     use_horizontal_flips: bool = False
     use_vertical_flips: bool = False
     rot_90: bool = False
+    # Appearance and scale jitter (0 = off, the paper; see data_generators.jitter_appearance): volumes
+    # from other samples and microscopes differ in noise, resolution and object size in pixels.
+    # Intensity and gamma jitter are not offered: standardisation, percentile stretch and histogram
+    # equalisation (preprocessing) undo any monotonic change of the grey values.
+    aug_noise_max: float = 0.0                # added Gaussian noise, std uniform in [0, this] x the image's std
+    aug_blur_max_sigma: float = 0.0           # Gaussian blur, sigma uniform in [0, this] network-input pixels
+    aug_scale_range: float = 0.0              # resize by a factor log-uniform in [1/(1+r), 1+r] (shorter side
+                                              # snapped to AUG_SCALE_MULTIPLE px, so few input shapes occur)
 
     # --- input image ---------------------------------------------------------------------
     im_size: int = 600                        # shorter side after resizing (keras-frcnn / paper)
@@ -294,7 +324,7 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "must be a whole number >= 1")
-        for name in ("im_max_size", "lr_warmup_steps", "detection_refine_steps", "track_max_gap", "cpu_replicas",
+        for name in ("im_max_size", "lr_warmup_steps", "detection_refine_steps", "cpu_replicas",
                      "track_refine_window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -307,12 +337,17 @@ class Config:
                      "lr_drop_fraction", "lr_drop_factor", "lr_warmup_max_fraction", "rpn_nms_overlap", "detection_nms_overlap",
                      "detection_threshold", "eval_min_score", "rpn_min_score_test", "detection_iou_weight",
                      "detection_rpn_weight",
-                     "detection_box_voting_iou", "track_min_iou", "tilt_consistency_min_iou", "track_untracked_weight"):
+                     "detection_box_voting_iou", "tilt_consistency_min_iou", "track_untracked_weight"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise bad(name, "must lie in [0, 1]")
         for low, high in (("rpn_min_overlap", "rpn_max_overlap"), ("classifier_min_overlap", "classifier_max_overlap")):
             if getattr(self, low) > getattr(self, high):
                 raise bad(low, f"must not exceed {high} = {getattr(self, high)}")
+        for name in ("aug_noise_max", "aug_blur_max_sigma", "aug_scale_range"):
+            if not (math.isfinite(float(getattr(self, name))) and float(getattr(self, name)) >= 0.0):
+                raise bad(name, "must be a number >= 0 (0 = off)")
+        check_tracking_values(self.track_min_iou, self.track_max_centre_distance_frac, self.track_max_gap,
+                              self.track_min_length, self.track_extent_quantile)
         if not 0.0 <= float(self.classifier_hard_negative_fraction) < 1.0:
             raise bad("classifier_hard_negative_fraction", "must lie in [0, 1) (some RoIs are sampled as before)")
         if self.train_mode != "joint" and (self.batch_size > 1 or self.distribute != "none"):

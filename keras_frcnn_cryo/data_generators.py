@@ -10,15 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .anchors import anchor_shapes, generate_anchors, get_feature_map_size, propose_anchor_scales
 from .boxes import BoxCoder, as_boxes, iou_matrix
 from .config import Config
 from .errors import CryoError
+from .preprocessing import resize_scale
 
 __all__ = ["anchor_shapes", "augment", "calc_rpn", "generate_anchors", "get_feature_map_size",
-           "iter_training_samples", "propose_anchor_scales", "record_boxes"]
+           "iter_training_samples", "jitter_appearance", "jittered_scale", "propose_anchor_scales",
+           "record_boxes"]
+
+AUG_SCALE_MULTIPLE = 32   # scale jitter snaps the shorter side to this many px: few distinct input shapes
 
 
 def calc_rpn(
@@ -141,6 +146,49 @@ def augment(
     return np.ascontiguousarray(img), bxs
 
 
+def jittered_scale(height: int, width: int, cfg: Config, rng: np.random.Generator) -> float | None:
+    """Resize factor for one training image of ``height`` x ``width`` px under scale jitter, or None
+    when ``cfg.aug_scale_range`` is 0 (the im_size rule applies; no random number is drawn).
+
+    The im_size rule's factor (:func:`preprocessing.resize_scale`) times f, log-uniform in
+    [1 / (1 + r), 1 + r]; the shorter side is then snapped to a multiple of AUG_SCALE_MULTIPLE px
+    (at least one multiple), so the compiled step sees a handful of input shapes, not one per image.
+    """
+    r = float(cfg.aug_scale_range)
+    if r <= 0:
+        return None
+    shorter = float(min(height, width))
+    factor = float(np.exp(rng.uniform(-np.log1p(r), np.log1p(r))))
+    side = resize_scale(float(height), float(width), cfg) * shorter * factor
+    snapped = max(AUG_SCALE_MULTIPLE, AUG_SCALE_MULTIPLE * round(side / AUG_SCALE_MULTIPLE))
+    return snapped / shorter
+
+
+def jitter_appearance(image: np.ndarray, cfg: Config, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """Blur, then noise, on a raw training image (H, W) or (H, W, C) before preprocessing.
+
+    ``scale``: the factor the image will be resized by (network-input px per image px), so that the
+    blur's sigma, drawn uniform in [0, ``cfg.aug_blur_max_sigma``], is in network-input pixels. Noise:
+    Gaussian, std drawn uniform in [0, ``cfg.aug_noise_max``] times the image's own std (every channel
+    gets its own noise, at the same std). Returns float32 (the input when both are off: no random
+    number is drawn then). Models volumes of lower SNR and resolution than the training ones.
+    """
+    blur_max, noise_max = float(cfg.aug_blur_max_sigma), float(cfg.aug_noise_max)
+    if blur_max <= 0 and noise_max <= 0:
+        return image
+    out = np.asarray(image, dtype=np.float32)
+    if blur_max > 0:
+        sigma = rng.uniform(0.0, blur_max) / max(float(scale), 1e-6)
+        if sigma > 0.05:
+            out = cv2.GaussianBlur(np.ascontiguousarray(out), (0, 0), sigmaX=sigma, sigmaY=sigma,
+                                   borderType=cv2.BORDER_REFLECT)
+            out = out.reshape(np.shape(image))   # cv2 drops a single channel axis
+    if noise_max > 0:
+        std = rng.uniform(0.0, noise_max) * float(out.std())
+        out = out + rng.standard_normal(out.shape, dtype=np.float32) * np.float32(std)
+    return out
+
+
 def record_boxes(record: dict[str, Any], cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """(N, 4) float64 boxes and (N,) int64 class indices (``cfg.class_mapping``) of one record.
 
@@ -166,9 +214,10 @@ def iter_training_samples(
     """Endless stream of RPN training samples, one image at a time.
 
     Each pass visits every record once in a fresh random order. Per record: ``image =
-    load_image(record['filepath'])`` (2D), :func:`augment` with its boxes if ``augment_images``,
-    ``x_img, (sx, sy) = prepare_image(image, cfg)`` with x_img (H', W', 3) float32, boxes scaled by
-    ``[sx, sy, sx, sy]``, then :func:`calc_rpn` on the resized image. Yields dicts:
+    load_image(record['filepath'])`` (2D, or (H, W, 3) slabs); if ``augment_images``: :func:`augment`
+    with its boxes, then :func:`jittered_scale` and :func:`jitter_appearance` (each a no-op when its
+    Config field is 0); ``x_img, (sx, sy) = prepare_image(image, cfg[, scale])`` with x_img
+    (H', W', 3) float32, boxes scaled by ``[sx, sy, sx, sy]``, then :func:`calc_rpn` on the resized image. Yields dicts:
       'x_img' (1, H', W', 3); 'y_rpn_cls' (1, fh, fw, 2K); 'y_rpn_regr' (1, fh, fw, 8K);
       'boxes' (N, 4) float64 in network-input pixels; 'labels' (N,) int64; 'record' the record.
     """
@@ -179,9 +228,16 @@ def iter_training_samples(
             record = records[int(position)]
             boxes, labels = record_boxes(record, cfg)
             image = load_image(record["filepath"])
+            scale = None
             if augment_images:
                 image, boxes = augment(image, boxes, cfg, rng)
-            x_img, (scale_x, scale_y) = prepare_image(image, cfg)
+                scale = jittered_scale(image.shape[0], image.shape[1], cfg, rng)
+                net_scale = resize_scale(image.shape[0], image.shape[1], cfg, scale)
+                image = jitter_appearance(image, cfg, rng, net_scale)
+            if scale is None:
+                x_img, (scale_x, scale_y) = prepare_image(image, cfg)
+            else:
+                x_img, (scale_x, scale_y) = prepare_image(image, cfg, scale)
             resized = boxes * np.array([scale_x, scale_y, scale_x, scale_y], dtype=np.float64)
             height, width = x_img.shape[:2]
             y_rpn_cls, y_rpn_regr = calc_rpn(resized, width, height, cfg, rng)

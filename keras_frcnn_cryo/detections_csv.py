@@ -6,6 +6,12 @@ float pixels of the original image, 0-based, x2/y2 exclusive edges; ``image`` th
 writes part K as ``detections.shard-K-of-N.csv``; :func:`detection_csv_files` finds every part of a
 folder and :func:`load_detections` merges them. Reading matches each row to an annotated image by
 file name (:class:`ImageIndex`).
+
+Tomograms: test_frcnn.py writes NAME_boxes2d.csv per MRC volume (``slice,x1,y1,x2,y2,class,score``
+in the volume's pixels; a tomogram's boxes refined along z when the config says so; the tilt index
+for a tilt series). A folder of those is evaluated too: each labelled PNG whose sidecar (written by
+``tomo_io export`` and the synthetic generator) names volume NAME and slice (tilt) z gets the rows
+of that slice, scaled by the sidecar's binning. So measure_map.py scores the tomogram path test_frcnn.py takes, not only slice by slice.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ from typing import TYPE_CHECKING
 from .atomic import atomic_path
 from .errors import CryoError, parse_float
 from .textio import read_csv_rows
-from .tomo_io import natural_sort_key
+from .tomo_io import natural_sort_key, read_sidecar, sidecar_source
+from .writers import read_boxes2d_csv
 
 if TYPE_CHECKING:                       # the writer only reads the fields of model.Detections
     from .model import Detections
@@ -28,6 +35,8 @@ if TYPE_CHECKING:                       # the writer only reads the fields of mo
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "class", "score")
 DETECTIONS_CSV = "detections.csv"
 SHARD_CSV = re.compile(r"^detections\.shard-(\d+)-of-(\d+)\.csv$")
+TOMOGRAM_CSV_SUFFIX = "_boxes2d.csv"   # test_frcnn.py's per-tomogram boxes: NAME_boxes2d.csv
+SCORE_FLOOR_SLACK = 0.01   # lowest score this far above eval_min_score: the file was cut at a higher threshold
 
 
 def write_detections_csv(path: str, results: dict[str, Detections], relative_to: str | None = None) -> int:
@@ -76,6 +85,26 @@ class ImageIndex:
         for path in all_paths:
             self.by_name.setdefault(os.path.basename(path), []).append(path)
         self.evaluated = set(evaluated)
+        self._slices: dict[tuple[str, int], list[tuple[str, int]]] | None = None
+
+    def slices(self) -> dict[tuple[str, int], list[tuple[str, int]]]:
+        """(volume file stem, slice z or tilt index) -> [(annotated image, its binning)] for every
+        annotated image with a sidecar (read once, on first use)."""
+        if self._slices is None:
+            self._slices = {}
+            for paths in self.by_name.values():
+                for path in paths:
+                    if not os.path.isfile(path + ".json"):
+                        continue
+                    sidecar = read_sidecar(path)
+                    z = sidecar.get("tilt_index" if sidecar.get("kind") == "tilt_series" else "z")
+                    if not isinstance(z, int):
+                        continue
+                    stem = os.path.splitext(os.path.basename(sidecar_source(sidecar, path + ".json")))[0]
+                    binning = sidecar.get("binning", 1)
+                    self._slices.setdefault((stem, z), []).append(
+                        (path, int(binning) if isinstance(binning, int) and binning >= 1 else 1))
+        return self._slices
 
     def lookup(self, name: str, source: str, line: int) -> str | None:
         """Ground-truth id of ``name``; None when no annotated image has that file name;
@@ -102,6 +131,7 @@ class DetectionsFile:
     n_other_split: int = 0   # rows of annotated images outside the evaluated split (dropped)
     unannotated: dict[str, int] = field(default_factory=dict)  # image name -> rows, images not in the annotations
     min_score: float = math.nan
+    unlabelled_slices: int = 0  # a tomogram's CSV: slices with boxes but no labelled image (not evaluated)
 
 
 def _csv_float(row: Mapping[str, str], key: str, source: str, line: int) -> float:
@@ -143,16 +173,64 @@ def read_detections_csv(path: str, index: ImageIndex) -> DetectionsFile:
     return out
 
 
+def read_tomogram_csv(path: str, index: ImageIndex) -> DetectionsFile:
+    """Rows of a test_frcnn.py NAME_boxes2d.csv -> detection dicts of the labelled slices of tomogram
+    NAME (:meth:`ImageIndex.slices`), boxes divided by each slice image's binning (the CSV is in the
+    tomogram's pixels, the labels in the PNG's). Rows of slices no annotated image shows are counted
+    (``unlabelled_slices``), not evaluated. CryoError naming ``path`` for a bad row or when two
+    annotated images show the same slice of NAME."""
+    out = DetectionsFile(path=path)
+    name = os.path.basename(path)
+    stem = name[:-len(TOMOGRAM_CSV_SUFFIX)] if name.endswith(TOMOGRAM_CSV_SUFFIX) else os.path.splitext(name)[0]
+    slices = index.slices()
+    scores, unlabelled = [], set()
+    for row in read_boxes2d_csv(path):
+        out.n_rows += 1
+        z = int(row["slice"])
+        shown = slices.get((stem, z), [])
+        if len(shown) > 1:
+            raise CryoError(f"slice {z} of tomogram {stem} is shown by several annotated images "
+                            f"({', '.join(p for p, _ in shown[:2])}): keep one", path)
+        if not shown:
+            unlabelled.add(z)
+            continue
+        image_id, binning = shown[0]
+        if image_id not in index.evaluated:
+            out.n_other_split += 1
+            continue
+        if not row["class"]:
+            raise CryoError(f"empty class name on slice {z}", path)
+        scores.append(row["score"])
+        out.detections.append({"image": image_id, "class": row["class"], "x1": row["x1"] / binning,
+                               "y1": row["y1"] / binning, "x2": row["x2"] / binning, "y2": row["y2"] / binning,
+                               "score": row["score"]})
+    out.unlabelled_slices = len(unlabelled)
+    if out.n_rows and not any(key[0] == stem for key in slices):
+        out.unannotated[f"{stem} (tomogram: no annotated image's sidecar names it)"] = out.n_rows
+    out.min_score = min(scores) if scores else math.nan
+    return out
+
+
 def detection_csv_files(path: str) -> list[str]:
     """The detections CSV(s) that ``path`` names: the file itself, or in a folder its detections.csv or
-    all parts detections.shard-K-of-N.csv of a ``test_frcnn.py --shard`` run.
+    all parts detections.shard-K-of-N.csv of a ``test_frcnn.py --shard`` run, followed by every
+    tomogram's NAME_boxes2d.csv (sorted).
 
-    CryoError naming the folder when it holds neither, both, parts of two different N, or not every
-    part K = 0 .. N-1 (the message names the missing parts and the command that writes them).
+    CryoError naming the folder when it holds none of these, both a detections.csv and shard parts,
+    parts of two different N, or not every part K = 0 .. N-1 (the message names the missing parts
+    and the command that writes them).
     """
     if not os.path.isdir(path):
         return [path]
     names = os.listdir(path)
+    tomograms = [os.path.join(path, n) for n in sorted(names, key=natural_sort_key) if n.endswith(TOMOGRAM_CSV_SUFFIX)]
+    images = _image_csv_files(path, names, bool(tomograms))
+    return images + tomograms
+
+
+def _image_csv_files(path: str, names: list[str], optional: bool) -> list[str]:
+    """detections.csv or the complete set of shard parts in folder ``path`` (see detection_csv_files);
+    [] when there are none and ``optional``."""
     parts: dict[int, dict[int, str]] = {}
     for name in names:
         match = SHARD_CSV.match(name)
@@ -165,7 +243,10 @@ def detection_csv_files(path: str) -> list[str]:
     if whole:
         return [os.path.join(path, DETECTIONS_CSV)]
     if not parts:
-        raise CryoError(f"no {DETECTIONS_CSV} and no detections.shard-K-of-N.csv in this folder", path)
+        if optional:
+            return []
+        raise CryoError(f"no {DETECTIONS_CSV}, no detections.shard-K-of-N.csv and no NAME{TOMOGRAM_CSV_SUFFIX} "
+                        "in this folder", path)
     if len(parts) > 1:
         raise CryoError(f"holds --shard parts of different runs (N = {', '.join(map(str, sorted(parts)))})", path)
     (n, found), = parts.items()
@@ -182,14 +263,23 @@ def load_detections(path: str, index: ImageIndex, eval_min_score: float) -> list
     notes a user needs (dropped rows, truncated score range). CryoError when two parts hold
     detections of the same image."""
     files = detection_csv_files(path)
-    found = read_detections_csv(files[0], index)
+
+    def read(name: str) -> DetectionsFile:
+        if name.endswith(TOMOGRAM_CSV_SUFFIX):
+            return read_tomogram_csv(name, index)
+        return read_detections_csv(name, index)
+
+    found = read(files[0])
     owner = {d["image"]: files[0] for d in found.detections}
     for other in files[1:]:
-        more = read_detections_csv(other, index)
+        more = read(other)
         clash = next((d["image"] for d in more.detections if owner.get(d["image"], other) != other), None)
         if clash is not None:
-            raise CryoError(f"image {clash} has detections in two parts ({os.path.basename(owner[clash])} and "
-                            f"{os.path.basename(other)})", path)
+            pair = f"{os.path.basename(owner[clash])} and {os.path.basename(other)}"
+            if SHARD_CSV.match(os.path.basename(other)):
+                raise CryoError(f"image {clash} has detections in two parts ({pair})", path)
+            raise CryoError(f"image {clash} has detections in two files ({pair}): pass the one to evaluate "
+                            "as --detections FILE", path)
         owner.update((d["image"], other) for d in more.detections)
         found.detections += more.detections
         found.n_rows += more.n_rows
@@ -197,8 +287,13 @@ def load_detections(path: str, index: ImageIndex, eval_min_score: float) -> list
         for name, count in more.unannotated.items():
             found.unannotated[name] = found.unannotated.get(name, 0) + count
         found.min_score = min((s for s in (found.min_score, more.min_score) if not math.isnan(s)), default=math.nan)
-    if len(files) > 1:
-        print(f"{path}: {len(found.detections)} detections merged from {len(files)} --shard parts")
+        found.unlabelled_slices += more.unlabelled_slices
+    tomograms = [f for f in files if f.endswith(TOMOGRAM_CSV_SUFFIX)]
+    if len(files) - len(tomograms) > 1:
+        print(f"{path}: detections merged from {len(files) - len(tomograms)} --shard parts")
+    if tomograms:
+        print(f"{path}: {len(tomograms)} tomogram(s) (NAME{TOMOGRAM_CSV_SUFFIX}) scored on their labelled slices, "
+              f"as test_frcnn.py detected them; {found.unlabelled_slices} slice(s) with boxes but no label left out")
     if found.unannotated:
         names = sorted(found.unannotated, key=natural_sort_key)
         print(f"{path}: {sum(found.unannotated.values())} detections on {len(names)} image(s) that are not in the "
@@ -209,7 +304,7 @@ def load_detections(path: str, index: ImageIndex, eval_min_score: float) -> list
               "evaluated split; ignored")
     if not found.detections:
         print(f"{path}: no detections on the evaluated images (AP 0)")
-    elif found.min_score > eval_min_score:
+    elif found.min_score > eval_min_score + SCORE_FLOOR_SLACK:
         print(f"note: {path} holds no score below {found.min_score:.3g}: AP and PR curves stop there "
               f"(write it with test_frcnn.py --threshold {eval_min_score:g} for the full curves)")
     return found.detections

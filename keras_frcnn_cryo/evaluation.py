@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detections", default=None,
                    help="detections CSV from test_frcnn.py (image,x1,y1,x2,y2,class,score), or its --output "
                         "folder (detections.csv, or every detections.shard-K-of-N.csv of a --shard run, "
-                        "merged): skip prediction")
+                        "merged; and every tomogram's NAME_boxes2d.csv, scored on the labelled PNGs whose "
+                        "sidecars name tomogram NAME): skip prediction")
     p.add_argument("--compare", default=None, metavar="CSV",
                    help="a second detections CSV (e.g. a run without preprocessing) shown side by side")
     p.add_argument("--labels", nargs=2, default=None, metavar=("FIRST", "SECOND"),

@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .boxes import areas, iou_matrix
+from .config import check_tracking_values
 from .errors import CryoError
 
 __all__ = [
@@ -81,16 +82,8 @@ class TrackingParams:
     extent_quantile: float = 0.0            # 0: union of member boxes; q > 0: robust quantile extent
 
     def __post_init__(self) -> None:
-        if not 0.0 <= float(self.min_iou) <= 1.0:
-            raise CryoError(f"track_min_iou must be in [0, 1], got {self.min_iou}")
-        if not float(self.max_centre_distance_frac) >= 0.0:
-            raise CryoError(f"track_max_centre_distance_frac must be >= 0, got {self.max_centre_distance_frac}")
-        if int(self.max_gap) != self.max_gap or self.max_gap < 0:
-            raise CryoError(f"track_max_gap must be an integer >= 0, got {self.max_gap}")
-        if int(self.min_length) != self.min_length or self.min_length < 1:
-            raise CryoError(f"track_min_length must be an integer >= 1, got {self.min_length}")
-        if not 0.0 <= float(self.extent_quantile) < 0.5:
-            raise CryoError(f"track_extent_quantile must be in [0, 0.5), got {self.extent_quantile}")
+        check_tracking_values(self.min_iou, self.max_centre_distance_frac, self.max_gap, self.min_length,
+                              self.extent_quantile)
         self.max_gap = int(self.max_gap)
         self.min_length = int(self.min_length)
 
@@ -110,7 +103,8 @@ class Object3D:
     Box ``[x1, y1, z1, x2, y2, z2]`` in float pixels / slice indices, 0-based, x2/y2/z2 exclusive
     (``z2 = last slice + 1``). ``slices``: member slice indices (increasing; gaps allowed);
     ``boxes``: (n, 4) float64 member boxes, row k on ``slices[k]``; ``scores``: (n,) member scores;
-    ``score``: their mean.
+    ``score``: their mean. ``members``: (n,) int64, row k the index of member box k among its slice's
+    detections as :func:`link_boxes` got them (empty for objects read back from a file: not written).
     """
 
     class_index: int
@@ -125,6 +119,7 @@ class Object3D:
     slices: list[int] = field(default_factory=list)
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
+    members: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64), repr=False)
 
     @property
     def n_slices(self) -> int:
@@ -224,6 +219,7 @@ class _Track:
     slices: list[int]
     boxes: list[np.ndarray]
     scores: list[float]
+    members: list[int]                  # index of each member box among its slice's detections
 
 
 def _finish(track: _Track, class_names: Sequence[str] | None, extent_quantile: float) -> Object3D:
@@ -244,6 +240,7 @@ def _finish(track: _Track, class_names: Sequence[str] | None, extent_quantile: f
         x1=float(low[0]), y1=float(low[1]), z1=int(track.slices[0]),
         x2=float(high[0]), y2=float(high[1]), z2=int(track.slices[-1]) + 1,
         score=float(scores.mean()), slices=list(track.slices), boxes=boxes, scores=scores,
+        members=np.asarray(track.members, dtype=np.int64),
     )
 
 
@@ -296,13 +293,14 @@ def link_boxes(
             track.slices.append(z)
             track.boxes.append(boxes[b_pos].copy())
             track.scores.append(float(scores[b_pos]))
+            track.members.append(int(b_pos))
 
         # new tracks in descending score; exact ties ordered by box and label, not by input position
         leftovers = sorted((b for b in range(len(boxes)) if b not in used_boxes),
                            key=lambda b: (-scores[b], tuple(boxes[b]), labels[b]))
         for b_pos in leftovers:
             open_tracks.append(_Track(next_ident, int(labels[b_pos]), [z], [boxes[b_pos].copy()],
-                                      [float(scores[b_pos])]))
+                                      [float(scores[b_pos])], [int(b_pos)]))
             next_ident += 1
     finished.extend(open_tracks)
 
@@ -334,7 +332,11 @@ def refine_along_z(per_slice: Mapping[int, SliceDetections], objects: Sequence[O
         boxes, scores, labels = as_slice_detections(value)
         out[int(z)] = (boxes.copy(), scores * orphan_weight, labels)
     for obj in objects:
-        for row, z in enumerate(obj.slices):
+        if len(obj.members) == len(obj.slices):          # linked here: the indices are known
+            for row, (z, index) in enumerate(zip(obj.slices, obj.members)):
+                member[(int(z), int(index))] = (obj, row)
+            continue
+        for row, z in enumerate(obj.slices):             # read back from a file: match by box
             boxes, _, labels = out[int(z)]
             same = np.flatnonzero((labels == obj.class_index) & np.all(boxes == obj.boxes[row], axis=1))
             free = [i for i in same if (int(z), int(i)) not in member]

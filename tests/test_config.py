@@ -4,6 +4,7 @@ import os
 import pickle
 import re
 
+import numpy as np
 import pytest
 
 from keras_frcnn_cryo.config import Config, load_config, save_config
@@ -171,3 +172,18 @@ def test_bad_set_value_stops_training_before_anything_is_read(tmp_path):
     args = train.build_parser().parse_args(["-p", str(tmp_path / "none.txt"), "--set", "rpn_nms_overlap=2"])
     with pytest.raises(CryoError, match="rpn_nms_overlap"):
         train.config_from_args(args)
+
+
+@pytest.mark.parametrize("field, value", [("track_min_length", 0), ("track_max_gap", -1), ("track_max_gap", 1.5),
+                                          ("track_min_iou", 1.5), ("track_extent_quantile", 0.5),
+                                          ("track_max_centre_distance_frac", -0.1), ("track_min_length", float("nan"))])
+def test_tracking_values_checked_by_validate_as_by_tracking_params(field, value):
+    """One rule set (config.check_tracking_values): a bad track_* value fails Config.validate, naming
+    the field, exactly as it would fail later when detection builds its TrackingParams."""
+    from keras_frcnn_cryo.tracking import TrackingParams
+
+    with pytest.raises(CryoError, match=field):
+        Config(**{field: value}).validate()
+    with pytest.raises(CryoError, match=field):
+        TrackingParams.from_config(Config(**{field: value}))
+    assert TrackingParams.from_config(Config(track_max_gap=np.int64(3))).max_gap == 3

@@ -14,6 +14,8 @@ from keras_frcnn_cryo.data_generators import (
     generate_anchors,
     get_feature_map_size,
     iter_training_samples,
+    jitter_appearance,
+    jittered_scale,
 )
 from keras_frcnn_cryo.errors import CryoError
 
@@ -255,6 +257,98 @@ def test_augment_no_boxes():
     cfg = Config(use_horizontal_flips=True, use_vertical_flips=True, rot_90=True)
     _, boxes = augment(np.zeros((6, 7)), np.zeros((0, 4)), cfg, np.random.default_rng(0))
     assert boxes.shape == (0, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# scale and appearance jitter
+# --------------------------------------------------------------------------------------------
+def test_jittered_scale_off_draws_nothing():
+    rng = np.random.default_rng(0)
+    assert jittered_scale(300, 400, Config(im_size=600), rng) is None
+    assert rng.random() == np.random.default_rng(0).random()
+
+
+def test_jittered_scale_range_and_snapping():
+    cfg = Config(im_size=384, im_max_size=0, aug_scale_range=0.2)
+    rng = np.random.default_rng(1)
+    sides = [jittered_scale(300, 500, cfg, rng) * 300 for _ in range(2000)]
+    rounded = np.round(sides, 6)
+    assert set(rounded) == {320.0, 352.0, 384.0, 416.0, 448.0}   # 384/1.2 = 320 .. 384*1.2 = 461 -> 448
+    # log-uniform around the im_size rule: as many sides below 384 as above, up to sampling noise
+    below, above = sum(s < 384 for s in sides), sum(s > 384 for s in sides)
+    assert abs(below - above) < 0.15 * len(sides)
+
+
+def test_jittered_scale_tiny_images_keep_one_multiple():
+    cfg = Config(im_size=16, im_max_size=0, aug_scale_range=0.5)
+    rng = np.random.default_rng(2)
+    assert all(jittered_scale(10, 10, cfg, rng) * 10 >= 32 - 1e-9 for _ in range(50))
+
+
+def test_jitter_appearance_off_is_identity_and_draws_nothing():
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    rng = np.random.default_rng(0)
+    assert jitter_appearance(image, Config(), rng, 1.0) is image
+    assert rng.random() == np.random.default_rng(0).random()
+
+
+def test_jitter_appearance_noise_level_and_shape():
+    rng = np.random.default_rng(3)
+    image = np.zeros((200, 200), np.float32)
+    image[50:150, 50:150] = 10.0                          # std 4.33
+    cfg = Config(aug_noise_max=0.5)
+    stds = [float((jitter_appearance(image, cfg, rng, 1.0) - image).std()) for _ in range(200)]
+    assert max(stds) <= 0.5 * image.std() * 1.05
+    assert np.mean(stds) == pytest.approx(0.25 * image.std(), rel=0.1)     # uniform in [0, 0.5] x std
+    slabs = np.stack([image] * 3, axis=2)
+    noisy = jitter_appearance(slabs, Config(aug_noise_max=1.0), np.random.default_rng(0), 1.0)
+    assert noisy.shape == slabs.shape and noisy.dtype == np.float32
+    assert not np.allclose(noisy[..., 0], noisy[..., 1])  # every channel its own noise
+
+
+def test_jitter_appearance_blur_in_network_pixels():
+    image = np.zeros((101, 101), np.float32)
+    image[50, 50] = 1.0
+    cfg = Config(aug_blur_max_sigma=2.0)
+    # the same draw at half the network scale blurs twice as wide in image pixels
+    wide = jitter_appearance(image, cfg, np.random.default_rng(5), 0.5)
+    narrow = jitter_appearance(image, cfg, np.random.default_rng(5), 1.0)
+    assert wide.sum() == pytest.approx(1.0, rel=1e-3) and narrow.sum() == pytest.approx(1.0, rel=1e-3)
+
+    def spread(img):
+        ys, xs = np.mgrid[:101, :101]
+        return float(np.sqrt((img * ((xs - 50) ** 2)).sum() / img.sum()))
+
+    assert spread(wide) == pytest.approx(2 * spread(narrow), rel=0.05)
+    slabs = np.zeros((20, 20, 3), np.float32)
+    assert jitter_appearance(slabs, cfg, np.random.default_rng(0), 1.0).shape == (20, 20, 3)
+
+
+@pytest.mark.parametrize("name", ["aug_noise_max", "aug_blur_max_sigma", "aug_scale_range"])
+def test_jitter_fields_validated(name):
+    with pytest.raises(CryoError, match=name):
+        Config(**{name: -0.1}).validate()
+    with pytest.raises(CryoError, match=name):
+        Config(**{name: float("nan")}).validate()
+
+
+def test_iter_training_samples_scale_jitter_boxes_follow():
+    """With scale jitter the stream resizes by the jittered factor and scales the boxes with it."""
+    from keras_frcnn_cryo.preprocessing import prepare_image as real_prepare
+
+    cfg = stream_cfg(im_size=64, im_max_size=0, aug_scale_range=0.5, aug_noise_max=0.2, aug_blur_max_sigma=0.5)
+    records = make_records()
+    sizes = set()
+    for sample in itertools.islice(iter_training_samples(records, cfg, np.random.default_rng(7), load_image,
+                                                         real_prepare), 30):
+        path = sample["record"]["filepath"]
+        height, width = sample["x_img"].shape[1:3]
+        scale = min(height, width) / min(SIZES[path])
+        assert min(height, width) % 32 == 0
+        sx, sy = width / SIZES[path][1], height / SIZES[path][0]
+        np.testing.assert_allclose(sample["boxes"][0], np.array(BOXES[path]) * [sx, sy, sx, sy], rtol=1e-6)
+        sizes.add((path, round(scale, 3)))
+    assert len(sizes) > len(records)       # more than one scale per image
 
 
 # --------------------------------------------------------------------------------------------

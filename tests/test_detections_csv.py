@@ -64,3 +64,70 @@ def test_shard_parts_are_found_merged_and_checked(tmp_path):
     (tmp_path / part[1]).write_text(header + "a.png,1,1,4,4,mito,0.8\n")       # one image in two parts
     with pytest.raises(CryoError, match="a.png has detections in two parts"):
         detections_csv.load_detections(str(tmp_path), index, 0.05)
+
+
+def _labelled_slice(folder, name, tomogram, z, binning=1):
+    """An annotated PNG path whose sidecar says it shows slice z of ``tomogram`` (binned)."""
+    from keras_frcnn_cryo import tomo_io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    png = str(folder / name)
+    tomo_io.write_sidecar(png, tomo_io.slice_sidecar(tomogram, "tomogram", z, (10, 64, 64),
+                                                     (64 // binning, 64 // binning), 20.0, binning=binning))
+    return png
+
+
+def test_tomogram_csv_rows_reach_the_labelled_slices(tmp_path):
+    """test_frcnn.py's NAME_boxes2d.csv (tomogram pixels, every slice) scores the PNGs whose sidecars
+    name tomogram NAME and a slice: divided by their binning; slices nobody labelled are left out."""
+    from keras_frcnn_cryo import writers
+
+    z4 = _labelled_slice(tmp_path / "png", "tomoA_z04.png", "../tomograms/tomoA.mrc", 4)
+    z6 = _labelled_slice(tmp_path / "png", "tomoA_z06_bin2.png", "../tomograms/tomoA.mrc", 6, binning=2)
+    other = _labelled_slice(tmp_path / "png", "tomoB_z04.png", "../tomograms/tomoB.mrc", 4)
+    plain = str(tmp_path / "png" / "plain.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = [{"slice": z, "x1": 8.0, "y1": 4.0, "x2": 24.0, "y2": 20.0, "class": "mito", "score": s}
+            for z, s in ((4, 0.9), (5, 0.8), (6, 0.7), (7, 0.6))]
+    writers.write_boxes2d_csv(str(out / "tomoA_boxes2d.csv"), rows)
+    index = detections_csv.ImageIndex([z4, z6, other, plain], [z4, z6, plain])
+    read = detections_csv.read_tomogram_csv(str(out / "tomoA_boxes2d.csv"), index)
+    assert (read.n_rows, read.unlabelled_slices, read.min_score) == (4, 2, 0.7)
+    assert [(d["image"], d["x1"], d["y2"], d["score"]) for d in read.detections] == [
+        (z4, 8.0, 20.0, 0.9), (z6, 4.0, 10.0, 0.7)]
+    # a folder of tomogram outputs alone is a detections source; with a detections.csv, both are read
+    assert detections_csv.detection_csv_files(str(out)) == [str(out / "tomoA_boxes2d.csv")]
+    assert detections_csv.load_detections(str(out), index, 0.05) == read.detections
+    (out / "detections.csv").write_text(",".join(detections_csv.CSV_COLUMNS) + "\nplain.png,0,0,4,4,mito,0.5\n")
+    merged = detections_csv.load_detections(str(out), index, 0.05)
+    assert [d["image"] for d in merged] == [plain, z4, z6]
+    # the same slice from the slice-by-slice CSV and from the tomogram: say so, do not count it twice
+    (out / "detections.csv").write_text(",".join(detections_csv.CSV_COLUMNS) + "\ntomoA_z04.png,0,0,4,4,mito,0.5\n")
+    with pytest.raises(CryoError, match="tomoA_z04.png has detections in two files"):
+        detections_csv.load_detections(str(out), index, 0.05)
+    # a tomogram no annotated image comes from is reported, not silently dropped
+    writers.write_boxes2d_csv(str(tmp_path / "tomoC_boxes2d.csv"), rows[:1])
+    lone = detections_csv.read_tomogram_csv(str(tmp_path / "tomoC_boxes2d.csv"), index)
+    assert lone.detections == [] and list(lone.unannotated.values()) == [1]
+
+
+def test_tomogram_csv_slice_shown_twice_is_an_error(tmp_path):
+    from keras_frcnn_cryo import writers
+
+    first = _labelled_slice(tmp_path / "a", "z04.png", "/data/tomoA.mrc", 4)
+    second = _labelled_slice(tmp_path / "b", "z04.png", "/data/tomoA.mrc", 4)
+    path = str(tmp_path / "tomoA_boxes2d.csv")
+    writers.write_boxes2d_csv(path, [{"slice": 4, "x1": 0, "y1": 0, "x2": 4, "y2": 4, "class": "mito", "score": 1}])
+    with pytest.raises(CryoError, match="slice 4 of tomogram tomoA is shown by several annotated images"):
+        detections_csv.read_tomogram_csv(path, detections_csv.ImageIndex([first, second], [first, second]))
+
+
+@pytest.mark.parametrize("lowest, noted", [(0.0509, False), (0.5, True)])
+def test_note_on_a_cut_score_range_only_when_cut_above_the_floor(tmp_path, capsys, lowest, noted):
+    """A CSV written with --threshold 0.05 has no score below 0.05 by construction: no note; one
+    written at 0.5 truncates the PR curves: a note that says how to write the full one."""
+    path = tmp_path / "dets.csv"
+    path.write_text(",".join(detections_csv.CSV_COLUMNS) + f"\na.png,0,0,4,4,mito,0.9\na.png,5,5,9,9,mito,{lowest}\n")
+    detections_csv.load_detections(str(path), detections_csv.ImageIndex(["/x/a.png"], ["/x/a.png"]), 0.05)
+    assert ("holds no score below" in capsys.readouterr().out) == noted

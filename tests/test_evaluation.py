@@ -329,3 +329,27 @@ def test_library_evaluate_matches_the_command_and_writes_nothing(data):
     written = evaluation.write_evaluation(result, str(data / "lib"))
     assert [p.rsplit("/", 1)[1] for p in written] == ["metrics.json", "metrics.md", "pr_iou0.7.png"]
     assert json.loads((data / "lib" / "metrics.json").read_text())["runs"]["b"]["mAP"]["ap"]["0.9"] == 1.0
+
+
+def test_tomogram_outputs_are_scored_on_their_labelled_slices(data, capsys):
+    """A test_frcnn.py output folder with NAME_boxes2d.csv (a tomogram detected whole) and a
+    detections.csv (images): measure_map scores the labelled PNGs of tomogram NAME, found through
+    their sidecars, with the tomogram's boxes, and the other images with the CSV's."""
+    from keras_frcnn_cryo import tomo_io, writers
+
+    for z in (0, 1):
+        tomo_io.write_sidecar(str(data / "images" / f"tomoA_z0{z}.png"),
+                              tomo_io.slice_sidecar("../tomograms/tomoA.mrc", "tomogram", z, (5, 16, 16), (16, 16),
+                                                    None))
+    out = data / "tomo_out"
+    out.mkdir()
+    writers.write_boxes2d_csv(str(out / "tomoA_boxes2d.csv"), [
+        {"slice": 0, "x1": 2, "y1": 2, "x2": 10, "y2": 10, "class": "mito", "score": 0.9},
+        {"slice": 0, "x1": 10, "y1": 10, "x2": 15, "y2": 15, "class": "vesicle", "score": 0.8},
+        {"slice": 1, "x1": 3, "y1": 3, "x2": 11, "y2": 11, "class": "mito", "score": 0.7},
+        {"slice": 3, "x1": 3, "y1": 3, "x2": 11, "y2": 11, "class": "mito", "score": 0.99}])   # unlabelled slice
+    (out / "detections.csv").write_text(HEADER + "tomoB_z00.png,1,1,8,8,mito,0.95\n")
+    payload = run(data, detections="tomo_out")
+    assert payload["n_detections"] == 4
+    assert all(payload["mAP"]["ap"][t] == 1.0 for t in THRESHOLDS)
+    assert "1 tomogram(s)" in capsys.readouterr().out

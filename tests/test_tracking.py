@@ -240,6 +240,31 @@ def test_refine_along_z_averages_neighbours_and_rescores_by_the_track():
         refine_along_z(per_slice, objects, window=-1)
 
 
+def test_refine_along_z_duplicate_boxes_follow_their_own_object():
+    """Two tracks share an identical box on slice 2 (two detections of one place): link_boxes records
+    which detection each object took, so each copy is refined by its own object, as it is when the
+    objects come back from a file (no indices) and are matched by box."""
+    a, b = np.array([10.0, 10.0, 30.0, 30.0]), np.array([14.0, 14.0, 34.0, 34.0])
+    per_slice = {}
+    for z in range(5):
+        boxes = [a, b] if z != 2 else [b, b]
+        per_slice[z] = (np.array(boxes), np.array([0.9, 0.6]), np.array([0, 0]))
+    objects = link_boxes(per_slice, TrackingParams(min_iou=0.5, min_length=3))
+    assert len(objects) == 2
+    for obj in objects:
+        assert len(obj.members) == obj.n_slices
+        for z, index, box in zip(obj.slices, obj.members, obj.boxes):
+            np.testing.assert_array_equal(per_slice[z][0][index], box)
+    on_two = sorted(int(obj.members[obj.slices.index(2)]) for obj in objects)
+    assert on_two == [0, 1]                                         # each copy in exactly one object
+    refined = refine_along_z(per_slice, objects, window=0, rescore=True)
+    assert sorted(refined[2][1]) == pytest.approx(sorted(obj.score for obj in objects))
+    read_back = [Object3D.from_dict(obj.to_dict()) for obj in objects]
+    assert all(len(obj.members) == 0 for obj in read_back)
+    again = refine_along_z(per_slice, read_back, window=0, rescore=True)
+    assert sorted(again[2][1]) == pytest.approx(sorted(obj.score for obj in objects))
+
+
 def test_iou_3d_hand_and_brute_force():
     assert iou_3d([0, 0, 0, 10, 10, 10], [5, 5, 5, 15, 15, 15]) == pytest.approx(125 / 1875)
     assert iou_3d([0, 0, 0, 10, 10, 10], [0, 0, 0, 10, 10, 10]) == 1.0
