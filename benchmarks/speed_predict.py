@@ -258,6 +258,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON)
     parser.add_argument("--peer-threads", type=int, default=2, help="torch.set_num_threads for the peer")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra-op threads for ours (0: TensorFlow's default, all cores); "
+                             "with --peer-threads the same, a like-for-like comparison on a shared machine")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--extras", action="store_true", help="also XLA, bfloat16 and batch-of-4 timings")
     parser.add_argument("--seed", type=int, default=0)
@@ -280,13 +283,17 @@ def main() -> None:
 
     import tensorflow as tf
 
+    if args.threads:
+        from parallel_training import limit_threads
+        limit_threads(args.threads)
     from keras_frcnn_cryo import preprocessing
     from keras_frcnn_cryo.cli import set_seed
     from keras_frcnn_cryo.config import Config
     from keras_frcnn_cryo.model import Detector
 
     set_seed(args.seed)
-    print(f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__} "
+    from parallel_training import cpu_description
+    print(f"{platform.node()} {platform.machine()}, {cpu_description()}, TensorFlow {tf.__version__} "
           f"(intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}), "
           f"{load_text()} (1/5/15 min), {time.strftime('%Y-%m-%d %H:%M')}")
     if args.only_trained:

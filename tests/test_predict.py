@@ -227,8 +227,10 @@ def test_shards_write_one_folder_and_a_killed_part_resumes(detector, tmp_path, m
     assert run("1/2") == 0
     done = sorted(n for n in os.listdir(out) if n.endswith(predict.DONE_SUFFIX))
     assert done == [f"cell_{i}.done.json" for i in range(3)]
-    parts = detection_csv_files(out)
-    assert [os.path.basename(p) for p in parts] == ["detections.shard-0-of-2.csv", "detections.shard-1-of-2.csv"]
+    found = detection_csv_files(out)        # the image CSVs' parts, then each tomogram's boxes (measure_map reads all)
+    assert [os.path.basename(p) for p in found] == ["detections.shard-0-of-2.csv", "detections.shard-1-of-2.csv",
+                                                    *(f"cell_{i}_boxes2d.csv" for i in range(3))]
+    parts = found[:2]
     images = []
     for part in parts:
         with open(part) as fh:

@@ -137,6 +137,11 @@ def test_scratch_models_refine_tomogram_boxes_along_z_and_the_paper_does_not():
     assert (paper.track_refine_window, paper.track_rescore, paper.track_untracked_weight) == (0, False, 1.0)
 
 
+def test_scratch_models_skip_proposals_the_rpn_rejects_and_the_paper_does_not():
+    assert recipes.config_for("scratch").rpn_min_score_test == 0.05
+    assert recipes.config_for("paper").rpn_min_score_test == 0.0
+
+
 def test_slabs_only_when_every_training_image_has_its_tomogram(tmp_path):
     from keras_frcnn_cryo import simple_parser, synthetic
     data = synthetic.write_dataset(str(tmp_path / "synth"), 2, seed=4, shape=(8, 48, 48), slice_step=4,
