@@ -57,6 +57,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+from parallel_training import cpu_description, limit_threads  # noqa: E402
 from tomogram import random_ellipsoids, render_slab
 
 TARGET_SECONDS_PER_SLICE = 0.3
@@ -284,7 +285,6 @@ def main() -> None:
     import tensorflow as tf
 
     if args.threads:
-        from parallel_training import limit_threads
         limit_threads(args.threads)
     from keras_frcnn_cryo import preprocessing
     from keras_frcnn_cryo.cli import set_seed
@@ -292,7 +292,6 @@ def main() -> None:
     from keras_frcnn_cryo.model import Detector
 
     set_seed(args.seed)
-    from parallel_training import cpu_description
     print(f"{platform.node()} {platform.machine()}, {cpu_description()}, TensorFlow {tf.__version__} "
           f"(intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}), "
           f"{load_text()} (1/5/15 min), {time.strftime('%Y-%m-%d %H:%M')}")

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import numbers
-import json
 import os
 import pickle
 import warnings
@@ -344,7 +344,8 @@ class Config:
             if getattr(self, low) > getattr(self, high):
                 raise bad(low, f"must not exceed {high} = {getattr(self, high)}")
         for name in ("aug_noise_max", "aug_blur_max_sigma", "aug_scale_range"):
-            if not (math.isfinite(float(getattr(self, name))) and float(getattr(self, name)) >= 0.0):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0.0):
                 raise bad(name, "must be a number >= 0 (0 = off)")
         check_tracking_values(self.track_min_iou, self.track_max_centre_distance_frac, self.track_max_gap,
                               self.track_min_length, self.track_extent_quantile)

@@ -208,7 +208,7 @@ def iter_training_samples(
     cfg: Config,
     rng: np.random.Generator,
     load_image: Callable[[str], np.ndarray],
-    prepare_image: Callable[[np.ndarray, Config], tuple[np.ndarray, tuple[float, float]]],
+    prepare_image: Callable[[np.ndarray, Config, float | None], tuple[np.ndarray, tuple[float, float]]],
     augment_images: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Endless stream of RPN training samples, one image at a time.
@@ -216,8 +216,9 @@ def iter_training_samples(
     Each pass visits every record once in a fresh random order. Per record: ``image =
     load_image(record['filepath'])`` (2D, or (H, W, 3) slabs); if ``augment_images``: :func:`augment`
     with its boxes, then :func:`jittered_scale` and :func:`jitter_appearance` (each a no-op when its
-    Config field is 0); ``x_img, (sx, sy) = prepare_image(image, cfg[, scale])`` with x_img
-    (H', W', 3) float32, boxes scaled by ``[sx, sy, sx, sy]``, then :func:`calc_rpn` on the resized image. Yields dicts:
+    Config field is 0); ``x_img, (sx, sy) = prepare_image(image, cfg, scale)`` (scale None: the
+    im_size rule) with x_img (H', W', 3) float32, boxes scaled by ``[sx, sy, sx, sy]``, then
+    :func:`calc_rpn` on the resized image. Yields dicts:
       'x_img' (1, H', W', 3); 'y_rpn_cls' (1, fh, fw, 2K); 'y_rpn_regr' (1, fh, fw, 8K);
       'boxes' (N, 4) float64 in network-input pixels; 'labels' (N,) int64; 'record' the record.
     """
@@ -234,10 +235,7 @@ def iter_training_samples(
                 scale = jittered_scale(image.shape[0], image.shape[1], cfg, rng)
                 net_scale = resize_scale(image.shape[0], image.shape[1], cfg, scale)
                 image = jitter_appearance(image, cfg, rng, net_scale)
-            if scale is None:
-                x_img, (scale_x, scale_y) = prepare_image(image, cfg)
-            else:
-                x_img, (scale_x, scale_y) = prepare_image(image, cfg, scale)
+            x_img, (scale_x, scale_y) = prepare_image(image, cfg, scale)
             resized = boxes * np.array([scale_x, scale_y, scale_x, scale_y], dtype=np.float64)
             height, width = x_img.shape[:2]
             y_rpn_cls, y_rpn_regr = calc_rpn(resized, width, height, cfg, rng)

@@ -187,6 +187,8 @@ def read_tomogram_csv(path: str, index: ImageIndex) -> DetectionsFile:
     for row in read_boxes2d_csv(path):
         out.n_rows += 1
         z = int(row["slice"])
+        if not row["class"]:
+            raise CryoError(f"empty class name on slice {z}", path)
         shown = slices.get((stem, z), [])
         if len(shown) > 1:
             raise CryoError(f"slice {z} of tomogram {stem} is shown by several annotated images "
@@ -198,8 +200,6 @@ def read_tomogram_csv(path: str, index: ImageIndex) -> DetectionsFile:
         if image_id not in index.evaluated:
             out.n_other_split += 1
             continue
-        if not row["class"]:
-            raise CryoError(f"empty class name on slice {z}", path)
         scores.append(row["score"])
         out.detections.append({"image": image_id, "class": row["class"], "x1": row["x1"] / binning,
                                "y1": row["y1"] / binning, "x2": row["x2"] / binning, "y2": row["y2"] / binning,

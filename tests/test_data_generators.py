@@ -373,8 +373,9 @@ def load_image(path: str) -> np.ndarray:
     return drawn_image(*SIZES[path], BOXES[path])
 
 
-def prepare_image(image: np.ndarray, cfg: Config):
-    """Doubles the image (nearest neighbour) and repeats the channel."""
+def prepare_image(image: np.ndarray, cfg: Config, scale=None):
+    """Doubles the image (nearest neighbour) and repeats the channel (no scale jitter in these tests)."""
+    assert scale is None
     big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
     return np.repeat(big[..., None], 3, axis=-1).astype(np.float32), (2.0, 2.0)
 
