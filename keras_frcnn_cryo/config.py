@@ -52,6 +52,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "roi_pool_mode": ("bilinear", "cells"),
     "backbone_norm": ("auto", "frozen_bn", "group", "batch"),
     "inference_precision": ("float32", "bfloat16"),
+    "training_precision": ("float32", "bfloat16"),
     "train_mode": ("alternating", "joint"),
     "distribute": ("none", "mirrored", "multiworker"),
 }
@@ -199,6 +200,10 @@ class Config:
     # mixed_bfloat16 policy: bfloat16 matmuls/convs, float32 weights and outputs; uses the AMX/AVX512
     # bf16 units of recent x86 CPUs). Weights files are the same either way.
     inference_precision: str = "float32"
+    # Arithmetic of the training steps, the same two choices: "bfloat16" computes the convolutions in
+    # bfloat16 with float32 weights, Adam state and losses (no loss scaling: bfloat16 has float32's
+    # range). The weights file is float32 either way and loads for prediction in either precision.
+    training_precision: str = "float32"
 
     # --- loss and optimiser (paper) ------------------------------------------------------
     learning_rate: float = 1e-5

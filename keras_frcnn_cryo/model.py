@@ -17,7 +17,7 @@ which builds the detector under Keras' "mixed_bfloat16" dtype policy: variables 
 same weights file loads), convolutions and matrix products run in bfloat16 (the AVX512-BF16/AMX
 units of recent x86 CPUs), features are bfloat16, and the four output layers compute in float32
 (resnet.OUTPUT_DTYPE), so objectness, deltas and class probabilities are float32 either way.
-Training always builds float32 models.
+Training builds its models in ``Config.training_precision`` (float32 unless set).
 
 :class:`Detector` turns a 2D image of any dtype into boxes in that image's own pixel coordinates
 (floats, [x1, y1, x2, y2]); test_frcnn.py, measure_map.py, training validation and the benchmarks

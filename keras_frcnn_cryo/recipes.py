@@ -53,9 +53,10 @@ class ScratchRecipe:
 
 
 # Input size and anchors fitted to the boxes (scratch recipe; see fit_to_boxes)
-MIN_OBJECT_CELLS = 4.0         # the median labelled box is made at least this many feature cells wide
-MAX_OBJECT_CELLS = 8.0         # ... and at most this many (larger objects: smaller, faster images)
-MAX_UPSCALE = 2.0              # images are enlarged at most this much
+TARGET_OBJECT_CELLS = 3.0      # images are scaled to make the median labelled box this many feature cells wide
+MAX_DOWNSCALE = 0.75           # ... but shrunk at most to 3/4 (the furthest measured: BENCHMARKS.md)
+MAX_UPSCALE = 2.0              # ... and enlarged at most 2x
+MAX_OBJECT_CELLS = 8.0         # larger objects are shrunk further, to at most this many cells
 SIZE_MULTIPLE = 32             # im_size is rounded up to a multiple of this
 ANCHOR_MATCH_IOU = 0.5         # a box is "matched" when some anchor shape, centred on it, reaches this IoU
 ANCHOR_MATCH_FRACTION = 0.9    # fit anchors when fewer than this share of the boxes is matched
@@ -151,9 +152,11 @@ def fit_to_boxes(cfg: Config, records: list[dict[str, Any]], fit_size: bool = Tr
                  fit_anchors: bool = True) -> list[str]:
     """Fit the input size, the anchors and the detection cap to the labelled boxes (scratch recipe).
 
-    * ``im_size``: the images' shorter side, scaled only as far as needed to bring the median box to
-      between MIN_OBJECT_CELLS and MAX_OBJECT_CELLS feature cells (enlarged at most MAX_UPSCALE x),
-      rounded up to SIZE_MULTIPLE px; ``im_max_size`` keeps the images' aspect ratio.
+    * ``im_size``: the images' shorter side, scaled towards a median box of TARGET_OBJECT_CELLS feature
+      cells, by a factor between MAX_DOWNSCALE and MAX_UPSCALE (further down only while the median
+      box stays wider than MAX_OBJECT_CELLS), rounded up to SIZE_MULTIPLE px; ``im_max_size`` keeps
+      the images' aspect ratio. Smaller images mean more images per CPU-hour: at 3/4 of the size
+      this gave AP@0.7 +0.07 to +0.15 on three of four test sets in 60 min (BENCHMARKS.md).
     * anchors: kept when at least ANCHOR_MATCH_FRACTION of the boxes match them
       (:func:`anchor_match_fraction`), else proposed from the box sizes
       (anchors.propose_anchor_scales).
@@ -171,15 +174,16 @@ def fit_to_boxes(cfg: Config, records: list[dict[str, Any]], fit_size: bool = Tr
     median_box = float(np.median(sizes))
     if fit_size:
         cells = median_box / cfg.rpn_stride
-        scale = min(max(1.0, MIN_OBJECT_CELLS / cells), MAX_OBJECT_CELLS / cells)
-        scale = min(scale, MAX_UPSCALE)
+        scale = min(max(TARGET_OBJECT_CELLS / cells, MAX_DOWNSCALE), MAX_UPSCALE)
+        scale = min(scale, MAX_OBJECT_CELLS / cells)
         size = int(SIZE_MULTIPLE * math.ceil(native * scale / SIZE_MULTIPLE))
         aspect = float(np.median(long_sides / short_sides))
         cfg.im_size = size
         cfg.im_max_size = int(SIZE_MULTIPLE * math.ceil(size * max(aspect, 1.0) / SIZE_MULTIPLE))
         notes.append(f"input size: shorter side {size} px (images {native:.0f} px, median box {median_box:.0f} px "
                      f"becomes {median_box * size / native / cfg.rpn_stride:.1f} feature cells; "
-                     f"{MIN_OBJECT_CELLS:g}-{MAX_OBJECT_CELLS:g} wanted, images enlarged at most {MAX_UPSCALE:g}x)")
+                     f"{TARGET_OBJECT_CELLS:g} wanted, images scaled by {MAX_DOWNSCALE:g}-{MAX_UPSCALE:g}x, "
+                     f"objects kept at most {MAX_OBJECT_CELLS:g} cells)")
     if fit_anchors:
         share = anchor_match_fraction(records, cfg)
         if share < ANCHOR_MATCH_FRACTION:

@@ -49,6 +49,9 @@ from .model import (Detector, build_models, check_weights_path, fetch_imagenet_w
                     save_weights_atomic)
 from .preprocessing import prepare_image, resize_scale
 
+import keras  # noqa: E402  (after .model, which silences TensorFlow's start-up notices)
+import tensorflow as tf  # noqa: E402
+
 IMAGENET = "imagenet"   # --input_weight_path value: keras.applications' ResNet-50 ImageNet file
 TRAIN_MODES = CHOICES["train_mode"]
 
@@ -268,13 +271,10 @@ class Trainer:
             self._build(cfg)
 
     def _build(self, cfg: Config) -> None:
-        """Models, optimisers and compiled steps (inside the strategy's scope)."""
-        import keras
-        import tensorflow as tf
+        """Models, losses, optimisers and the compiled steps (inside the strategy's scope)."""
+        from . import losses
 
-        from . import losses, targets_tf
-
-        self.models = build_models(cfg)
+        self.models = build_models(cfg, check_choice("training_precision", cfg.training_precision))
         if cfg.base_net_weights:
             loaded = load_imagenet_weights(self.models, cfg.base_net_weights)
             print(f"loaded ImageNet weights into {len(loaded)} layers from {cfg.base_net_weights}")
@@ -284,13 +284,8 @@ class Trainer:
         self.loss_rpn_regr = losses.rpn_loss_regr(k, cfg.lambda_rpn_regr, cfg.loss_epsilon)
         self.loss_cls_cls = losses.class_loss_cls(cfg.lambda_cls_class)
         self.loss_cls_regr = losses.class_loss_regr(n_fg, cfg.lambda_cls_regr, cfg.loss_epsilon)
+        self.loss_cls_iou = losses.class_loss_iou(cfg.lambda_cls_iou)
         self.iou_head = cfg.classifier_iou_head
-        loss_cls_iou = losses.class_loss_iou(cfg.lambda_cls_iou)
-
-        def head_losses(outputs, y_cls, y_regr, y_iou):
-            """(class loss, box loss, IoU loss (0 without the IoU head)) of the head's outputs."""
-            l_iou = loss_cls_iou(y_iou, outputs[2]) if self.iou_head else tf.constant(0.0)
-            return self.loss_cls_cls(y_cls, outputs[0]), self.loss_cls_regr(y_regr, outputs[1]), l_iou
         m = self.models
         self.joint = check_choice("train_mode", cfg.train_mode) == "joint"
         self.rpn_vars = m.base.trainable_variables + m.rpn_head.trainable_variables
@@ -298,14 +293,15 @@ class Trainer:
         # element-wise, so rpn_vars under opt_rpn plus the head under opt_cls is one Adam over all.
         self.cls_vars = (m.classifier_head.trainable_variables if self.joint
                          else m.base.trainable_variables + m.classifier_head.trainable_variables)
-
-        def adam() -> keras.optimizers.Optimizer:
-            return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta_1,
-                                         beta_2=cfg.adam_beta_2)
-        self.opt_rpn, self.opt_cls = adam(), adam()
+        self.opt_rpn, self.opt_cls = self._adam(), self._adam()
         self.learning_rate = cfg.learning_rate  # the rate both Adams use now (see set_learning_rate)
         self.opt_rpn.build(self.rpn_vars)
         self.opt_cls.build(self.cls_vars)
+        # One device: a joint step whose images had no labelled RoI gets no Adam step for the head, as
+        # in the alternating mode (under a strategy the update is a synchronisation point that cannot
+        # sit in a branch; its head gradient is then zero, which only happens without
+        # classifier_add_gt_rois).
+        self.skip_unused_head = cfg.distribute == "none"
 
         img_spec = tf.TensorSpec((1, None, None, 3), tf.float32)
         rpn_specs = [img_spec, tf.TensorSpec((1, None, None, 2 * k), tf.float32),
@@ -313,93 +309,105 @@ class Trainer:
         cls_specs = [img_spec, tf.TensorSpec((1, None, 4), tf.float32),
                      tf.TensorSpec((1, None, n_fg + 1), tf.float32),
                      tf.TensorSpec((1, None, 8 * n_fg), tf.float32), tf.TensorSpec((1, None, 1), tf.float32)]
-
-        def rpn_forward(x, y_cls, y_regr, training):
-            features = m.base(x, training=training)
-            p_cls, p_regr = m.rpn_head(features, training=training)
-            return self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr), p_cls, p_regr
-
-        def cls_forward(x, rois, y_cls, y_regr, y_iou, training):
-            features = m.base(x, training=training)
-            outputs = m.classifier_head([features, rois], training=training)
-            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs[0], -1), tf.argmax(y_cls, -1)), tf.float32))
-            return (*head_losses(outputs, y_cls, y_regr, y_iou), acc)
-
-        def rpn_train(x, y_cls, y_regr):
-            with tf.GradientTape() as tape:
-                l_cls, l_regr, p_cls, p_regr = rpn_forward(x, y_cls, y_regr, True)
-                total = l_cls + l_regr
-            grads = tape.gradient(total, self.rpn_vars)
-            self.opt_rpn.apply_gradients(zip(grads, self.rpn_vars))
-            return l_cls, l_regr, p_cls, p_regr
-
-        def cls_train(x, rois, y_cls, y_regr, y_iou):
-            with tf.GradientTape() as tape:
-                l_cls, l_regr, l_iou, acc = cls_forward(x, rois, y_cls, y_regr, y_iou, True)
-                total = l_cls + l_regr + l_iou
-            grads = tape.gradient(total, self.cls_vars)
-            self.opt_cls.apply_gradients(zip(grads, self.cls_vars))
-            return l_cls, l_regr, l_iou, acc
-
-        def image_losses(x, y_cls, y_regr, boxes, labels, seed):
-            """Joint-mode losses of one image (1, H, W, 3): one backbone pass; classifier targets from
-            this pass's proposals in TensorFlow ops (targets_tf). Returns the 8 per-image statistics."""
-            features = m.base(x, training=True)
-            p_cls, p_regr = m.rpn_head(features, training=True)
-            l_rpn_cls, l_rpn_regr = self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr)
-            batch = targets_tf.classifier_batch(
-                tf.stop_gradient(p_cls[0]), tf.stop_gradient(p_regr[0]), boxes, labels, cfg,
-                tf.shape(x)[2], tf.shape(x)[1], seed)
-            rois, c_true, r_true, iou_true = (t[None] for t in batch[:4])
-            outputs = m.classifier_head([features, rois], training=True)
-            l_cls, l_regr, l_iou = head_losses(outputs, c_true, r_true, iou_true)
-            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs[0], -1), tf.argmax(c_true, -1)), tf.float32))
-            return l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, acc, batch[4], batch[5]
-
-        skip_unused_head = cfg.distribute == "none"
-
-        def replica_joint(images):
-            """One replica's share of a joint step: ``images`` is a tuple of per-image tuples (x, y_cls,
-            y_regr, boxes, labels, seed). Its loss is the images' summed losses / the global batch; the
-            optimisers sum the replicas' gradients. Returns (images, 8) statistics."""
-            with tf.GradientTape() as tape:
-                stats = [image_losses(*image) for image in images]
-                total = tf.add_n([st[0] + st[1] + st[6] * (st[2] + st[3] + st[4]) for st in stats])
-                total = total / float(cfg.batch_size)
-            grads = tape.gradient(total, self.rpn_vars + self.cls_vars)
-            self.opt_rpn.apply_gradients(zip(grads[:len(self.rpn_vars)], self.rpn_vars))
-            head_grads = grads[len(self.rpn_vars):]
-            if skip_unused_head:
-                # One device: a step whose images had no labelled RoI gets no Adam step for the head, as in
-                # the alternating mode. (Under a strategy the update is a synchronisation point that cannot
-                # sit in a branch; its head gradient is then zero, which only happens without
-                # classifier_add_gt_rois.)
-                used = tf.add_n([st[6] for st in stats])
-
-                def apply_head():
-                    self.opt_cls.apply_gradients(zip(head_grads, self.cls_vars))
-                    return tf.constant(True)
-                tf.cond(used > 0, apply_head, lambda: tf.constant(False))
-            else:
-                self.opt_cls.apply_gradients(zip(head_grads, self.cls_vars))
-            return tf.stack([tf.stack([tf.cast(v, tf.float32) for v in st]) for st in stats])
-
-        def joint_step(inputs):
-            return self.strategy.run(replica_joint, args=(inputs,))
-
         if cfg.distribute == "none":   # plain tensors: one trace for any image size and box count
             image_spec = (img_spec, rpn_specs[1], rpn_specs[2], tf.TensorSpec((None, 4), tf.float32),
                           tf.TensorSpec((None,), tf.int64), tf.TensorSpec((2,), tf.int32))
-            self.joint_step = tf.function(joint_step, input_signature=[(image_spec,) * self.per_replica])
+            self.joint_step = tf.function(self._joint_step, input_signature=[(image_spec,) * self.per_replica])
         else:                          # per-replica values: shapes are relaxed after the second trace
-            self.joint_step = tf.function(joint_step, reduce_retracing=True)
-        self.rpn_train_step = tf.function(rpn_train, input_signature=rpn_specs)
-        self.cls_train_step = tf.function(cls_train, input_signature=cls_specs)
-        self.rpn_eval_step = tf.function(lambda x, c, r: rpn_forward(x, c, r, False), input_signature=rpn_specs,
-                                         autograph=False)
-        self.cls_eval_step = tf.function(lambda x, r, c, g, u: cls_forward(x, r, c, g, u, False),
-                                         input_signature=cls_specs,
-                                         autograph=False)
+            self.joint_step = tf.function(self._joint_step, reduce_retracing=True)
+        self.rpn_train_step = tf.function(self._rpn_train, input_signature=rpn_specs)
+        self.cls_train_step = tf.function(self._cls_train, input_signature=cls_specs)
+        self.rpn_eval_step = tf.function(lambda x, c, r: self._rpn_forward(x, c, r, False),
+                                         input_signature=rpn_specs, autograph=False)
+        self.cls_eval_step = tf.function(lambda x, r, c, g, u: self._cls_forward(x, r, c, g, u, False),
+                                         input_signature=cls_specs, autograph=False)
+
+    def _adam(self) -> keras.optimizers.Optimizer:
+        """Adam with the config's rate and betas (paper: 1e-5, 0.9, 0.999)."""
+        cfg = self.cfg
+        return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta_1, beta_2=cfg.adam_beta_2)
+
+    def _head_losses(self, outputs, y_cls, y_regr, y_iou):
+        """(class loss, box loss, IoU loss (0 without the IoU head)) of the head's outputs."""
+        l_iou = self.loss_cls_iou(y_iou, outputs[2]) if self.iou_head else tf.constant(0.0)
+        return self.loss_cls_cls(y_cls, outputs[0]), self.loss_cls_regr(y_regr, outputs[1]), l_iou
+
+    def _rpn_forward(self, x, y_cls, y_regr, training):
+        """RPN losses and outputs of image x (1, H, W, 3) against its anchor targets."""
+        m = self.models
+        features = m.base(x, training=training)
+        p_cls, p_regr = m.rpn_head(features, training=training)
+        return self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr), p_cls, p_regr
+
+    def _cls_forward(self, x, rois, y_cls, y_regr, y_iou, training):
+        """Head losses and accuracy on the RoIs (1, R, 4; feature-map units) of image x."""
+        m = self.models
+        features = m.base(x, training=training)
+        outputs = m.classifier_head([features, rois], training=training)
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs[0], -1), tf.argmax(y_cls, -1)), tf.float32))
+        return (*self._head_losses(outputs, y_cls, y_regr, y_iou), acc)
+
+    def _rpn_train(self, x, y_cls, y_regr):
+        """Alternating mode, step 1: one Adam step of backbone + RPN."""
+        with tf.GradientTape() as tape:
+            l_cls, l_regr, p_cls, p_regr = self._rpn_forward(x, y_cls, y_regr, True)
+            total = l_cls + l_regr
+        grads = tape.gradient(total, self.rpn_vars)
+        self.opt_rpn.apply_gradients(zip(grads, self.rpn_vars))
+        return l_cls, l_regr, p_cls, p_regr
+
+    def _cls_train(self, x, rois, y_cls, y_regr, y_iou):
+        """Alternating mode, step 3: one Adam step of backbone + head on the sampled RoIs."""
+        with tf.GradientTape() as tape:
+            l_cls, l_regr, l_iou, acc = self._cls_forward(x, rois, y_cls, y_regr, y_iou, True)
+            total = l_cls + l_regr + l_iou
+        grads = tape.gradient(total, self.cls_vars)
+        self.opt_cls.apply_gradients(zip(grads, self.cls_vars))
+        return l_cls, l_regr, l_iou, acc
+
+    def _image_losses(self, x, y_cls, y_regr, boxes, labels, seed):
+        """Joint-mode losses of one image (1, H, W, 3): one backbone pass; classifier targets from
+        this pass's proposals in TensorFlow ops (targets_tf). Returns the 8 per-image statistics."""
+        from . import targets_tf
+
+        m = self.models
+        features = m.base(x, training=True)
+        p_cls, p_regr = m.rpn_head(features, training=True)
+        l_rpn_cls, l_rpn_regr = self.loss_rpn_cls(y_cls, p_cls), self.loss_rpn_regr(y_regr, p_regr)
+        batch = targets_tf.classifier_batch(
+            tf.stop_gradient(p_cls[0]), tf.stop_gradient(p_regr[0]), boxes, labels, self.cfg,
+            tf.shape(x)[2], tf.shape(x)[1], seed)
+        rois, c_true, r_true, iou_true = (t[None] for t in batch[:4])
+        outputs = m.classifier_head([features, rois], training=True)
+        l_cls, l_regr, l_iou = self._head_losses(outputs, c_true, r_true, iou_true)
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs[0], -1), tf.argmax(c_true, -1)), tf.float32))
+        return l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, acc, batch[4], batch[5]
+
+    def _replica_joint(self, images):
+        """One replica's share of a joint step: ``images`` is a tuple of per-image tuples (x, y_cls,
+        y_regr, boxes, labels, seed). Its loss is the images' summed losses / the global batch; the
+        optimisers sum the replicas' gradients. Returns (images, 8) statistics."""
+        with tf.GradientTape() as tape:
+            stats = [self._image_losses(*image) for image in images]
+            total = tf.add_n([st[0] + st[1] + st[6] * (st[2] + st[3] + st[4]) for st in stats])
+            total = total / float(self.cfg.batch_size)
+        grads = tape.gradient(total, self.rpn_vars + self.cls_vars)
+        self.opt_rpn.apply_gradients(zip(grads[:len(self.rpn_vars)], self.rpn_vars))
+        head_grads = grads[len(self.rpn_vars):]
+        if self.skip_unused_head:
+            used = tf.add_n([st[6] for st in stats])
+
+            def apply_head():
+                self.opt_cls.apply_gradients(zip(head_grads, self.cls_vars))
+                return tf.constant(True)
+            tf.cond(used > 0, apply_head, lambda: tf.constant(False))
+        else:
+            self.opt_cls.apply_gradients(zip(head_grads, self.cls_vars))
+        return tf.stack([tf.stack([tf.cast(v, tf.float32) for v in st]) for st in stats])
+
+    def _joint_step(self, inputs):
+        """The joint step: every replica's share under the strategy."""
+        return self.strategy.run(self._replica_joint, args=(inputs,))
 
     def agree(self, value: float) -> float:
         """``value`` made the same on every worker (under multiworker, the value of replica 0, the chief's
@@ -407,7 +415,6 @@ class Trainer:
         cannot split the workers."""
         if self.cfg.distribute != "multiworker":
             return value
-        import tensorflow as tf
 
         def replica_value():
             first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
@@ -474,8 +481,6 @@ class Trainer:
         the replicas in order; the losses of each image, as :meth:`train_on_sample` gives them."""
         if not self.joint:
             return [self.train_on_sample(sample, rng) for sample in samples]
-        import tensorflow as tf
-
         if len(samples) != self.cfg.batch_size:
             raise ValueError(f"a step takes {self.cfg.batch_size} images, got {len(samples)}")
         images = [(sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"],

@@ -155,3 +155,41 @@ def test_precision_flag_reaches_the_config_in_both_commands(tmp_path, monkeypatc
     with pytest.raises(Stop):
         evaluation.main(args)
     assert seen == [expected, expected]
+
+
+def test_bfloat16_training_keeps_float32_weights_that_load_in_float32(toy_dataset, tmp_path):
+    """Config.training_precision "bfloat16": the convolutions compute in bfloat16, the variables (and so
+    Adam's state and the weights file) stay float32, the losses are finite float32 values, the steps
+    move the weights, and the file loads into a float32 Detector; the global policy is untouched."""
+    from keras_frcnn_cryo import data_generators, tomo_io, train
+    from keras_frcnn_cryo.simple_parser import get_data
+
+    records, _, mapping = get_data(toy_dataset)
+    keras.utils.set_random_seed(0)
+    cfg = toy_config(class_mapping=mapping, train_mode="joint", training_precision="bfloat16")
+    trainer = train.Trainer(cfg)
+    assert keras.config.dtype_policy().name == "float32"
+    convs = [layer for layer in trainer.models.base.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    weights = trainer.models.model_all.weights
+    assert {str(w.dtype) for w in weights} == {"float32"}
+    before = [np.array(w) for w in weights]
+    rng = np.random.default_rng(0)
+    gen = data_generators.iter_training_samples(records[:4], cfg, rng, tomo_io.read_image,
+                                                preprocessing.prepare_image)
+    for _ in range(4):
+        losses = trainer.train_on_sample(next(gen), rng)
+        assert all(np.isfinite(losses[k]) for k in ("rpn_cls", "rpn_regr")), losses
+    moved = [not np.array_equal(b, np.array(w)) for b, w in zip(before, weights) if w.trainable]
+    assert sum(moved) > 0.9 * len(moved)
+    path = str(tmp_path / "bf16.weights.h5")
+    model_mod.save_weights_atomic(trainer.models.model_all, path)
+    f32 = model_mod.Detector(toy_config(class_mapping=mapping), weights_path=path)
+    assert f32.precision == "float32"
+    image = tomo_io.read_image(records[0]["filepath"])
+    assert np.all(np.isfinite(f32.detect(image, 0.0).scores))
+
+
+def test_unknown_training_precision_is_refused():
+    with pytest.raises(CryoError, match="training_precision"):
+        toy_config(training_precision="float16").validate()

@@ -64,21 +64,32 @@ def test_command_line_options_override_the_recipe():
 
 
 def test_small_objects_enlarge_the_images_and_refit_the_anchors():
-    # 400 x 300 images, boxes of 24-40 px (median 32 px = 2 cells): enlarged 2x to 600 px, anchors fitted
+    # 400 x 300 images, boxes of 24-40 px (median 32 px = 2 cells): enlarged 1.5x to 3 cells, anchors fitted
     boxes = [(10, 10, 10 + s, 10 + s) for s in (24, 28, 32, 36, 40)]
     cfg = Config()
     notes = recipes.fit_to_boxes(cfg, [record(400, 300, boxes)])
-    assert cfg.im_size == 608                                   # 300 x 2 rounded up to a multiple of 32
-    assert cfg.im_max_size == 832                               # the 4:3 aspect kept (800 -> 832)
+    assert cfg.im_size == 480                                   # 300 x 1.5 = 450, rounded up to a multiple of 32
+    assert cfg.im_max_size == 640                               # the 4:3 aspect kept
+    tiny = Config()                                             # 1-cell boxes: enlarged at most 2x
+    recipes.fit_to_boxes(tiny, [record(400, 300, [(0, 0, 16, 16)])], fit_anchors=False)
+    assert tiny.im_size == 608                                  # 300 x 2 = 600 -> 608
     assert max(cfg.anchor_box_scales) < 128 and min(cfg.anchor_box_scales) >= cfg.rpn_stride
     assert any("fitted to the boxes" in n and "for only 0 %" in n for n in notes)
 
 
-def test_objects_of_the_right_size_keep_the_images_and_good_anchors_are_kept():
-    # 100-px boxes in 384-px images are 6.25 cells: no resizing; paper anchors fit 128-512 px objects
+def test_wide_objects_shrink_the_images_by_at_most_a_quarter_and_good_anchors_are_kept():
+    # 100-px boxes in 384-px images are 6.25 cells: shrunk towards 3 cells, by at most 3/4
     cfg = Config()
     recipes.fit_to_boxes(cfg, [record(384, 384, [(0, 0, 100, 100), (200, 200, 300, 300)])], fit_anchors=False)
-    assert cfg.im_size == 384
+    assert cfg.im_size == 288
+    # 64-px boxes in 768-px images are 4 cells: 3/4 makes them 3 (Lucchi++: 800 -> 576 px)
+    lucchi = Config()
+    recipes.fit_to_boxes(lucchi, [record(1024, 768, [(0, 0, 64, 64)])], fit_anchors=False)
+    assert (lucchi.im_size, lucchi.im_max_size) == (576, 768)
+    # 45-px boxes in 480-px images are 2.8 cells: enlarged a little, to 3 cells
+    near = Config()
+    recipes.fit_to_boxes(near, [record(480, 480, [(0, 0, 45, 45)])], fit_anchors=False)
+    assert near.im_size == 512                                  # 480 x 3 / 2.8125 = 512
     big = Config()
     notes = recipes.fit_to_boxes(big, [record(600, 600, [(0, 0, 128, 128), (100, 100, 356, 356)])], fit_size=False)
     assert big.anchor_box_scales == [128.0, 256.0, 512.0] and any("anchors: kept" in n for n in notes)
