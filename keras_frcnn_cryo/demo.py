@@ -9,7 +9,7 @@ predicted ones in magenta, drawn at the score threshold of the best F1.
 
 Training is README's command, ``train_frcnn.py -p annotations.txt --time-budget M``: the default
 recipe for training from scratch chooses everything else. Three minutes of CPU (about 190 images)
-give a rough model (AP@0.5 about 0.3-0.35); an hour gives AP@0.5 0.8-0.85 on these tomograms
+give a rough model (AP@0.5 about 0.2-0.4); an hour gives AP@0.5 0.9 on these tomograms
 (BENCHMARKS.md), and real data needs hours and a few hundred labelled slices (README.md, "Training").
 """
 from __future__ import annotations
