@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from . import anchors, data_generators, metrics, recipes, roi_helpers, splits, tomo_io
+from . import anchors, data_generators, losses, metrics, recipes, roi_helpers, splits, targets_tf, tomo_io
 from .annotations import detections_to_dicts, load_annotations, records_to_ground_truth
 from .atomic import atomic_path, check_output_dir, remove_stale_temporaries
 from .cli import set_seed
@@ -251,6 +251,11 @@ class EpochStats:
         return float(np.mean(vals)) if vals else float("nan")
 
 
+def _accuracy(probabilities: tf.Tensor, one_hot: tf.Tensor) -> tf.Tensor:
+    """Share of RoIs whose most probable class is the labelled one: (1, R, C) x (1, R, C) -> scalar."""
+    return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(probabilities, -1), tf.argmax(one_hot, -1)), tf.float32))
+
+
 class Trainer:
     """Holds the tf.distribute strategy, the models and optimisers (built in its scope) and the compiled
     train steps. ``chief``: whether this process writes files (False on multiworker workers but one)."""
@@ -272,8 +277,6 @@ class Trainer:
 
     def _build(self, cfg: Config) -> None:
         """Models, losses, optimisers and the compiled steps (inside the strategy's scope)."""
-        from . import losses
-
         self.models = build_models(cfg, check_choice("training_precision", cfg.training_precision))
         if cfg.base_net_weights:
             loaded = load_imagenet_weights(self.models, cfg.base_net_weights)
@@ -344,8 +347,7 @@ class Trainer:
         m = self.models
         features = m.base(x, training=training)
         outputs = m.classifier_head([features, rois], training=training)
-        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs[0], -1), tf.argmax(y_cls, -1)), tf.float32))
-        return (*self._head_losses(outputs, y_cls, y_regr, y_iou), acc)
+        return (*self._head_losses(outputs, y_cls, y_regr, y_iou), _accuracy(outputs[0], y_cls))
 
     def _rpn_train(self, x, y_cls, y_regr):
         """Alternating mode, step 1: one Adam step of backbone + RPN."""
@@ -368,8 +370,6 @@ class Trainer:
     def _image_losses(self, x, y_cls, y_regr, boxes, labels, seed):
         """Joint-mode losses of one image (1, H, W, 3): one backbone pass; classifier targets from
         this pass's proposals in TensorFlow ops (targets_tf). Returns the 8 per-image statistics."""
-        from . import targets_tf
-
         m = self.models
         features = m.base(x, training=True)
         p_cls, p_regr = m.rpn_head(features, training=True)
@@ -380,8 +380,7 @@ class Trainer:
         rois, c_true, r_true, iou_true = (t[None] for t in batch[:4])
         outputs = m.classifier_head([features, rois], training=True)
         l_cls, l_regr, l_iou = self._head_losses(outputs, c_true, r_true, iou_true)
-        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs[0], -1), tf.argmax(c_true, -1)), tf.float32))
-        return l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, acc, batch[4], batch[5]
+        return l_rpn_cls, l_rpn_regr, l_cls, l_regr, l_iou, _accuracy(outputs[0], c_true), batch[4], batch[5]
 
     def _replica_joint(self, images):
         """One replica's share of a joint step: ``images`` is a tuple of per-image tuples (x, y_cls,
