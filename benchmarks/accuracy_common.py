@@ -26,15 +26,19 @@ TEST_TIME = {
     "proposal floor 0.05": ["rpn_min_score_test=0.05"],  # proposals scored below it skip the head
     "proposal floor 0.2": ["rpn_min_score_test=0.2"],
     "proposal floor 0.5": ["rpn_min_score_test=0.5"],
+    "views none": ["detection_views=none"],              # each image once (the paper)
+    "views transpose": ["detection_views=transpose"],    # + the diagonal mirror: detections fused (boxes.fuse_views)
+    "views dihedral": ["detection_views=dihedral"],      # all 8 flips and quarter turns
+    "views dihedral, agreement": ["detection_views=dihedral", "detection_view_agreement_weight=1.0"],
 }
 
 
-def test_time_runs(chosen: list[str] | None) -> list[tuple[str, str, list[str]]]:
-    """(label, variant, overrides) of the default model under the ``--test-time`` options chosen
+def test_time_runs(chosen: list[str] | None, variant: str = "default") -> list[tuple[str, str, list[str]]]:
+    """(label, variant, overrides) of the ``variant`` model under the ``--test-time`` options chosen
     (None: the flag was not given; []: every option of TEST_TIME)."""
     if chosen is None:
         return []
-    return [(f"default, {name}", "default", TEST_TIME[name]) for name in (chosen or list(TEST_TIME))]
+    return [(f"{variant}, {name}", variant, TEST_TIME[name]) for name in (chosen or list(TEST_TIME))]
 
 
 def train_variant(annotation_path: str, run_dir: str, budget_min: float, seed: int, flags: list[str],

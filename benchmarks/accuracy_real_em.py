@@ -15,7 +15,7 @@ adds none (the recipe README gives a new user: here the input size and anchors a
 40-220 px mitochondria), "paper" adds ``--recipe paper`` (Li et al. 2019 as published: 600-px input,
 128/256/512-px anchors, alternating steps at lr 1e-5). ``--jobs 2`` trains both at once, each on
 half the cores; a single variant gets every core. ``--test-time [OPTION ...]`` also evaluates the
-default model with those test-time options (accuracy_common.TEST_TIME; all when none is named);
+first ``--variants`` model with those test-time options (accuracy_common.TEST_TIME; all when none is named);
 ``--eval-only`` re-evaluates the models an earlier run left in ``--out`` without training.
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from accuracy_common import TEST_TIME, evaluate, test_time_runs, load_run, records_of, train_variant  # noqa: E402
 from keras_frcnn_cryo import masks_to_boxes  # noqa: E402
-from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
+from keras_frcnn_cryo.hardware import cpu_description  # noqa: E402
+from parallel_training import limit_threads, run_variants  # noqa: E402
 
 TEST_FRACTION = round(1.0 / 3.0, 6)  # as written to the split file
 VARIANTS = {"default": [], "paper": ["--recipe", "paper"],
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-time", nargs="*", default=None, choices=sorted(TEST_TIME), metavar="OPTION",
-                        help="also evaluate the default model with these test-time options "
+                        help="also evaluate the first --variants model with these test-time options "
                              "(TEST_TIME; none named: all)")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the models an earlier run left in --out without training")
@@ -90,7 +91,7 @@ def main() -> None:
                           variant)
     test = records_of(annotations, "test", args.seed, TEST_FRACTION)
     runs = [(variant, variant, None) for variant in args.variants]
-    runs += test_time_runs(args.test_time) if "default" in args.variants else []
+    runs += test_time_runs(args.test_time, args.variants[0])          # test-time options on the first model
     results = {label: evaluate(load_run(os.path.join(args.out, variant), overrides), test, f"{label} | last third")
                for label, variant, overrides in runs}
     with open(os.path.join(args.out, "results.json"), "w") as fh:

@@ -16,7 +16,7 @@
    IoU 0.5-0.9, COCO AP, F1, mIoU), per tomogram with its SNR (the generator's, and the single-image
    estimate of preprocessing.estimate_snr), and on the test set's tilt images (every
    ``--tilt-step``-th tilt; boxes projected from the 3D objects).
-4. ``--test-time [OPTION ...]`` also evaluates the default model with those test-time options
+4. ``--test-time [OPTION ...]`` also evaluates the first ``--variants`` model with those test-time options
    (accuracy_common.TEST_TIME; all of them when none is named) switched on; ``--eval-only``
    re-evaluates the models of an earlier run in ``--out`` without training.
 5. ``--z-refine`` also detects each test tomogram whole, through its volume, links the boxes into 3D
@@ -44,7 +44,8 @@ from tqdm import tqdm  # noqa: E402
 from accuracy_common import (IOUS, TEST_TIME, evaluate, load_run, records_of, score,  # noqa: E402
                              test_time_runs, train_variant)
 from keras_frcnn_cryo import annotations, metrics, predict, preprocessing, splits, synthetic, tomo_io, tracking  # noqa: E402
-from parallel_training import cpu_description, limit_threads, run_variants  # noqa: E402
+from keras_frcnn_cryo.hardware import cpu_description  # noqa: E402
+from parallel_training import limit_threads, run_variants  # noqa: E402
 
 # variant -> train_frcnn.py flags added to "-p annotations.txt --time-budget B"
 VARIANTS = {
@@ -184,7 +185,7 @@ def main() -> None:
                         help="models to train (default: README's command only)")
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
     parser.add_argument("--test-time", nargs="*", default=None, choices=sorted(TEST_TIME), metavar="OPTION",
-                        help="also evaluate the default model with these test-time options "
+                        help="also evaluate the first --variants model with these test-time options "
                              "(TEST_TIME; none named: all)")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the models an earlier run left in --out (same data arguments) without training")
@@ -224,7 +225,7 @@ def main() -> None:
         sets[f"test set, {name} SNR"] = (data, records_of(data["annotations"], "all", args.seed))
     notes = {name: snr_notes(data, records) for name, (data, records) in sets.items()}
     runs = [(variant, variant, None) for variant in args.variants]
-    runs += test_time_runs(args.test_time) if "default" in args.variants else []
+    runs += test_time_runs(args.test_time, args.variants[0])          # test-time options on the first model
     results = {}
     for label, variant, overrides in runs:
         detector = load_run(os.path.join(args.out, variant), overrides)

@@ -9,30 +9,8 @@ equal compute, and two 60-minute trainings take 60 minutes, not 120.
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
-
-# CPU features that change TensorFlow's speed on x86 (AVX-512 and its bfloat16 units, AMX tiles)
-_SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-
-
-def cpu_description() -> str:
-    """'<model name>, <n> cores, flags avx2 avx512f ...' from /proc/cpuinfo (best effort), for benchmark logs."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    shown = " ".join(f for f in _SPEED_FLAGS if f in flags) or "none of " + " ".join(_SPEED_FLAGS)
-    return f"{model}, {os.cpu_count()} cores, flags {shown}"
-
 
 def limit_threads(threads: int) -> None:
     """Give TensorFlow ``threads`` intra-op threads and one inter-op thread; call before any op runs."""

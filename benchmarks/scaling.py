@@ -32,7 +32,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from parallel_training import cpu_description  # noqa: E402
+from keras_frcnn_cryo.hardware import cpu_description  # noqa: E402
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"1 device, batch 1": {}, "1 device, batch 2": {"batch_size": 2},

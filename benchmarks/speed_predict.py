@@ -57,7 +57,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from parallel_training import cpu_description, limit_threads  # noqa: E402
+from keras_frcnn_cryo.hardware import cpu_description  # noqa: E402
+from parallel_training import limit_threads  # noqa: E402
 from tomogram import random_ellipsoids, render_slab
 
 TARGET_SECONDS_PER_SLICE = 0.3

@@ -1,4 +1,5 @@
-"""Box arithmetic, the one home for it: areas, IoU (2D and 3D), box coding, NMS, box voting.
+"""Box arithmetic, the one home for it: areas, IoU (2D and 3D), box coding, NMS, box voting, the
+flipped and transposed views of test-time augmentation and the fusion of their detections.
 
 numpy only. A 2D box is a float ``[x1, y1, x2, y2]`` in pixels, 0-based, x right, y down, width
 ``x2 - x1`` (no +1). A 3D box is ``[x1, y1, z1, x2, y2, z2]`` with exclusive far edges. Inverted
@@ -197,3 +198,86 @@ def clip_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
     """(N, 4) boxes clipped to ``[0, width] x [0, height]`` (a new float64 array): the one clipping rule
     of proposals (rpn_to_roi) and final boxes (Detector)."""
     return np.clip(as_boxes(boxes, "boxes"), 0.0, np.array([width, height, width, height], dtype=np.float64))
+
+
+# ------------------------------------------------------------------------------------------
+# views of an image (test-time augmentation): flips and transposes, and their detections fused
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class View:
+    """One of the 8 symmetries of a rectangle: transpose first (x <-> y), then flips in that frame."""
+
+    transpose: bool = False
+    hflip: bool = False
+    vflip: bool = False
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, ...) image -> the view (W, H, ...) when transposed, else (H, W, ...)."""
+        out = np.swapaxes(image, 0, 1) if self.transpose else image
+        if self.hflip:
+            out = out[:, ::-1]
+        if self.vflip:
+            out = out[::-1]
+        return np.ascontiguousarray(out)
+
+    def boxes_back(self, boxes: np.ndarray, view_width: float, view_height: float) -> np.ndarray:
+        """(N, 4) boxes in the view's pixels (view_width x view_height) -> the original image's pixels."""
+        out = as_boxes(boxes, "boxes").copy()
+        if self.hflip:
+            out[:, [0, 2]] = view_width - out[:, [2, 0]]
+        if self.vflip:
+            out[:, [1, 3]] = view_height - out[:, [3, 1]]
+        if self.transpose:
+            out = out[:, [1, 0, 3, 2]]
+        return out
+
+
+# views per Config.detection_views choice (the identity first): "transpose" adds the image mirrored
+# on its diagonal; "dihedral" is all 8 symmetries: the identity, the 3 flips, and the 4 transposed
+# views (the 90-degree turns and the two diagonal mirrors)
+VIEWS: dict[str, tuple[View, ...]] = {
+    "none": (View(),),
+    "transpose": (View(), View(transpose=True)),
+    "dihedral": tuple(View(t, h, v) for t in (False, True) for h in (False, True) for v in (False, True)),
+}
+
+
+def fuse_views(boxes: np.ndarray, scores: np.ndarray, view_ids: np.ndarray, n_views: int, overlap_thresh: float,
+               match_iou: float, max_boxes: int | None = None, agreement_weight: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One class's detections from ``n_views`` views of an image (boxes already mapped back) fused.
+
+    boxes: (N, 4), scores: (N,), view_ids: (N,) int in [0, n_views). Greedy NMS at ``overlap_thresh``
+    over all views picks the clusters; each kept box gathers, from every view, that view's
+    best-scoring box overlapping it at IoU >= ``match_iou``; the fused box is those members'
+    score-weighted mean and its score their summed score / n_views, so a box every view agrees on
+    keeps its score and one a single view found gets a quarter (with 4 views). With
+    ``agreement_weight`` a > 0 the score is also multiplied by the members' score-weighted mean IoU
+    with the fused box ``^ a``: boxes the views place alike rank above boxes they place apart.
+    Returns (K, 4) float64 boxes and (K,) scores, scores descending.
+    """
+    bxs = as_boxes(boxes, "boxes")
+    scr = np.asarray(scores, dtype=np.float64).reshape(-1)
+    ids = np.asarray(view_ids, dtype=np.int64).reshape(-1)
+    if bxs.shape[0] == 0:
+        return np.zeros((0, 4)), np.zeros((0,))
+    kept = nms(bxs, scr, overlap_thresh, max_boxes)
+    overlap = iou_matrix(bxs[kept], bxs) >= match_iou                        # (K, N)
+    weights = np.zeros((kept.shape[0], bxs.shape[0]))
+    for view in range(n_views):
+        in_view = np.flatnonzero(ids == view)
+        if in_view.size == 0:
+            continue
+        candidates = np.where(overlap[:, in_view], scr[in_view][None, :], -1.0)  # (K, n_view)
+        best = np.argmax(candidates, axis=1)
+        found = candidates[np.arange(kept.shape[0]), best] >= 0.0
+        weights[np.flatnonzero(found), in_view[best[found]]] = scr[in_view[best[found]]]
+    total = weights.sum(axis=1)
+    fused = weights @ bxs / np.where(total > 0, total, 1.0)[:, None]
+    fused = np.where(total[:, None] > 0, fused, bxs[kept])
+    fused_scores = total / float(n_views)
+    if agreement_weight > 0.0:
+        agreement = (weights * iou_matrix(fused, bxs)).sum(axis=1) / np.where(total > 0, total, 1.0)
+        fused_scores = fused_scores * np.clip(agreement, 0.0, 1.0) ** agreement_weight
+    order = np.argsort(-fused_scores, kind="stable")
+    return fused[order], fused_scores[order]

@@ -55,6 +55,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "training_precision": ("float32", "bfloat16"),
     "train_mode": ("alternating", "joint"),
     "distribute": ("none", "mirrored", "multiworker"),
+    "detection_views": ("none", "transpose", "dihedral"),
 }
 
 
@@ -200,9 +201,11 @@ class Config:
     # mixed_bfloat16 policy: bfloat16 matmuls/convs, float32 weights and outputs; uses the AMX/AVX512
     # bf16 units of recent x86 CPUs). Weights files are the same either way.
     inference_precision: str = "float32"
-    # Arithmetic of the training steps, the same two choices: "bfloat16" computes the convolutions in
+    # Arithmetic of the training steps: "float32", or "bfloat16", which computes the convolutions in
     # bfloat16 with float32 weights, Adam state and losses (no loss scaling: bfloat16 has float32's
     # range). The weights file is float32 either way and loads for prediction in either precision.
+    # bfloat16 saw 1.3x the images per hour on a CPU with AMX, but one of its two 60-min runs
+    # (Lucchi++) stopped with NaN losses (BENCHMARKS.md), so float32 stays the default.
     training_precision: str = "float32"
 
     # --- loss and optimiser (paper) ------------------------------------------------------
@@ -253,6 +256,18 @@ class Config:
     # detection_box_voting_iou: each box kept by the final NMS is replaced by the score-weighted mean
     # of the candidate boxes of its class that overlap it at IoU >= this (box voting).
     detection_box_voting_iou: float = 0.0
+    # Test-time augmentation (not in the paper, whose detector sees each image once: "none"): the
+    # detector also runs on the image mirrored on its diagonal ("transpose": 2 views) or on all its
+    # flips and quarter turns ("dihedral": 8 views; boxes.VIEWS), the orientations the scratch recipe
+    # trains with; the views' detections are fused (boxes.fuse_views): NMS at detection_nms_overlap
+    # over all views picks each object, its box becomes the score-weighted mean of every view's best
+    # box overlapping it at IoU >= detection_view_match_iou, its score the mean over the views (a view
+    # that missed it adds 0). N views take about N times as long.
+    # With detection_view_agreement_weight a > 0 the fused score is also multiplied by the views'
+    # agreement (their boxes' score-weighted mean IoU with the fused box) ^ a.
+    detection_views: str = "none"
+    detection_view_match_iou: float = 0.5
+    detection_view_agreement_weight: float = 0.0
     detection_iou_weight: float = 0.5         # with classifier_iou_head: see there
     # Weight r of the RPN's objectness in the final score (not in the paper, whose score is the
     # head's class probability: 0.0): score = head score^(1 - r) * objectness^r. The RPN samples its
@@ -342,7 +357,8 @@ class Config:
                      "lr_drop_fraction", "lr_drop_factor", "lr_warmup_max_fraction", "rpn_nms_overlap", "detection_nms_overlap",
                      "detection_threshold", "eval_min_score", "rpn_min_score_test", "detection_iou_weight",
                      "detection_rpn_weight",
-                     "detection_box_voting_iou", "tilt_consistency_min_iou", "track_untracked_weight"):
+                     "detection_box_voting_iou", "detection_view_match_iou",
+                     "detection_view_agreement_weight", "tilt_consistency_min_iou", "track_untracked_weight"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise bad(name, "must lie in [0, 1]")
         for low, high in (("rpn_min_overlap", "rpn_max_overlap"), ("classifier_min_overlap", "classifier_max_overlap")):

@@ -562,7 +562,7 @@ def main(args: argparse.Namespace) -> int:
         first = args.detections
     else:
         first = load_detector(_config_name(args), args.model, args.max_proposals, args.precision,
-                              args.min_proposal_score, args.overrides, args.pixel_size_match)
+                              args.min_proposal_score, args.overrides, args.pixel_size_match, args.views)
     sources = [(labels[0], first)] + ([(labels[1], args.compare)] if args.compare else [])
     result = evaluate(ann_path, sources, cfg, parser_name, args.split, args.split_file, args.table_iou,
                       args.pr_iou, args.objects3d, args.gt3d, _config_name(args), args.output)

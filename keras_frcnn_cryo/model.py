@@ -35,7 +35,7 @@ import numpy as np
 
 from . import preprocessing, roi_helpers
 from .atomic import atomic_path
-from .boxes import BoxCoder, apply_regr, box_voting, clip_boxes, nms
+from .boxes import VIEWS, BoxCoder, apply_regr, box_voting, clip_boxes, fuse_views, nms
 from .cli import import_tensorflow_quietly
 from .config import BG_CLASS, CHOICES, Config, check_choice
 from .errors import CryoError
@@ -221,7 +221,9 @@ class Detector:
     ``detect(image)`` takes a 2D array of any dtype (a slice, a tilt image, a PNG), applies the
     preprocessing recorded in the Config (exactly as in training), runs backbone and RPN once,
     pools every proposal in one batched call through conv5, decodes per-class boxes, applies
-    per-class NMS and returns boxes scaled back to the input image's pixels (floats).
+    per-class NMS and returns boxes scaled back to the input image's pixels (floats). With
+    ``cfg.detection_views`` beyond "none" this runs once per view (flips and transposes of the image,
+    boxes.VIEWS) and the views' boxes are fused (boxes.fuse_views).
 
     Built models follow ``cfg.inference_precision`` (validated here, CryoError if unknown);
     ``models`` passed in (training's validation passes the training models) are used as they are.
@@ -331,8 +333,48 @@ class Detector:
                           self.class_names)
 
     def detect_prepared(self, x_batch: np.ndarray, min_score: float) -> list[Detections]:
-        """Detections on prepared images (B, H, W, 3): backbone and RPN run once on the whole batch,
-        then each image's proposals go through the head. Boxes in network-input pixels."""
+        """Detections on prepared images (B, H, W, 3), boxes in network-input pixels: each of the
+        ``cfg.detection_views`` views of the batch (boxes.VIEWS; "none": the images as they are) is
+        detected (:meth:`detect_view`) and, with more than one view, the views' boxes are mapped back
+        and fused per class (boxes.fuse_views)."""
+        views = VIEWS[check_choice("detection_views", self.cfg.detection_views)]
+        if len(views) == 1:
+            return self.detect_view(x_batch, min_score)
+        per_view = []
+        for view in views:
+            batch = np.stack([view.apply(x) for x in x_batch])
+            found = self.detect_view(batch, min_score)
+            for dets in found:
+                dets.boxes = view.boxes_back(dets.boxes, batch.shape[2], batch.shape[1])
+            per_view.append(found)
+        return [self._fuse([found[i] for found in per_view], min_score) for i in range(x_batch.shape[0])]
+
+    def _fuse(self, views: list[Detections], min_score: float) -> Detections:
+        """One image's detections from several views (boxes in one frame) fused per class."""
+        cfg = self.cfg
+        all_boxes, all_scores, all_labels = [], [], []
+        labels = np.concatenate([d.labels for d in views])
+        boxes = np.concatenate([d.boxes for d in views]).reshape(-1, 4)
+        scores = np.concatenate([d.scores for d in views])
+        view_ids = np.concatenate([np.full(len(d), v, np.int64) for v, d in enumerate(views)])
+        for cls in np.unique(labels):
+            mine = labels == cls
+            fused, fused_scores = fuse_views(boxes[mine], scores[mine], view_ids[mine], len(views),
+                                             cfg.detection_nms_overlap, cfg.detection_view_match_iou,
+                                             cfg.max_detections, cfg.detection_view_agreement_weight)
+            keep = fused_scores >= min_score
+            all_boxes.append(fused[keep])
+            all_scores.append(fused_scores[keep])
+            all_labels.append(np.full(int(keep.sum()), cls, np.int64))
+        if not all_boxes:
+            return _empty(self.class_names)
+        boxes, scores, labels = np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_labels)
+        top = np.argsort(-scores, kind="stable")[: cfg.max_detections]
+        return Detections(boxes[top], scores[top], labels[top], self.class_names)
+
+    def detect_view(self, x_batch: np.ndarray, min_score: float) -> list[Detections]:
+        """Detections on prepared images (B, H, W, 3) as they are: backbone and RPN run once on the
+        whole batch, then each image's proposals go through the head. Boxes in network-input pixels."""
         rpn_cls, rpn_regr, features = self._rpn_fn(tf.convert_to_tensor(x_batch, tf.float32))
         height, width = x_batch.shape[1:3]
         rpn_cls, rpn_regr = rpn_cls.numpy(), rpn_regr.numpy()

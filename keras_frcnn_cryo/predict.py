@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import preprocessing, tomo_io, tracking, writers
 from .atomic import check_output_dir
-from .config import apply_overrides, load_config
+from .config import CHOICES, apply_overrides, load_config
 from .detections_csv import DETECTIONS_CSV, shard_csv_name, write_detections_csv
 from .errors import CryoError
 from .model import PRECISIONS, Detections, Detector
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_detector_options(p: argparse.ArgumentParser) -> None:
     """Test-time settings of the Detector (test_frcnn.py and measure_map.py), each overriding the
-    config's value: --max-proposals, --min-proposal-score, --precision."""
+    config's value: --max-proposals, --min-proposal-score, --precision, --views, --set."""
     p.add_argument("--max-proposals", type=int, default=None,
                    help="proposals through the classifier head per image (default: the config's "
                         "rpn_max_proposals_test, the paper's 300); fewer is faster")
@@ -78,6 +78,10 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="arithmetic of the detector (default: the config's inference_precision, float32 unless set); "
                         "bfloat16 is faster on CPUs with AVX512-BF16/AMX, scores differ slightly")
+    p.add_argument("--views", choices=list(CHOICES["detection_views"]), default=None,
+                   help="test-time augmentation (default: the config's detection_views): detect each image also "
+                        "mirrored on its diagonal (transpose: 2 views) or in all 8 flips and quarter turns "
+                        "(dihedral) and fuse the views' boxes; N views take N times as long; none: once")
     p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE", dest="overrides",
                    help="override a test-time Config field of the trained model, e.g. detection_nms_overlap=0.3 "
                         "(repeatable; see config.py)")
@@ -88,13 +92,15 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
 
 def load_detector(config_filename: str, model_path: str | None, max_proposals: int | None = None,
                   precision: str | None = None, min_proposal_score: float | None = None,
-                  overrides: list[str] | None = None, pixel_size_match: bool = True) -> Detector:
+                  overrides: list[str] | None = None, pixel_size_match: bool = True,
+                  views: str | None = None) -> Detector:
     """Config + weights -> Detector (CryoError naming the file on any problem).
 
     ``max_proposals`` overrides the config's ``rpn_max_proposals_test`` (proposals through the head),
     ``min_proposal_score`` its ``rpn_min_score_test``, ``precision`` its ``inference_precision``
     ("float32" or "bfloat16"); ``overrides`` are ``FIELD=VALUE`` strings (config.apply_overrides);
-    ``pixel_size_match`` False turns off resizing inputs of known pixel size to the training's scale.
+    ``pixel_size_match`` False turns off resizing inputs of known pixel size to the training's scale;
+    ``views`` overrides ``detection_views`` (test-time augmentation: "none", "flips", "dihedral").
     """
     cfg = load_config(config_filename)
     if max_proposals is not None:
@@ -107,6 +113,8 @@ def load_detector(config_filename: str, model_path: str | None, max_proposals: i
         cfg.rpn_min_score_test = min_proposal_score
     if precision is not None:
         cfg.inference_precision = precision
+    if views is not None:
+        cfg.detection_views = views
     apply_overrides(cfg, overrides)
     try:
         cfg.validate()
@@ -407,7 +415,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"shard {shard[0]}/{shard[1]}: {len(volumes)} volume(s) and {len(images)} image(s) of this part")
     check_output_dir(args.output)
     detector = load_detector(args.config_filename, args.model, args.max_proposals, args.precision,
-                             args.min_proposal_score, args.overrides, args.pixel_size_match)
+                             args.min_proposal_score, args.overrides, args.pixel_size_match, args.views)
     threshold = detector.cfg.detection_threshold if args.threshold is None else args.threshold
     csv_name = shard_csv_name(shard)
     if args.resume and os.path.isfile(os.path.join(args.output, csv_name)):

@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-mode", default=None, choices=list(TRAIN_MODES),
                    help="alternating (paper: RPN step, then classifier step) or joint (scratch: one backbone "
                         "pass and one update per image, about half the time per image)")
+    p.add_argument("--precision", default=None, choices=list(CHOICES["training_precision"]),
+                   help="arithmetic of the training steps: float32 (default), or bfloat16 (float32 weights, "
+                        "bfloat16 convolutions): about 1.3x the images per hour on CPUs with AMX, but one of two "
+                        "hour-long runs stopped with NaN losses (BENCHMARKS.md); the weights load either way")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop once this much wall time has passed (the epoch then running ends early and "
                         "is scored on the images it saw); the learning-rate schedule follows this budget")
@@ -189,6 +193,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if min(cfg.anchor_box_scales) <= 0:
             raise CryoError("--anchor-scales must be positive")
     cfg.backbone_norm = args.backbone_norm
+    if args.precision is not None:
+        cfg.training_precision = args.precision
     cfg.distribute, cfg.batch_size, cfg.cpu_replicas = args.distribute, args.batch_size, args.cpu_replicas
     apply_overrides(cfg, args.overrides)
     return cfg.validate()

@@ -82,6 +82,38 @@ def test_detector_maps_boxes_back_to_original_pixels(models, monkeypatch):
     np.testing.assert_allclose(many[2].boxes, [[10.0, 5.0, 30.5, 20.25]])
 
 
+@pytest.mark.parametrize("views", ["transpose", "dihedral"])
+def test_views_are_detected_and_fused_in_the_image_frame(models, monkeypatch, views):
+    """detection_views: every view of the batch is detected, its boxes mapped back and fused. The
+    stand-in "detects" the bright rectangle of each image it gets (in that view's pixels), with a
+    score that differs per view; all views then agree on the one rectangle, scored by their mean."""
+    cfg = toy_config(im_size=48, detection_views=views)
+    detector = model_mod.Detector(cfg, models=models)
+    shapes, view_scores = [], iter([0.9, 0.8, 0.7, 0.6, 0.9, 0.8, 0.7, 0.6])
+
+    def fake(x_batch, min_score):
+        shapes.append(x_batch.shape)
+        score = next(view_scores)
+        found = []
+        for x in x_batch:
+            ys, xs = np.nonzero(x[..., 0] > 100)
+            found.append(model_mod.Detections(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], float),
+                                              np.array([score]), np.array([0]), cfg.class_names))
+        return found
+
+    monkeypatch.setattr(detector, "detect_view", fake)
+    monkeypatch.setattr(model_mod.preprocessing, "prepare_image",
+                        lambda image, cfg, scale=None: (np.repeat(image[..., None], 3, -1).astype(np.float32),
+                                                        (1.0, 1.0)))
+    image = np.zeros((40, 64), np.uint8)
+    image[5:17, 30:61] = 255
+    dets = detector.detect(image, min_score=0.1)
+    n = len(model_mod.VIEWS[views])
+    assert len(shapes) == n and (1, 64, 40, 3) in shapes and (1, 40, 64, 3) in shapes
+    np.testing.assert_allclose(dets.boxes, [[30, 5, 61, 17]])
+    assert dets.scores[0] == pytest.approx(np.mean([0.9, 0.8, 0.7, 0.6, 0.9, 0.8, 0.7, 0.6][:n]))
+
+
 def test_batched_detection_equals_one_by_one(models):
     cfg = toy_config()
     detector = model_mod.Detector(cfg, models=models)

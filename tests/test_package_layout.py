@@ -108,7 +108,7 @@ def test_evaluation_does_not_load_the_trainer():
 # data, file-format and arithmetic modules: usable from a notebook without the command-line layer
 LIBRARY_MODULES = ("annotations", "anchors", "atomic", "boxes", "masks_to_boxes", "metrics", "pascal_voc_parser",
                    "preprocessing", "simple_parser", "splits", "synthetic", "targets_tf", "tomo_io", "tracking", "writers",
-                   "distribute", "textio", "reports", "detections_csv")
+                   "distribute", "textio", "reports", "detections_csv", "hardware")
 
 
 def test_io_and_arithmetic_modules_do_not_load_the_command_line_layer():

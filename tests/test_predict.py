@@ -255,3 +255,19 @@ def test_bad_shard_is_one_line_error(tmp_path, capsys):
     assert run_cli(predict.main, predict.build_parser(), ["-p", str(tmp_path / "in"), "--shard", "2/2"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["error: --shard wants K/N with 0 <= K < N "
                                                             "(e.g. 0/4 ... 3/4), got '2/2'"]
+
+
+def test_views_option_reaches_the_detector(detector, tmp_path):
+    """--views (test_frcnn.py and measure_map.py) overrides the config's detection_views; the default keeps it."""
+    from keras_frcnn_cryo import evaluation
+    from keras_frcnn_cryo.config import save_config
+    config_path, weights = str(tmp_path / "config.pickle"), str(tmp_path / "m.weights.h5")
+    save_config(detector.cfg, config_path)
+    detector.models.model_all.save_weights(weights)
+    for parser in (predict.build_parser(), evaluation.build_parser()):
+        args = parser.parse_args(["-p", str(tmp_path), "--views", "dihedral"])
+        assert args.views == "dihedral" and parser.parse_args(["-p", "x"]).views is None
+        with pytest.raises(SystemExit):
+            parser.parse_args(["-p", "x", "--views", "rot45"])
+    assert predict.load_detector(config_path, weights, views="transpose").cfg.detection_views == "transpose"
+    assert predict.load_detector(config_path, weights).cfg.detection_views == "none"
