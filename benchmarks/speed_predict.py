@@ -121,8 +121,10 @@ def trained_section(config_path: str, weights: str, image_paths: list[str], caps
     source = tomo_io.image_source(load_config(config_path))    # slab channels when the model was trained on them
     images = [source(path) for path in image_paths]
     source.close()
+    views = load_config(config_path).detection_views
     print(f"\ntrained model {weights} on {len(images)} slices ({images[0].shape[1]}x{images[0].shape[0]} px); "
-          f"per slice: median over slices of the median of {repeats} calls; {load_text()}")
+          f"per slice: median over slices of the median of {repeats} calls; detection_views {views} (each "
+          f"view is one full detection; the paper detects once); {load_text()}")
     print(f"  {'precision':<9} {'max proposals':>13} {'min score':>9} {'mean RoIs to head':>18} {'s per slice':>12}")
     for precision in precisions:
         detector = predict.load_detector(config_path, weights, precision=precision)
