@@ -118,12 +118,12 @@ def trained_section(config_path: str, weights: str, image_paths: list[str], caps
     from keras_frcnn_cryo import predict, tomo_io
     from keras_frcnn_cryo.config import load_config
 
-    source = tomo_io.image_source(load_config(config_path))    # slab channels when the model was trained on them
+    cfg = load_config(config_path)
+    source = tomo_io.image_source(cfg)    # slab channels when the model was trained on them
     images = [source(path) for path in image_paths]
     source.close()
-    views = load_config(config_path).detection_views
     print(f"\ntrained model {weights} on {len(images)} slices ({images[0].shape[1]}x{images[0].shape[0]} px); "
-          f"per slice: median over slices of the median of {repeats} calls; detection_views {views} (each "
+          f"per slice: median over slices of the median of {repeats} calls; detection_views {cfg.detection_views} (each "
           f"view is one full detection; the paper detects once); {load_text()}")
     print(f"  {'precision':<9} {'max proposals':>13} {'min score':>9} {'mean RoIs to head':>18} {'s per slice':>12}")
     for precision in precisions:

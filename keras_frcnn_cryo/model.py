@@ -325,11 +325,16 @@ class Detector:
             all_boxes.append(kept)
             all_scores.append(scores[order])
             all_labels.append(np.full(len(order), cls, np.int64))
-        if not all_boxes:
+        return self._ranked(all_boxes, all_scores, all_labels)
+
+    def _ranked(self, boxes: list[np.ndarray], scores: list[np.ndarray], labels: list[np.ndarray]) -> Detections:
+        """Per-class results (lists of (n_c, 4) boxes, (n_c,) scores and labels) as one Detections,
+        best score first, at most ``cfg.max_detections``."""
+        if not boxes:
             return _empty(self.class_names)
-        boxes, scores, labels = np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_labels)
-        top = np.argsort(-scores, kind="stable")[: cfg.max_detections]
-        return Detections(boxes[top].astype(np.float64), scores[top].astype(np.float64), labels[top],
+        all_boxes, all_scores, all_labels = np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels)
+        top = np.argsort(-all_scores, kind="stable")[: self.cfg.max_detections]
+        return Detections(all_boxes[top].astype(np.float64), all_scores[top].astype(np.float64), all_labels[top],
                           self.class_names)
 
     def detect_prepared(self, x_batch: np.ndarray, min_score: float) -> list[Detections]:
@@ -366,11 +371,7 @@ class Detector:
             all_boxes.append(fused[keep])
             all_scores.append(fused_scores[keep])
             all_labels.append(np.full(int(keep.sum()), cls, np.int64))
-        if not all_boxes:
-            return _empty(self.class_names)
-        boxes, scores, labels = np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_labels)
-        top = np.argsort(-scores, kind="stable")[: cfg.max_detections]
-        return Detections(boxes[top], scores[top], labels[top], self.class_names)
+        return self._ranked(all_boxes, all_scores, all_labels)
 
     def detect_view(self, x_batch: np.ndarray, min_score: float) -> list[Detections]:
         """Detections on prepared images (B, H, W, 3) as they are: backbone and RPN run once on the

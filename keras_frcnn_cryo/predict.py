@@ -100,7 +100,7 @@ def load_detector(config_filename: str, model_path: str | None, max_proposals: i
     ``min_proposal_score`` its ``rpn_min_score_test``, ``precision`` its ``inference_precision``
     ("float32" or "bfloat16"); ``overrides`` are ``FIELD=VALUE`` strings (config.apply_overrides);
     ``pixel_size_match`` False turns off resizing inputs of known pixel size to the training's scale;
-    ``views`` overrides ``detection_views`` (test-time augmentation: "none", "flips", "dihedral").
+    ``views`` overrides ``detection_views`` (test-time augmentation: "none", "transpose", "dihedral").
     """
     cfg = load_config(config_filename)
     if max_proposals is not None:

@@ -1,8 +1,6 @@
 """hardware: the CPU description every benchmark prints (the CPU stood in for, so the test does not
-depend on this machine); train_frcnn.py --precision reaches the config."""
-import pytest
-
-from keras_frcnn_cryo import hardware, train
+depend on this machine)."""
+from keras_frcnn_cryo import hardware
 
 
 def test_cpu_description_names_the_speed_flags_present(monkeypatch):
@@ -16,14 +14,3 @@ def test_cpu_description_names_the_speed_flags_present(monkeypatch):
 def test_cpu_info_reads_this_machine():
     model, flags = hardware.cpu_info()
     assert isinstance(model, str) and model and isinstance(flags, frozenset)
-
-
-def test_precision_option_reaches_the_config(tmp_path):
-    ann = tmp_path / "a.txt"
-    ann.write_text("")
-    for value in ("bfloat16", "float32"):
-        args = train.build_parser().parse_args(["-p", str(ann), "--precision", value])
-        assert train.config_from_args(args).training_precision == value
-    assert train.config_from_args(train.build_parser().parse_args(["-p", str(ann)])).training_precision == "float32"
-    with pytest.raises(SystemExit):
-        train.build_parser().parse_args(["-p", str(ann), "--precision", "auto"])

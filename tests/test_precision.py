@@ -193,3 +193,15 @@ def test_bfloat16_training_keeps_float32_weights_that_load_in_float32(toy_datase
 def test_unknown_training_precision_is_refused():
     with pytest.raises(CryoError, match="training_precision"):
         toy_config(training_precision="float16").validate()
+
+
+def test_train_precision_option_reaches_the_config(tmp_path):
+    from keras_frcnn_cryo import train
+    ann = tmp_path / "a.txt"
+    ann.write_text("")
+    for value in ("bfloat16", "float32"):
+        args = train.build_parser().parse_args(["-p", str(ann), "--precision", value])
+        assert train.config_from_args(args).training_precision == value
+    assert train.config_from_args(train.build_parser().parse_args(["-p", str(ann)])).training_precision == "float32"
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["-p", str(ann), "--precision", "auto"])
