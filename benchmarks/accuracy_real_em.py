@@ -41,7 +41,9 @@ VARIANTS = {"default": [], "paper": ["--recipe", "paper"],
             "jitter": ["--set", "aug_noise_max=0.5", "--set", "aug_blur_max_sigma=1.0",  # noise, blur and scale
                        "--set", "aug_scale_range=0.2"],                                 # jitter (issue 12 item 6)
             "small-input": ["--im-size", "576"],  # 3/4 of the native 768 (fitted: 800): more images per hour
-            "bf16": ["--set", "training_precision=bfloat16"]}  # bfloat16 convolutions (AMX/AVX512-BF16)
+            "bf16": ["--set", "training_precision=bfloat16"],  # bfloat16 convolutions (AMX/AVX512-BF16)
+            "ws": ["--backbone-norm", "ws"],  # weight-standardised convolutions, no GroupNorm
+            "rois16": ["-n", "16"]}  # 16 RoIs per step to the conv5 head (default 32)
 
 
 def main() -> None:

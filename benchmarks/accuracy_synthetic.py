@@ -65,6 +65,8 @@ VARIANTS = {
                "--set", "aug_scale_range=0.2"],                     # jitter (issue 12 item 6)
     "small-input": ["--im-size", "288"],                            # 3/4 of the fitted 384: more images per hour
     "bf16": ["--set", "training_precision=bfloat16"],               # bfloat16 convolutions (AMX/AVX512-BF16)
+    "ws": ["--backbone-norm", "ws"],                                # weight-standardised convs, no GroupNorm
+    "rois16": ["-n", "16"],                                         # 16 RoIs per step to the conv5 head (default 32)
 }
 
 

@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--predict", type=int, default=10, help="timed predictions per size")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare ResNet-50 reference")
     parser.add_argument("--modes", nargs="+", default=["alternating", "joint"], choices=["alternating", "joint"])
-    parser.add_argument("--norms", nargs="+", default=["group", "frozen_bn"], choices=["group", "frozen_bn", "batch"])
+    parser.add_argument("--norms", nargs="+", default=["group", "frozen_bn"], choices=["group", "frozen_bn", "batch", "ws"])
     args = parser.parse_args()
     set_seed(0)
     from keras_frcnn_cryo.model import Detector

@@ -50,7 +50,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "input_channels": ("repeat", "slabs"),
     "bilateral_method": ("grid", "exact"),
     "roi_pool_mode": ("bilinear", "cells"),
-    "backbone_norm": ("auto", "frozen_bn", "group", "batch"),
+    "backbone_norm": ("auto", "frozen_bn", "group", "batch", "ws"),
     "inference_precision": ("float32", "bfloat16"),
     "training_precision": ("float32", "bfloat16"),
     "train_mode": ("alternating", "joint"),

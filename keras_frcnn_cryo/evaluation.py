@@ -48,7 +48,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,11 +57,13 @@ from .annotations import detections_to_dicts, load_annotations, records_to_groun
 from .atomic import check_output_dir, write_text_atomic
 from .config import BG_CLASS, PAPER_TABLE_IOU, Config, load_config
 from .errors import CryoError
-from .model import Detector
 from .detections_csv import ImageIndex, load_detections
 from .predict import add_detector_options, detect_images, load_detector
 from .textio import read_csv_rows, write_json
 from .tomo_io import natural_sort_key
+
+if TYPE_CHECKING:
+    from .model import Detector
 
 SPLITS = ("test", "val", "train", "all")
 DEFAULT_CONFIG = "config.pickle"

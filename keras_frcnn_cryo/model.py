@@ -131,8 +131,8 @@ def load_imagenet_weights(models: FrcnnModels, path: str) -> list[str]:
 
     Raises CryoError if the file is missing or unusable or if any backbone layer got no weights.
     """
-    if models.norm == "group":
-        raise CryoError("pretrained weights need backbone_norm 'frozen_bn' or 'batch', not 'group'", path)
+    if models.norm in ("group", "ws"):
+        raise CryoError(f"pretrained weights need backbone_norm 'frozen_bn' or 'batch', not {models.norm!r}", path)
     loaded = set(resnet.load_backbone_weights(models.base, path))
     loaded |= set(resnet.load_backbone_weights(models.classifier_head, path))
     expected = {layer.name for m in (models.base, models.classifier_head) for layer in m.layers

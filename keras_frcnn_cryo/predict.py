@@ -18,6 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -27,7 +28,9 @@ from .atomic import check_output_dir
 from .config import CHOICES, apply_overrides, load_config
 from .detections_csv import DETECTIONS_CSV, shard_csv_name, write_detections_csv
 from .errors import CryoError
-from .model import PRECISIONS, Detections, Detector
+
+if TYPE_CHECKING:  # the model module imports Keras and TensorFlow: only load_detector needs it at run time,
+    from .model import Detections, Detector  # so measure_map.py scores a detections CSV without them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +78,7 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-proposal-score", type=float, default=None,
                    help="proposals with RPN objectness below this skip the classifier head (default: the "
                         "config's rpn_min_score_test, 0 = none, the paper's); faster on slices with few objects")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
+    p.add_argument("--precision", choices=CHOICES["inference_precision"], default=None,
                    help="arithmetic of the detector (default: the config's inference_precision, float32 unless set); "
                         "bfloat16 is faster on CPUs with AVX512-BF16/AMX, scores differ slightly")
     p.add_argument("--views", choices=list(CHOICES["detection_views"]), default=None,
@@ -124,6 +127,7 @@ def load_detector(config_filename: str, model_path: str | None, max_proposals: i
     weights = model_path or cfg.model_path
     if not weights:
         raise CryoError("no model weights given and the config names none", config_filename)
+    from .model import Detector
     return Detector(cfg, weights_path=weights)
 
 

@@ -54,6 +54,7 @@ class ScratchRecipe:
     # (Config.detection_views): AP@0.7 +0.02 to +0.08 and COCO AP +0.02 to +0.06 on four test sets
     # at twice the time per image (BENCHMARKS.md)
     detection_views: str = "transpose"
+    num_rois: int = 32                        # RoIs per step through the conv5 head (the paper's keras-frcnn -n)
 
 
 # Input size and anchors fitted to the boxes (scratch recipe; see fit_to_boxes)

@@ -13,7 +13,13 @@ Normalisation (``norm``):
   choice for ImageNet weights;
 * ``"batch"``: trainable BatchNormalization (batch statistics while training);
 * ``"group"``: GroupNormalization under the same layer names; for training from scratch with one
-  image per step, where BatchNorm statistics cannot be learned.
+  image per step, where BatchNorm statistics cannot be learned;
+* ``"ws"``: no normalisation of the activations at all (from scratch, one image per step). Every
+  convolution standardises its own kernel (:class:`WSConv2D`: zero mean, unit norm per filter, then
+  a learnt gain per filter), each residual branch is scaled by a learnt scalar that starts at 0
+  (:class:`SkipGain`), and the input is divided by INPUT_STD. Since the standardisation depends on
+  the weights only, a trained model predicts with plain convolutions: none of the per-image mean and
+  variance passes that GroupNorm makes over every activation map.
 
 Pretrained weights load with :func:`load_backbone_weights` (errors are :class:`CryoError`; nothing
 is loaded unless everything matches).
@@ -30,7 +36,7 @@ import numpy as np
 from .errors import CryoError
 from .roi_pooling import RoiPoolingConv
 
-NORMS = ("frozen_bn", "batch", "group")
+NORMS = ("frozen_bn", "batch", "group", "ws")
 BN_EPSILON = 1.001e-5          # keras.applications ResNet50
 BACKBONE_CHANNELS = 1024       # conv4_x output
 HEAD_CHANNELS = 2048           # conv5_x output
@@ -43,6 +49,15 @@ REGR_INIT_STDDEV = 0.001
 # and bfloat16's 8-bit mantissa would round scores near 1 to steps of 2**-8, tying detections that
 # the ranking behind AP and the score threshold must tell apart. Same variables either way.
 OUTPUT_DTYPE = "float32"
+# norm "ws": the preprocessed input (histogram-equalised grey values, roughly uniform on 0..255,
+# minus the channel means) has a standard deviation near 255 / sqrt(12) = 73.6; the network divides by
+# it so that activations start near unit scale, as they would after a normalisation layer.
+INPUT_STD = 73.6
+# Scaled weight standardisation (Brock et al. 2021, "Characterizing signal propagation to close the
+# performance gap in unnormalized ResNets"): a standardised kernel times this gain keeps the variance of
+# a ReLU network's activations from layer to layer: sqrt(2 / (1 - 1 / pi)).
+RELU_GAIN = 1.7139
+WS_EPSILON = 1e-4              # floor of fan_in x the kernel variance (a filter of equal weights)
 
 
 # ------------------------------------------------------------------------------------------
@@ -55,32 +70,85 @@ def _check_norm(norm: str, groups: int) -> None:
         raise CryoError(f"group_norm_groups={groups} must divide 64 (the narrowest ResNet-50 layer)")
 
 
-def _norm_layer(name: str, norm: str, groups: int, trainable: bool) -> keras.layers.Layer:
-    """Normalisation layer called ``name`` (channels last)."""
+@keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
+class WSConv2D(keras.layers.Conv2D):
+    """Conv2D with a standardised kernel (backbone norm "ws").
+
+    Each filter's kernel (kh, kw, c_in) is shifted to zero mean and scaled to unit L2 norm
+    (``(w - mean) / sqrt(fan_in * var)``), then multiplied by RELU_GAIN and a learnt per-filter
+    ``gain`` (starts at 1). The kernel used is a function of the weights only, so it is the same for
+    every image: at prediction the layer costs what a plain Conv2D costs.
+    """
+
+    def build(self, input_shape: Any) -> None:  # noqa: D102
+        super().build(input_shape)
+        self.gain = self.add_weight(name="gain", shape=(self.filters,), initializer="ones",
+                                    trainable=self.trainable)
+
+    def standardized_kernel(self) -> Any:
+        """The kernel the convolution uses, (kh, kw, c_in, filters)."""
+        kernel = self.kernel
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        mean = keras.ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+        var = keras.ops.var(kernel, axis=(0, 1, 2), keepdims=True)
+        scale = keras.ops.rsqrt(keras.ops.maximum(var * fan_in, WS_EPSILON)) * (self.gain * RELU_GAIN)
+        return (kernel - mean) * keras.ops.cast(scale, kernel.dtype)
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:  # noqa: D102
+        return super().convolution_op(inputs, keras.ops.cast(self.standardized_kernel(), inputs.dtype))
+
+
+@keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
+class SkipGain(keras.layers.Layer):
+    """x -> alpha * x with one learnt scalar alpha that starts at 0 (backbone norm "ws").
+
+    Applied to the residual branch of every bottleneck block, so each block starts as its shortcut
+    (De & Smith 2020, "SkipInit"): without normalisation layers, the sum of many residual branches
+    would otherwise blow up the activations of a deep network at initialisation.
+    """
+
+    def build(self, input_shape: Any) -> None:  # noqa: D102
+        self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros", trainable=self.trainable)
+
+    def call(self, inputs: Any) -> Any:  # noqa: D102
+        return inputs * keras.ops.cast(self.alpha, inputs.dtype)
+
+
+def _conv(filters: int, size: int, name: str, norm: str, trainable: bool, **kwargs: Any) -> keras.layers.Layer:
+    """The backbone's convolution called ``name``: WSConv2D for norm "ws", else Conv2D."""
+    layer = WSConv2D if norm == "ws" else keras.layers.Conv2D
+    return layer(filters, size, name=name, trainable=trainable, **kwargs)
+
+
+def _norm(x: Any, name: str, norm: str, groups: int, trainable: bool) -> Any:
+    """x through the normalisation layer called ``name`` (channels last); x itself for norm "ws"."""
+    if norm == "ws":
+        return x
     if norm == "group":
         return keras.layers.GroupNormalization(groups=groups, axis=-1, epsilon=BN_EPSILON,
-                                               name=name, trainable=trainable)
+                                               name=name, trainable=trainable)(x)
     return keras.layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=name,
-                                           trainable=trainable and norm == "batch")
+                                           trainable=trainable and norm == "batch")(x)
 
 
 def _block(x: Any, filters: int, name: str, norm: str, groups: int, trainable: bool,
            stride: int = 1, conv_shortcut: bool = False) -> Any:
     """Bottleneck residual block (keras.applications ``residual_block_v1``): 1x1, 3x3, 1x1 x4."""
     if conv_shortcut:
-        shortcut = keras.layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv",
-                                       trainable=trainable)(x)
-        shortcut = _norm_layer(f"{name}_0_bn", norm, groups, trainable)(shortcut)
+        shortcut = _conv(4 * filters, 1, f"{name}_0_conv", norm, trainable, strides=stride)(x)
+        shortcut = _norm(shortcut, f"{name}_0_bn", norm, groups, trainable)
     else:
         shortcut = x
-    x = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv", trainable=trainable)(x)
-    x = _norm_layer(f"{name}_1_bn", norm, groups, trainable)(x)
+    x = _conv(filters, 1, f"{name}_1_conv", norm, trainable, strides=stride)(x)
+    x = _norm(x, f"{name}_1_bn", norm, groups, trainable)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv", trainable=trainable)(x)
-    x = _norm_layer(f"{name}_2_bn", norm, groups, trainable)(x)
+    x = _conv(filters, 3, f"{name}_2_conv", norm, trainable, padding="same")(x)
+    x = _norm(x, f"{name}_2_bn", norm, groups, trainable)
     x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
-    x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv", trainable=trainable)(x)
-    x = _norm_layer(f"{name}_3_bn", norm, groups, trainable)(x)
+    x = _conv(4 * filters, 1, f"{name}_3_conv", norm, trainable)(x)
+    x = _norm(x, f"{name}_3_bn", norm, groups, trainable)
+    if norm == "ws":
+        x = SkipGain(name=f"{name}_skip_gain", trainable=trainable)(x)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
 
@@ -100,9 +168,12 @@ def nn_base(input_tensor: Any, norm: str = "group", groups: int = 32, trainable:
     the output of layer ``conv4_block6_out``.
     """
     _check_norm(norm, groups)
-    x = keras.layers.ZeroPadding2D(padding=3, name="conv1_pad")(input_tensor)
-    x = keras.layers.Conv2D(64, 7, strides=2, name="conv1_conv", trainable=trainable)(x)
-    x = _norm_layer("conv1_bn", norm, groups, trainable)(x)
+    x = input_tensor
+    if norm == "ws":
+        x = keras.layers.Rescaling(1.0 / INPUT_STD, name="input_scale")(x)
+    x = keras.layers.ZeroPadding2D(padding=3, name="conv1_pad")(x)
+    x = _conv(64, 7, "conv1_conv", norm, trainable, strides=2)(x)
+    x = _norm(x, "conv1_bn", norm, groups, trainable)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(padding=1, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "2019 exactly; scratch: settings for training from random weights on a CPU (joint "
                         "steps, lr 1e-4 with warm-up and a final drop, flips and rotations, input size and "
                         "anchors fitted to the boxes). Options below override the recipe")
-    p.add_argument("-n", "--num_rois", type=int, default=defaults.num_rois, help="RoIs per classifier step")
+    p.add_argument("-n", "--num_rois", type=int, default=None,
+                   help=f"RoIs per classifier step (paper {defaults.num_rois}, scratch {recipes.ScratchRecipe().num_rois})")
     p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=None,
                    help="augment with horizontal flips (recipe: scratch on, paper off)")
     p.add_argument("--vf", action=argparse.BooleanOptionalAction, default=None, help="augment with vertical flips")
@@ -104,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor-scales", nargs="+", default=None,
                    help="anchor sizes in px of the resized image (paper: 128 256 512), or 'auto' to "
                         "propose them from the labelled box sizes (scratch: auto when the paper's fit poorly)")
-    p.add_argument("--backbone-norm", default=defaults.backbone_norm, choices=["auto", "frozen_bn", "group", "batch"],
-                   help="auto: frozen_bn with --input_weight_path, GroupNorm from scratch")
+    p.add_argument("--backbone-norm", default=None, choices=CHOICES["backbone_norm"],
+                   help="auto: frozen_bn with --input_weight_path, GroupNorm from scratch; ws: weight-"
+                        "standardised convolutions, no activation normalisation (from scratch)")
     p.add_argument("--learning-rate", type=float, default=None,
                    help=f"Adam learning rate (paper {defaults.learning_rate:g}, scratch {recipes.ScratchRecipe.learning_rate:g})")
     p.add_argument("--lr-warmup", type=int, default=None, metavar="STEPS",
@@ -145,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 # command-line option -> the Config field it sets (options the recipe also sets)
 _RECIPE_OPTIONS = {"train_mode": "train_mode", "learning_rate": "learning_rate", "lr_warmup": "lr_warmup_steps",
                    "lr_drop": "lr_drop_fraction", "hf": "use_horizontal_flips", "vf": "use_vertical_flips",
-                   "rot": "rot_90", "input_channels": "input_channels"}
+                   "rot": "rot_90", "input_channels": "input_channels", "num_rois": "num_rois",
+                   "backbone_norm": "backbone_norm"}
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -173,7 +176,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
             setattr(cfg, name, getattr(args, option))
     cfg.parser = args.parser
     cfg.annotation_path = os.path.abspath(args.path)
-    cfg.num_rois = args.num_rois
     cfg.num_epochs, cfg.epoch_length = args.num_epochs, args.epoch_length
     cfg.model_path = os.path.abspath(args.output_weight_path)
     cfg.base_net_weights = os.path.abspath(args.input_weight_path) if args.input_weight_path else None
@@ -192,7 +194,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise CryoError(f"--anchor-scales takes numbers or 'auto', got {' '.join(args.anchor_scales)}") from None
         if min(cfg.anchor_box_scales) <= 0:
             raise CryoError("--anchor-scales must be positive")
-    cfg.backbone_norm = args.backbone_norm
     if args.precision is not None:
         cfg.training_precision = args.precision
     cfg.distribute, cfg.batch_size, cfg.cpu_replicas = args.distribute, args.batch_size, args.cpu_replicas

@@ -116,7 +116,7 @@ def test_io_and_arithmetic_modules_do_not_load_the_command_line_layer():
     for module in LIBRARY_MODULES:
         loaded = reachable(graph, module)
         assert "cli" not in loaded and "train" not in loaded, (module, sorted(loaded))
-    assert "cli" in reachable(graph, "predict")                  # the check can see such a path
+    assert "cli" in reachable(graph, "model")                    # the check can see such a path
 
 
 def test_every_command_module_has_one_cli_convention():
@@ -125,3 +125,17 @@ def test_every_command_module_has_one_cli_convention():
         module = importlib.import_module(f"keras_frcnn_cryo.{name}")
         for function in ("build_parser", "main", "console_main"):
             assert callable(getattr(module, function, None)), (name, function)
+
+
+def test_scoring_a_detections_csv_loads_no_tensorflow():
+    # measure_map.py --detections only reads files: importing the evaluation code must not start
+    # TensorFlow (seconds of start-up); load_detector imports the model when a model is evaluated
+    import subprocess
+    import sys
+    probe = ("import sys, keras_frcnn_cryo.evaluation, keras_frcnn_cryo.predict; "
+             "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(PACKAGE_DIR))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+    assert "model" in reachable(import_graph(module_level_only=True), "train")   # where it does load

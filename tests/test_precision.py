@@ -141,7 +141,7 @@ def test_precision_flag_reaches_the_config_in_both_commands(tmp_path, monkeypatc
         seen.append(cfg.inference_precision)
         raise Stop
 
-    monkeypatch.setattr(predict, "Detector", fake_detector)
+    monkeypatch.setattr(model_mod, "Detector", fake_detector)          # load_detector imports it when called
     flag = [] if precision is None else ["--precision", precision]
     expected = precision or "bfloat16"                          # None: the config's value
     os.makedirs(tmp_path / "images")

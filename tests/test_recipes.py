@@ -165,3 +165,13 @@ def test_slabs_only_when_every_training_image_has_its_tomogram(tmp_path):
     note = recipes.fit_input_channels(cfg, records)
     assert cfg.input_channels == "repeat" and "has no sidecar" in note
     assert "repeated" in recipes.fit_input_channels(Config(), records)
+
+
+def test_rois_per_step_and_backbone_norm_follow_the_recipe_unless_given():
+    def parsed(*extra: str) -> Config:
+        return train.config_from_args(train.build_parser().parse_args(["-p", "annotations.txt", *extra]))
+
+    assert parsed().num_rois == recipes.ScratchRecipe().num_rois
+    assert parsed("--recipe", "paper").num_rois == Config().num_rois == 32       # keras-frcnn's -n
+    assert parsed("-n", "8").num_rois == 8 and parsed("--recipe", "paper", "-n", "8").num_rois == 8
+    assert parsed().backbone_norm == "auto" and parsed("--backbone-norm", "ws").backbone_norm == "ws"

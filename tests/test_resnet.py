@@ -159,14 +159,14 @@ def test_feature_map_is_ceil_of_a_sixteenth(group_model: keras.Model, height: in
     assert tuple(out.shape) == (1, math.ceil(height / 16), math.ceil(width / 16), 1024)
 
 
-def test_group_norm_backbone_trains(group_model: keras.Model) -> None:
-    # toy regression on two 32x32 images: a few Adam steps must lower the loss
+def toy_regression_losses(base: keras.Model, image_std: float, learning_rate: float, steps: int = 6) -> list[float]:
+    """Losses of ``steps`` Adam steps of a toy regression on two 32x32 images (std ``image_std``):
+    the mean of ``base``'s features through a zero-initialised dense layer (loss 1 at the start)."""
     rng = np.random.default_rng(2)
-    images = tf.constant(rng.normal(size=(2, 32, 32, 3)).astype(np.float32))
+    images = tf.constant(rng.normal(0.0, image_std, size=(2, 32, 32, 3)).astype(np.float32))
     targets = tf.constant([[1.0], [-1.0]])
-    base = keras.Model(group_model.input, group_model.outputs[0])
-    head = keras.layers.Dense(1, kernel_initializer="zeros")     # starts at loss 1 exactly
-    optimizer = keras.optimizers.Adam(3e-5)
+    head = keras.layers.Dense(1, kernel_initializer="zeros")
+    optimizer = keras.optimizers.Adam(learning_rate)
 
     def step() -> float:
         with tf.GradientTape() as tape:
@@ -176,7 +176,13 @@ def test_group_norm_backbone_trains(group_model: keras.Model) -> None:
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return float(loss)
 
-    losses = [step() for _ in range(6)]
+    return [step() for _ in range(steps)]
+
+
+def test_group_norm_backbone_trains(group_model: keras.Model) -> None:
+    # a few Adam steps must lower the loss
+    base = keras.Model(group_model.input, group_model.outputs[0])
+    losses = toy_regression_losses(base, 1.0, 3e-5)
     assert losses[0] == pytest.approx(1.0)
     assert all(later < earlier for earlier, later in zip(losses, losses[1:]))
     assert losses[-1] < 0.95 * losses[0]
@@ -216,3 +222,48 @@ def test_directory_instead_of_file_is_refused(tmp_path) -> None:
     with pytest.raises(CryoError, match="not found"):
         resnet.load_backbone_weights(keras.Sequential([keras.layers.Dense(1)]), str(tmp_path))
     assert os.path.isdir(tmp_path)
+
+
+def test_standardised_kernel_has_zero_mean_and_the_gain_as_norm() -> None:
+    keras.utils.set_random_seed(4)
+    layer = resnet.WSConv2D(6, 3, name="ws_probe")
+    layer.build((None, 8, 8, 5))
+    layer.kernel.assign(np.random.default_rng(4).normal(0.3, 2.0, (3, 3, 5, 6)).astype(np.float32))
+    layer.gain.assign(np.arange(1, 7, dtype=np.float32))
+    kernel = np.asarray(layer.standardized_kernel())
+    np.testing.assert_allclose(kernel.mean(axis=(0, 1, 2)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.sqrt((kernel ** 2).sum(axis=(0, 1, 2))), resnet.RELU_GAIN * np.arange(1, 7),
+                               rtol=1e-5)
+    # the convolution uses that kernel: equal to a plain Conv2D holding it (what prediction computes)
+    plain = keras.layers.Conv2D(6, 3)
+    plain.build((None, 8, 8, 5))
+    plain.set_weights([kernel, np.asarray(layer.bias)])
+    image = np.random.default_rng(5).normal(size=(1, 8, 8, 5)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(layer(image)), np.asarray(plain(image)), rtol=1e-4, atol=1e-5)
+
+
+def test_ws_backbone_has_no_normalisation_and_starts_at_unit_scale() -> None:
+    keras.utils.set_random_seed(5)
+    image = keras.Input((None, None, 3))
+    model = keras.Model(image, resnet.nn_base(image, norm="ws"))
+    kinds = {type(layer) for layer in model.layers}
+    assert not kinds & {keras.layers.GroupNormalization, keras.layers.BatchNormalization}
+    assert resnet.WSConv2D in kinds and resnet.SkipGain in kinds
+    # every residual branch starts switched off (SkipInit): scale stays near 1 through 16 blocks
+    assert all(float(layer.alpha) == 0.0 for layer in model.layers if isinstance(layer, resnet.SkipGain))
+    picture = (np.random.default_rng(6).uniform(0, 255, (1, 64, 64, 1)).repeat(3, axis=-1) - 115.0).astype(np.float32)
+    features = np.asarray(model(picture))
+    assert features.shape == (1, 4, 4, 1024)
+    assert 0.3 < features.std() < 3.0
+
+
+def test_ws_backbone_trains() -> None:
+    # the same toy regression as the GroupNorm backbone: a few Adam steps lower the loss, and the
+    # skip gains leave 0 (the residual branches switch on)
+    keras.utils.set_random_seed(6)
+    image = keras.Input((None, None, 3))
+    base = keras.Model(image, resnet.nn_base(image, norm="ws"))
+    losses = toy_regression_losses(base, 70.0, 1e-4)       # grey values as the preprocessed input's
+    assert losses[0] == pytest.approx(1.0)
+    assert losses[-1] < 0.95 * losses[0]
+    assert any(float(layer.alpha) != 0.0 for layer in base.layers if isinstance(layer, resnet.SkipGain))

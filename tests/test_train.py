@@ -26,8 +26,10 @@ def trained(toy_dataset, request):
     records, _, mapping = get_data(toy_dataset)
     records = records[:8]
     # 192 px: the toy objects (20-50 px at 96 px) become 2.5-6 feature cells, as the scratch recipe keeps
-    # real objects several cells wide; RoIs of one or two cells give the bilinear windows little to read
-    cfg = toy_config(class_mapping=mapping, train_mode=request.param, im_size=192,
+    # real objects several cells wide; RoIs of one or two cells give the bilinear windows little to read.
+    # 8 RoIs per step: the conv5 head costs about 0.035 s per RoI and step on a 2-core CPU, most of a
+    # step at this size (16 RoIs: 0.93 s, 8: 0.65 s)
+    cfg = toy_config(class_mapping=mapping, train_mode=request.param, im_size=192, num_rois=8,
                      anchor_box_scales=[2 * s for s in TOY_ANCHORS])
     trainer = train.Trainer(cfg)
     rng = np.random.default_rng(0)
@@ -159,22 +161,29 @@ def _weights(model):
     return [np.array(w) for w in model.get_weights()]
 
 
+@pytest.fixture(scope="module")
+def joint_trainer(toy_dataset):
+    """A joint-mode Trainer on the toy images (untrained), shared by the step checks below."""
+    records, _, mapping = get_data(toy_dataset)
+    return train.Trainer(toy_config(class_mapping=mapping, train_mode="joint")), records
+
+
 @pytest.mark.parametrize("case", ["objects", "empty image", "head skipped"])
-def test_joint_step_updates_what_it_should(toy_dataset, monkeypatch, case):
+def test_joint_step_updates_what_it_should(joint_trainer, toy_dataset, monkeypatch, case):
     """One joint step moves backbone and RPN; the head moves unless it had no labelled RoI at all.
 
     An image without boxes still trains the head (its RoIs are background); "head skipped" forces
     the no-labelled-RoI case that the alternating mode answers by skipping the classifier step.
     """
-    records, _, mapping = get_data(toy_dataset)
-    cfg = toy_config(class_mapping=mapping, train_mode="joint")
-    trainer = train.Trainer(cfg)
+    trainer, records = joint_trainer
+    cfg = trainer.cfg
     rng = np.random.default_rng(0)
     record = next(r for r in records if r["bboxes"])
     if case == "empty image":
         record = dict(record, bboxes=[])
-    if case == "head skipped":  # before the step is traced: targets_tf finds no labelled RoI
+    if case == "head skipped":  # before its own Trainer's step is traced: targets_tf finds no labelled RoI
         monkeypatch.setattr(targets_tf, "classifier_batch", lambda *args: targets_tf.unused_batch(cfg.num_classes))
+        trainer = train.Trainer(cfg)
     sample = next(data_generators.iter_training_samples([record], cfg, rng, tomo_io.read_image,
                                                         preprocessing.prepare_image, augment_images=False))
     m = trainer.models
