@@ -42,7 +42,7 @@ class ScratchRecipe:
     use_vertical_flips: bool = True
     rot_90: bool = True
     input_channels: str = "slabs"             # when every training image's tomogram is known (fit_input_channels)
-    classifier_hard_negative_fraction: float = 0.25  # 8 of 32 RoIs: the RPN's best-ranked proposals far from objects
+    classifier_hard_negative_fraction: float = 0.25  # a quarter of the RoIs: the RPN's best-ranked proposals far from objects
     # Tomograms (test_frcnn.py on MRC files): each slice's box averaged with its 3D object's boxes on
     # the 2 slices either side, and scored by the object's mean score (tracking.refine_along_z)
     track_refine_window: int = 2
@@ -54,7 +54,10 @@ class ScratchRecipe:
     # (Config.detection_views): AP@0.7 +0.02 to +0.08 and COCO AP +0.02 to +0.06 on four test sets
     # at twice the time per image (BENCHMARKS.md)
     detection_views: str = "transpose"
-    num_rois: int = 32                        # RoIs per step through the conv5 head (the paper's keras-frcnn -n)
+    # RoIs per step through the conv5 head (keras-frcnn's -n: 32). The head runs conv5 on every RoI and
+    # is most of a step's time on a CPU: 16 saw 1.6x the images per hour on an AVX2 CPU, with AP@0.7
+    # up on all three synthetic test sets (BENCHMARKS.md); the hard background is 4 of the 16
+    num_rois: int = 16
 
 
 # Input size and anchors fitted to the boxes (scratch recipe; see fit_to_boxes)
