@@ -77,7 +77,8 @@ class WSConv2D(keras.layers.Conv2D):
     Each filter's kernel (kh, kw, c_in) is shifted to zero mean and scaled to unit L2 norm
     (``(w - mean) / sqrt(fan_in * var)``), then multiplied by RELU_GAIN and a learnt per-filter
     ``gain`` (starts at 1). The kernel used is a function of the weights only, so it is the same for
-    every image: at prediction the layer costs what a plain Conv2D costs.
+    every image: at prediction the layer costs a plain Conv2D plus one pass over its own weights per
+    call (not folded into a stored kernel).
     """
 
     def build(self, input_shape: Any) -> None:  # noqa: D102

@@ -169,7 +169,7 @@ def joint_trainer(toy_dataset):
 
 
 @pytest.mark.parametrize("case", ["objects", "empty image", "head skipped"])
-def test_joint_step_updates_what_it_should(joint_trainer, toy_dataset, monkeypatch, case):
+def test_joint_step_updates_what_it_should(joint_trainer, monkeypatch, case):
     """One joint step moves backbone and RPN; the head moves unless it had no labelled RoI at all.
 
     An image without boxes still trains the head (its RoIs are background); "head skipped" forces
