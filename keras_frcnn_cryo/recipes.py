@@ -54,10 +54,9 @@ class ScratchRecipe:
     # (Config.detection_views): AP@0.7 +0.02 to +0.08 and COCO AP +0.02 to +0.06 on four test sets
     # at twice the time per image (BENCHMARKS.md)
     detection_views: str = "transpose"
-    # RoIs per step through the conv5 head (keras-frcnn's -n: 32). The head runs conv5 on every RoI and
-    # is most of a step's time on a CPU: 16 saw 1.6x the images per hour on an AVX2 CPU, with AP@0.7
-    # up on all three synthetic test sets (BENCHMARKS.md); the hard background is 4 of the 16
-    num_rois: int = 16
+    # RoIs per step through the conv5 head: keras-frcnn's -n, 32; lowered to FEW_OBJECTS_ROIS by
+    # fit_to_boxes when the training images hold few objects each
+    num_rois: int = 32
 
 
 # Input size and anchors fitted to the boxes (scratch recipe; see fit_to_boxes)
@@ -69,6 +68,12 @@ SIZE_MULTIPLE = 32             # im_size is rounded up to a multiple of this
 ANCHOR_MATCH_IOU = 0.5         # a box is "matched" when some anchor shape, centred on it, reaches this IoU
 ANCHOR_MATCH_FRACTION = 0.9    # fit anchors when fewer than this share of the boxes is matched
 DETECTIONS_PER_LABEL = 3       # max_detections >= this x the most boxes labelled on one image
+# RoIs per step when a median training image's objects fit the positive share of this many RoIs
+# (classifier_positive_fraction x 16 = 8). The conv5 head runs on every RoI and is most of a step's
+# time on a CPU: on the synthetic set (2-3 objects per image, 288 px) 16 RoIs saw 1.6x the images of
+# 32 in an hour, AP@0.7 +0.02 to +0.13 on three test sets; on Lucchi++ (median 20 objects per image, 576 px)
+# only 1.2x, and AP@0.7 0.10 against 32's 0.24: too few positive RoIs per object (BENCHMARKS.md)
+FEW_OBJECTS_ROIS = 16
 
 
 def resolve(name: str, has_imagenet_weights: bool) -> str:
@@ -157,7 +162,7 @@ def fit_input_channels(cfg: Config, records: list[dict[str, Any]]) -> str:
 
 
 def fit_to_boxes(cfg: Config, records: list[dict[str, Any]], fit_size: bool = True,
-                 fit_anchors: bool = True) -> list[str]:
+                 fit_anchors: bool = True, fit_rois: bool = True) -> list[str]:
     """Fit the input size, the anchors and the detection cap to the labelled boxes (scratch recipe).
 
     * ``im_size``: the images' shorter side, scaled towards a median box of TARGET_OBJECT_CELLS feature
@@ -169,6 +174,8 @@ def fit_to_boxes(cfg: Config, records: list[dict[str, Any]], fit_size: bool = Tr
       (:func:`anchor_match_fraction`), else proposed from the box sizes
       (anchors.propose_anchor_scales).
     * ``max_detections``: raised to DETECTIONS_PER_LABEL x the most boxes on one image if that is more.
+    * ``num_rois`` (with ``fit_rois``): lowered to FEW_OBJECTS_ROIS when the median image's boxes fit
+      the positive share of that many RoIs (``classifier_positive_fraction``), else left as it is.
 
     Changes ``cfg`` in place; returns one line per decision, saying why.
     """
@@ -206,4 +213,15 @@ def fit_to_boxes(cfg: Config, records: list[dict[str, Any]], fit_size: bool = Tr
     if DETECTIONS_PER_LABEL * most > cfg.max_detections:
         cfg.max_detections = DETECTIONS_PER_LABEL * most
         notes.append(f"detections per image capped at {cfg.max_detections} ({most} boxes labelled on one image)")
+    if fit_rois and cfg.num_rois > FEW_OBJECTS_ROIS:
+        typical = float(np.median([len(r["bboxes"]) for r in records]))
+        slots = int(FEW_OBJECTS_ROIS * cfg.classifier_positive_fraction)
+        if typical <= slots:
+            notes.append(f"RoIs per step: {FEW_OBJECTS_ROIS} instead of {cfg.num_rois} (a median image holds "
+                         f"{typical:g} boxes, within the {slots} positive RoIs of {FEW_OBJECTS_ROIS}; the conv5 "
+                         f"head runs on every RoI and is most of a step's time on a CPU)")
+            cfg.num_rois = FEW_OBJECTS_ROIS
+        else:
+            notes.append(f"RoIs per step: {cfg.num_rois} (a median image holds {typical:g} boxes, more than the "
+                         f"{slots} positive RoIs of {FEW_OBJECTS_ROIS})")
     return notes

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "steps, lr 1e-4 with warm-up and a final drop, flips and rotations, input size and "
                         "anchors fitted to the boxes). Options below override the recipe")
     p.add_argument("-n", "--num_rois", type=int, default=None,
-                   help=f"RoIs per classifier step (paper {defaults.num_rois}, scratch {recipes.ScratchRecipe().num_rois})")
+                   help=f"RoIs per classifier step (paper {defaults.num_rois}; scratch {recipes.ScratchRecipe().num_rois}, "
+                        f"{recipes.FEW_OBJECTS_ROIS} when the training images hold few objects each)")
     p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=None,
                    help="augment with horizontal flips (recipe: scratch on, paper off)")
     p.add_argument("--vf", action=argparse.BooleanOptionalAction, default=None, help="augment with vertical flips")
@@ -226,15 +227,16 @@ def record_pixel_size(cfg: Config, records: list[dict], apix: float | None = Non
 
 
 def fit_config_to_boxes(cfg: Config, records: list[dict], fit_size: bool = True, fit_anchors: bool = True,
-                        propose_anchors: bool = False) -> None:
-    """The data-dependent part of the recipe: input size, anchors and detection cap (printed with reasons).
+                        propose_anchors: bool = False, fit_rois: bool = True) -> None:
+    """The data-dependent part of the recipe: input size, anchors, detection cap and RoIs per step
+    (printed with reasons).
 
     Scratch recipe: recipes.fit_to_boxes (the input size only with ``fit_size``, the anchors only with
-    ``fit_anchors``: what the command line left open). Either recipe: ``propose_anchors``
+    ``fit_anchors``, the RoIs per step only with ``fit_rois``: what the command line left open). Either recipe: ``propose_anchors``
     (``--anchor-scales auto``) proposes anchors from the boxes at the chosen input size.
     """
     if cfg.recipe == "scratch":
-        notes = recipes.fit_to_boxes(cfg, records, fit_size=fit_size, fit_anchors=fit_anchors)
+        notes = recipes.fit_to_boxes(cfg, records, fit_size=fit_size, fit_anchors=fit_anchors, fit_rois=fit_rois)
         notes.append(recipes.fit_input_channels(cfg, records))
         for note in notes:
             print(f"recipe scratch: {note}")
@@ -619,6 +621,7 @@ def main(args: argparse.Namespace) -> int:
         cfg, split_file=args.split_file, apix=args.apix,
         fit_size=args.im_size is None and "im_size" not in overridden,
         fit_anchors=args.anchor_scales is None and "anchor_box_scales" not in overridden,
+        fit_rois=args.num_rois is None and "num_rois" not in overridden,
         propose_anchors=args.anchor_scales == ["auto"])
     fit(cfg, train_records, val_records, args.config_filename, time_budget_min=args.time_budget,
         resume=args.resume)
@@ -639,13 +642,14 @@ class FitResult:
 
 
 def prepare(cfg: Config, split_file: str | None = None, apix: float | None = None, fit_size: bool = True,
-            fit_anchors: bool = True, propose_anchors: bool = False) -> tuple[list[dict], list[dict]]:
+            fit_anchors: bool = True, propose_anchors: bool = False, fit_rois: bool = True
+            ) -> tuple[list[dict], list[dict]]:
     """Read ``cfg.annotation_path``, split it by tomogram and fit ``cfg`` to its training boxes.
 
     Sets ``cfg.class_mapping`` ("bg" last), ``cfg.split_path`` (``split_file``, default beside the
     annotations; written there when new), the recipe's data-dependent fields (recipes.fit_to_boxes,
-    when ``cfg.recipe`` is "scratch": input size if ``fit_size``, anchors if ``fit_anchors``;
-    ``propose_anchors``: anchors from the boxes whatever the recipe) and the pixel sizes (``apix``
+    when ``cfg.recipe`` is "scratch": input size if ``fit_size``, anchors if ``fit_anchors``, RoIs per
+    step if ``fit_rois``; ``propose_anchors``: anchors from the boxes whatever the recipe) and the pixel sizes (``apix``
     when the sidecars give none); validates ``cfg``. Prints what it chose. Returns (training records,
     validation records). CryoError for annotations without images or boxes, or a split leaving no
     training image.
@@ -665,7 +669,7 @@ def prepare(cfg: Config, split_file: str | None = None, apix: float | None = Non
     val_records = [r for r in records if r.get("imageset") == "val"]
     if not train_records:
         raise CryoError("the split left no training images", split_path)
-    fit_config_to_boxes(cfg, train_records, fit_size, fit_anchors, propose_anchors)
+    fit_config_to_boxes(cfg, train_records, fit_size, fit_anchors, propose_anchors, fit_rois)
     cfg.validate()
     print(record_pixel_size(cfg, train_records, apix))
     print(f"classes: {', '.join(f'{k} ({v})' for k, v in classes_count.items() if k != BG_CLASS)}")

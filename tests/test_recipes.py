@@ -175,3 +175,26 @@ def test_rois_per_step_and_backbone_norm_follow_the_recipe_unless_given():
     assert parsed("--recipe", "paper").num_rois == Config().num_rois == 32       # keras-frcnn's -n
     assert parsed("-n", "8").num_rois == 8 and parsed("--recipe", "paper", "-n", "8").num_rois == 8
     assert parsed().backbone_norm == "auto" and parsed("--backbone-norm", "ws").backbone_norm == "ws"
+
+
+def test_rois_per_step_follow_the_objects_per_image():
+    """16 RoIs (half of the paper's 32) only when a median image's boxes fit their positive share (8)."""
+    few = recipes.config_for()
+    assert few.num_rois == 32
+    notes = recipes.fit_to_boxes(few, [record(300, 300, [(0, 0, 60, 60), (100, 100, 160, 160)])] * 3,
+                                 fit_size=False, fit_anchors=False)
+    assert few.num_rois == recipes.FEW_OBJECTS_ROIS == 16 and any("RoIs per step: 16 instead of 32" in n for n in notes)
+    dense = recipes.config_for()
+    crowded = [(x, 0, x + 20, 20) for x in range(0, 300, 25)]                 # 12 boxes per image
+    notes = recipes.fit_to_boxes(dense, [record(300, 300, crowded)] * 3, fit_size=False, fit_anchors=False)
+    assert dense.num_rois == 32 and any("more than the 8 positive RoIs" in n for n in notes)
+    given = recipes.config_for(num_rois=32)
+    recipes.fit_to_boxes(given, [record(300, 300, [(0, 0, 60, 60)])], fit_size=False, fit_anchors=False, fit_rois=False)
+    assert given.num_rois == 32                                  # -n given: the recipe leaves it alone
+
+
+def test_prepare_fits_rois_unless_the_command_line_gave_them(toy_dataset, tmp_path):
+    for fit_rois, expected in ((True, 16), (False, 32)):
+        cfg = recipes.config_for(annotation_path=toy_dataset)
+        train.prepare(cfg, split_file=str(tmp_path / "split.json"), fit_rois=fit_rois)
+        assert cfg.num_rois == expected, fit_rois
