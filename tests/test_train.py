@@ -16,6 +16,9 @@ from keras_frcnn_cryo.simple_parser import get_data
 
 # training steps of the trained fixture per mode (a joint step costs about 2/3 of an alternating one)
 STEPS = {"alternating": 90, "joint": 120}
+# checks of detection and of one step that do not depend on how the model was trained: on the joint
+# model only (the recipe's mode), not once per training mode
+JOINT_ONLY = pytest.mark.parametrize("trained", ["joint"], indirect=True)
 
 
 @pytest.fixture(scope="module", params=["alternating", "joint"])
@@ -58,6 +61,7 @@ def test_finds_its_training_objects(trained):
     assert results["mAP"][0.5] >= 0.5
 
 
+@JOINT_ONLY
 def test_pixel_size_match_finds_objects_in_a_binned_wider_view(trained):
     """Trained on 96-px images at 10 A/px (seen at 5 A per network pixel), the detector gets 96-px
     mosaics of four training images each binned 2x: 20 A/px, twice the field of view. Resizing by
@@ -86,6 +90,7 @@ def test_pixel_size_match_finds_objects_in_a_binned_wider_view(trained):
     assert rows[1]["n_tp"] < rows[0]["n_tp"], rows[1]["n_tp"]      # im_size alone misses objects
 
 
+@JOINT_ONLY
 def test_volume_and_its_2x_binned_copy_give_the_same_objects(trained, tmp_path):
     """A tomogram of the training slices at 10 A/px and a copy binned 2x (20 A/px, half the pixels):
     with the pixel size matched, the copy's boxes, written in its own pixels, are the original's halved."""
@@ -144,6 +149,7 @@ def test_record_pixel_size(toy_dataset, tmp_path):
     assert cfg.pixel_size_angstrom == 8.0 and cfg.network_pixel_size_angstrom == pytest.approx(4.0)
 
 
+@JOINT_ONLY
 def test_image_without_objects_trains(trained):
     """An image with no boxes gives all-negative RPN targets and an all-background classifier batch."""
     cfg, trainer, _, _ = trained
