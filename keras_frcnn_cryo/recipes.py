@@ -6,9 +6,9 @@
   i.e. Li et al. (2019) as published: alternating RPN / classifier steps, Adam at a constant 1e-5,
   anchors of 128 / 256 / 512 px, shorter side 600 px, no augmentation, a single detection pass;
 * ``"scratch"`` otherwise: the settings that, measured in BENCHMARKS.md, give the most accuracy
-  per CPU-hour from random weights (:class:`ScratchRecipe`), plus three choices fitted to the
-  labelled boxes (:func:`fit_to_boxes`): the input size, the anchor sizes and the cap on
-  detections per image.
+  per CPU-hour from random weights (:class:`ScratchRecipe`), plus four choices fitted to the
+  labelled boxes (:func:`fit_to_boxes`): the input size, the anchor sizes, the cap on detections
+  per image and the RoIs per step.
 
 Options given on the command line always win over the recipe. The recipe the run used is recorded
 in the config (``Config.recipe``) together with every value it set.
