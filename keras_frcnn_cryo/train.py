@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "steps, lr 1e-4 with warm-up and a final drop, flips and rotations, input size and "
                         "anchors fitted to the boxes). Options below override the recipe")
     p.add_argument("-n", "--num_rois", type=int, default=None,
-                   help=f"RoIs per classifier step (paper {defaults.num_rois}; scratch {recipes.ScratchRecipe().num_rois}, "
-                        f"{recipes.FEW_OBJECTS_ROIS} when the training images hold few objects each)")
+                   help=f"RoIs per classifier step (paper {defaults.num_rois}; scratch "
+                        f"{recipes.ScratchRecipe().num_rois}, {recipes.FEW_OBJECTS_ROIS} when the training "
+                        f"images hold few objects each)")
     p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=None,
                    help="augment with horizontal flips (recipe: scratch on, paper off)")
     p.add_argument("--vf", action=argparse.BooleanOptionalAction, default=None, help="augment with vertical flips")
@@ -232,8 +233,9 @@ def fit_config_to_boxes(cfg: Config, records: list[dict], fit_size: bool = True,
     (printed with reasons).
 
     Scratch recipe: recipes.fit_to_boxes (the input size only with ``fit_size``, the anchors only with
-    ``fit_anchors``, the RoIs per step only with ``fit_rois``: what the command line left open). Either recipe: ``propose_anchors``
-    (``--anchor-scales auto``) proposes anchors from the boxes at the chosen input size.
+    ``fit_anchors``, the RoIs per step only with ``fit_rois``: what the command line left open).
+    Either recipe: ``propose_anchors`` (``--anchor-scales auto``) proposes anchors from the boxes at
+    the chosen input size.
     """
     if cfg.recipe == "scratch":
         notes = recipes.fit_to_boxes(cfg, records, fit_size=fit_size, fit_anchors=fit_anchors, fit_rois=fit_rois)
@@ -649,10 +651,10 @@ def prepare(cfg: Config, split_file: str | None = None, apix: float | None = Non
     Sets ``cfg.class_mapping`` ("bg" last), ``cfg.split_path`` (``split_file``, default beside the
     annotations; written there when new), the recipe's data-dependent fields (recipes.fit_to_boxes,
     when ``cfg.recipe`` is "scratch": input size if ``fit_size``, anchors if ``fit_anchors``, RoIs per
-    step if ``fit_rois``; ``propose_anchors``: anchors from the boxes whatever the recipe) and the pixel sizes (``apix``
-    when the sidecars give none); validates ``cfg``. Prints what it chose. Returns (training records,
-    validation records). CryoError for annotations without images or boxes, or a split leaving no
-    training image.
+    step if ``fit_rois``; ``propose_anchors``: anchors from the boxes whatever the recipe) and the
+    pixel sizes (``apix`` when the sidecars give none); validates ``cfg``. Prints what it chose.
+    Returns (training records, validation records). CryoError for annotations without images or
+    boxes, or a split leaving no training image.
     """
     records, classes_count, class_mapping = load_annotations(cfg.annotation_path, cfg.parser)
     if not records:
