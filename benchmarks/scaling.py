@@ -10,7 +10,9 @@ configuration in a fresh process through train.Trainer (what train_frcnn.py runs
   * --distribute mirrored --batch-size 2 over 2 replicas: the machine's GPUs when it has 2 or more,
     else 2 logical CPU devices (--cpu-replicas 2).
 After warm-up steps (until two in a row need no new trace of the step), ``--steps`` steps are
-timed; images per second = images / seconds.
+timed; images per second = images / seconds. Two more configurations time the input pipeline with
+the step: the recipe's slab channels read from the tomograms, augmented and preprocessed inside the
+timed loop, either between steps (prefetch_images 0) or one background thread ahead (the default 2).
 
 Prediction: ``--volumes`` synthetic tomograms (MRC) through test_frcnn.py with a model trained for a
 few images (speed does not depend on how well it detects); one process over all volumes, then two
@@ -37,33 +39,48 @@ from keras_frcnn_cryo.hardware import cpu_description  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"1 device, batch 1": {}, "1 device, batch 2": {"batch_size": 2},
-           "mirrored, 2 replicas, batch 2": {"batch_size": 2, "distribute": "mirrored"}}
+           "mirrored, 2 replicas, batch 2": {"batch_size": 2, "distribute": "mirrored"},
+           # the input pipeline: images read (slab channels), augmented and preprocessed inside the
+           # timed loop, in the step's thread or one thread ahead (data_generators.Prefetch)
+           "1 device, batch 1, images prepared between steps": {"stream": True, "prefetch_images": 0},
+           "1 device, batch 1, images prefetched": {"stream": True, "prefetch_images": 2}}
 
 
 def train_child(annotations: str, values: dict, steps: int) -> dict:
     """Time ``steps`` joint steps of a Trainer with Config ``values`` (this process only)."""
-    import numpy as np
     import tensorflow as tf
 
     from keras_frcnn_cryo import data_generators, preprocessing, recipes, tomo_io, train
     if values.get("distribute") == "mirrored" and len(tf.config.list_physical_devices("GPU")) < 2:
         values = {**values, "cpu_replicas": 2}
-    cfg = recipes.config_for("scratch", annotation_path=annotations, input_channels="repeat", **values)
+    stream = values.pop("stream", False)
+    if not stream:
+        values = {**values, "input_channels": "repeat"}   # images read outside the timed loop
+    cfg = recipes.config_for("scratch", annotation_path=annotations, **values)
     train_records, _ = train.prepare(cfg)
     trainer = train.Trainer(cfg)
-    rng = np.random.default_rng(0)
-    gen = data_generators.iter_training_samples(train_records, cfg, rng, tomo_io.read_image,
-                                                preprocessing.prepare_image)
+    rng, data_rng = train.training_generators(0)
+    source = tomo_io.image_source(cfg)
+    gen = data_generators.Prefetch(data_generators.iter_training_samples(
+        train_records, cfg, data_rng, source, preprocessing.prepare_image), data_rng, cfg.prefetch_images)
     traces, quiet = -1, 0
     while quiet < 2:            # warm up until two steps in a row needed no new trace of the step
         trainer.train_on_batch([next(gen) for _ in range(cfg.batch_size)], rng)
         count = trainer.joint_step.experimental_get_tracing_count()
         quiet, traces = (quiet + 1 if count == traces else 0), count
-    samples = [[next(gen) for _ in range(cfg.batch_size)] for _ in range(steps)]
-    started = time.perf_counter()
-    for batch in samples:
-        trainer.train_on_batch(batch, rng)
+    if stream:        # as train.fit runs: the next images come from the stream inside the loop
+        time.sleep(2.0)                  # let the prefetch queue fill as it would during the warm-up
+        started = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_on_batch([next(gen) for _ in range(cfg.batch_size)], rng)
+    else:             # the step alone: images prepared before the clock starts
+        samples = [[next(gen) for _ in range(cfg.batch_size)] for _ in range(steps)]
+        started = time.perf_counter()
+        for batch in samples:
+            trainer.train_on_batch(batch, rng)
     seconds = time.perf_counter() - started
+    gen.close()
+    source.close()
     devices = "GPU" if tf.config.list_physical_devices("GPU") and not cfg.cpu_replicas else "CPU"
     return {"replicas": trainer.replicas, "devices": devices, "images": steps * cfg.batch_size, "seconds": seconds}
 

@@ -1,7 +1,7 @@
 """Per-image training-iteration time and prediction time at given input sizes, on this machine.
 
     python benchmarks/speed_train_predict.py --sizes 600 300 --steps 8 --predict 10 \
-        [--modes alternating joint] [--norms group frozen_bn]
+        [--modes alternating joint] [--norms group frozen_bn] [--adam fused keras]
 
 For each size: a synthetic cryo-ET slice (from keras_frcnn_cryo.synthetic) resized to that shorter
 side; the detector's training iteration timed over ``--steps`` images after warm-up, for each
@@ -11,6 +11,8 @@ normalisation (group: from scratch; frozen_bn: as with ImageNet weights); predic
 300 proposals through the conv5 head, NMS) timed over ``--predict`` calls after warm-up; and, as a
 reference measured in the same run, one Adam training step of a bare keras.applications ResNet-50
 (include_top=False, weights=None) at the same size. Medians are printed in seconds.
+``--adam keras`` also times the detector's training with stock keras.optimizers.Adam in place of the
+package's optimizer.FusedAdam (same formula, one fused kernel per variable): the peer in the same run.
 """
 from __future__ import annotations
 
@@ -65,10 +67,22 @@ def main() -> None:
     parser.add_argument("--no-bare", action="store_true", help="skip the bare ResNet-50 reference")
     parser.add_argument("--modes", nargs="+", default=["alternating", "joint"], choices=["alternating", "joint"])
     parser.add_argument("--norms", nargs="+", default=["group", "frozen_bn"], choices=["group", "frozen_bn", "batch", "ws"])
+    parser.add_argument("--adam", nargs="+", default=["fused"], choices=["fused", "keras"],
+                        help="optimiser of the timed training: the package's FusedAdam and/or stock Keras Adam")
     args = parser.parse_args()
     set_seed(0)
+    import keras
+
+    from keras_frcnn_cryo.hardware import cpu_description
     from keras_frcnn_cryo.model import Detector
     from keras_frcnn_cryo.train import Trainer
+
+    class KerasAdamTrainer(Trainer):
+        """The peer: training with stock keras.optimizers.Adam (the same values)."""
+
+        def _adam(self) -> keras.optimizers.Optimizer:
+            return keras.optimizers.Adam(learning_rate=self.cfg.learning_rate, beta_1=self.cfg.adam_beta_1,
+                                         beta_2=self.cfg.adam_beta_2)
 
     volume = synthetic.generate_tomogram(shape=(12, 640, 640), seed=1, n_mito=3)
     z = max(volume["slice_boxes"], key=lambda k: len(volume["slice_boxes"][k]))
@@ -79,22 +93,23 @@ def main() -> None:
     import tensorflow as tf
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load {os.getloadavg()}; image {image.shape[1]}x{image.shape[0]} "
           f"float32 with {len(boxes)} mitochondria")
-    print(f"{'size':>5} {'mode':>12} {'norm':>10} {'train iter (s)':>15} {'bare ResNet-50 step (s)':>24} "
+    print(cpu_description())
+    print(f"{'size':>5} {'mode':>12} {'norm':>10} {'adam':>6} {'train iter (s)':>15} {'bare ResNet-50 step (s)':>24} "
           f"{'ratio':>6} {'predict (s)':>12}")
     for size in args.sizes:
         bare_s = float("nan") if args.no_bare else median_time(bare_resnet_step(size), args.steps)
         for norm in args.norms:
-            for mode in args.modes:
+            for mode, adam in [(mode, adam) for mode in args.modes for adam in args.adam]:
                 cfg = Config(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=size, train_mode=mode,
                              backbone_norm=norm)
-                trainer = Trainer(cfg)
+                trainer = (Trainer if adam == "fused" else KerasAdamTrainer)(cfg)
                 rng = np.random.default_rng(0)
                 gen = data_generators.iter_training_samples([record], cfg, rng, lambda _: image,
                                                             preprocessing.prepare_image, augment_images=False)
                 train_s = median_time(lambda: trainer.train_on_sample(next(gen), rng), args.steps)
                 detector = Detector(cfg, models=trainer.models)
                 predict_s = median_time(lambda: detector.detect(image, min_score=0.0), args.predict)
-                print(f"{size:>5} {mode:>12} {norm:>10} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
+                print(f"{size:>5} {mode:>12} {norm:>10} {adam:>6} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
                       f"{predict_s:>12.3f}", flush=True)
     print(f"load average at the end: {os.getloadavg()}")
 

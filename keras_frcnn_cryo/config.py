@@ -243,6 +243,10 @@ class Config:
     cpu_replicas: int = 0
     num_epochs: int = 2000
     epoch_length: int = 1000
+    # Training images read, augmented and preprocessed ahead of the step in a background thread
+    # (data_generators.Prefetch; not in keras-frcnn, which prepares each image between two steps:
+    # 0). The images and their order are the same either way.
+    prefetch_images: int = 2
     test_fraction: float = 1.0 / 6.0          # paper: 5:1 train:test (we split by tomogram)
     val_fraction: float = 0.0                 # --val-split: part of the training groups held out
 
@@ -345,7 +349,7 @@ class Config:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "must be a whole number >= 1")
         for name in ("im_max_size", "lr_warmup_steps", "detection_refine_steps", "cpu_replicas",
-                     "track_refine_window"):
+                     "track_refine_window", "prefetch_images"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(name, "must be a whole number >= 0")

@@ -19,7 +19,7 @@ from .config import Config
 from .errors import CryoError
 from .preprocessing import resize_scale
 
-__all__ = ["anchor_shapes", "augment", "calc_rpn", "generate_anchors", "get_feature_map_size",
+__all__ = ["Prefetch", "anchor_shapes", "augment", "calc_rpn", "generate_anchors", "get_feature_map_size",
            "iter_training_samples", "jitter_appearance", "jittered_scale", "propose_anchor_scales",
            "record_boxes"]
 
@@ -247,3 +247,79 @@ def iter_training_samples(
                 "labels": labels,
                 "record": record,
             }
+
+
+class Prefetch:
+    """Runs a sample stream ``depth`` items ahead in a background thread, so that reading,
+    augmenting and preprocessing the next images overlaps the training step.
+
+    ``samples`` must be the only user of ``rng`` (the stream's own generator): the items and their
+    order are then exactly those of the stream read directly, and :attr:`rng_state` (the state of
+    ``rng`` right after the item last returned was made) restarts the stream there on resume.
+    An exception raised by the stream is raised again by ``next`` in the caller's thread. ``depth``
+    0 reads the stream directly (no thread). :meth:`close` stops the thread (call it before closing
+    files the stream reads).
+    """
+
+    _END = object()
+
+    def __init__(self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, depth: int):
+        import queue
+        import threading
+
+        self._samples, self._rng, self.depth = samples, rng, int(depth)
+        self.rng_state: dict[str, Any] = rng.bit_generator.state
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=max(self.depth, 1))
+        self._thread = None
+        self._finished = False
+        if self.depth > 0:
+            self._thread = threading.Thread(target=self._produce, name="training-samples", daemon=True)
+            self._thread.start()
+
+    def _produce(self) -> None:
+        import queue
+
+        def put(item: tuple) -> bool:
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for sample in self._samples:
+                if not put((sample, self._rng.bit_generator.state, None)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
+            put((None, None, exc))
+            return
+        put((self._END, None, None))
+
+    def __iter__(self) -> "Prefetch":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._thread is None:
+            sample = next(self._samples)
+            self.rng_state = self._rng.bit_generator.state
+            return sample
+        if self._finished:
+            raise StopIteration
+        sample, state, error = self._queue.get()
+        if error is not None or sample is self._END:
+            self._finished = True
+            self._thread.join()
+            if error is not None:
+                raise error
+            raise StopIteration
+        self.rng_state = state
+        return sample
+
+    def close(self) -> None:
+        """Stop the background thread (waits for the image it is preparing)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

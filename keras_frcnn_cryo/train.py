@@ -47,6 +47,7 @@ from .config import BG_CLASS, CHOICES, Config, apply_overrides, check_choice, sa
 from .errors import CryoError
 from .model import (Detector, build_models, check_weights_path, fetch_imagenet_weights, load_imagenet_weights,
                     save_weights_atomic)
+from .optimizer import FusedAdam
 from .preprocessing import prepare_image, resize_scale
 
 import keras  # noqa: E402  (after .model, which silences TensorFlow's start-up notices)
@@ -341,9 +342,10 @@ class Trainer:
                                          input_signature=cls_specs, autograph=False)
 
     def _adam(self) -> keras.optimizers.Optimizer:
-        """Adam with the config's rate and betas (paper: 1e-5, 0.9, 0.999)."""
+        """Adam with the config's rate and betas (paper: 1e-5, 0.9, 0.999), one fused kernel per variable
+        (optimizer.FusedAdam: Keras Adam's formula and state, a fraction of its time on a CPU)."""
         cfg = self.cfg
-        return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta_1, beta_2=cfg.adam_beta_2)
+        return FusedAdam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta_1, beta_2=cfg.adam_beta_2)
 
     def _head_losses(self, outputs, y_cls, y_regr, y_iou):
         """(class loss, box loss, IoU loss (0 without the IoU head)) of the head's outputs."""
@@ -702,22 +704,25 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
     for target in (cfg.model_path, bestval_path(cfg.model_path), state_path(cfg.model_path), config_path):
         for name in (remove_stale_temporaries(target) if trainer.chief else []):
             print(f"removed {name}, a partial file left by an interrupted run")
-    rng = np.random.default_rng(cfg.seed)
+    # two random streams: the images (order, augmentation, RPN anchor sampling; owned by the sample
+    # stream, which may run ahead in its own thread) and the steps (classifier RoI sampling)
+    rng, data_rng = training_generators(cfg.seed)
     source = tomo_io.image_source(cfg)
+    gen = None
     try:
-        gen = data_generators.iter_training_samples(train_records, cfg, rng, source, prepare_image, augment_images=True)
         best_loss, best_val, first_epoch = math.inf, -math.inf, 0
         # The config is written right after this run's first weights save, so that a run failing or
         # killed before it leaves an earlier run's config and weights as they were (a matching pair).
         config_saved = False
         log_rows: list[dict] = []
         if resume:
-            state = load_training_state(state_path(cfg.model_path), trainer, rng)
+            state = load_training_state(state_path(cfg.model_path), trainer, rng, data_rng)
             first_epoch, best_loss, best_val, log_rows = (state["epoch"], state["best_loss"], state["best_val"],
                                                           state["log_rows"])
             print(f"resuming after epoch {first_epoch} (best loss so far {best_loss:.4f})")
-            gen = data_generators.iter_training_samples(train_records, cfg, rng, source, prepare_image,
-                                                        augment_images=True)
+        gen = data_generators.Prefetch(
+            data_generators.iter_training_samples(train_records, cfg, data_rng, source, prepare_image,
+                                                  augment_images=True), data_rng, cfg.prefetch_images)
         def progress(epoch: int, index: int) -> float:
             """Share of the run passed: of --time-budget when one is given, else of the images."""
             if time_budget_min:
@@ -793,7 +798,7 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
             if trainer.chief:
                 _write_log(_log_path(cfg.model_path), log_rows)
                 save_training_state(state_path(cfg.model_path), trainer, epoch + 1, best_loss, best_val, rng,
-                                    log_rows)
+                                    log_rows, gen.rng_state)
             if time_budget_min is not None and trainer.agree(time.time() - started > 60.0 * time_budget_min):
                 print(f"time budget of {time_budget_min:g} min used after epoch {epoch + 1}: stopping "
                       f"({_images_seen(log_rows, cfg)} training images seen)")
@@ -801,7 +806,17 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
         return FitResult(epochs=len(log_rows), images_seen=_images_seen(log_rows, cfg), best_loss=best_loss,
                          best_val=best_val, log_rows=log_rows)
     finally:
+        if gen is not None:
+            gen.close()     # stop reading before the files close
         source.close()  # the tomograms the slabs were read from
+
+
+def training_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(steps, data): independent numpy generators from one seed. The data generator belongs to the
+    sample stream (image order, augmentation, RPN anchor sampling), the other to the training steps
+    (classifier RoI sampling), so a stream running ahead in a thread changes no random draw."""
+    steps, data = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(steps), np.random.default_rng(data)
 
 
 def state_path(model_path: str) -> str:
@@ -810,12 +825,16 @@ def state_path(model_path: str) -> str:
 
 
 def save_training_state(path: str, trainer: Trainer, epoch: int, best_loss: float, best_val: float,
-                        rng: np.random.Generator, log_rows: list[dict]) -> None:
-    """Checkpoint everything needed to resume after ``epoch`` completed epochs, atomically."""
+                        rng: np.random.Generator, log_rows: list[dict],
+                        data_rng_state: dict | None = None) -> None:
+    """Checkpoint everything needed to resume after ``epoch`` completed epochs, atomically: weights,
+    optimiser slots, the steps' generator ``rng`` and the sample stream's generator state
+    (``data_rng_state``: after the last image trained on; see training_generators)."""
     arrays = {f"w{i}": w for i, w in enumerate(trainer.models.model_all.get_weights())}
     for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls)):
         arrays.update({f"{name}{i}": np.asarray(v) for i, v in enumerate(opt.variables)})
     meta = {"epoch": epoch, "best_loss": best_loss, "best_val": best_val, "rng": rng.bit_generator.state,
+            "data_rng": data_rng_state,
             "log_rows": log_rows, "class_mapping": trainer.cfg.class_mapping, "train_mode": trainer.cfg.train_mode,
             "n_weights": len(trainer.models.model_all.get_weights())}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -823,8 +842,11 @@ def save_training_state(path: str, trainer: Trainer, epoch: int, best_loss: floa
         np.savez(fh, **arrays)
 
 
-def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator) -> dict:
-    """Restore weights, optimiser slots and random state; return epoch, best losses and the log."""
+def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator,
+                        data_rng: np.random.Generator | None = None) -> dict:
+    """Restore weights, optimiser slots and the random states (``rng``: the steps'; ``data_rng``: the
+    sample stream's, which states written before it was saved set like ``rng``); return epoch, best
+    losses and the log."""
     if not os.path.isfile(path):
         raise CryoError("no training state to resume from (was the run started with this --output_weight_path?)",
                         path)
@@ -851,6 +873,8 @@ def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator) -
     except ValueError as exc:
         raise CryoError(f"training state does not fit this model ({str(exc).splitlines()[0][:150]})", path) from None
     rng.bit_generator.state = meta["rng"]
+    if data_rng is not None:
+        data_rng.bit_generator.state = meta.get("data_rng") or meta["rng"]
     return meta
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from keras_frcnn_cryo.config import Config
 from keras_frcnn_cryo.data_generators import (
+    Prefetch,
     augment,
     calc_rpn,
     generate_anchors,
@@ -429,3 +430,46 @@ def test_iter_training_samples_bad_input():
         list(itertools.islice(stream, 3))
     with pytest.raises(CryoError):
         next(iter_training_samples([], cfg, np.random.default_rng(0), load_image, prepare_image))
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_prefetch_gives_the_streams_samples_and_random_states(depth):
+    cfg = stream_cfg(use_horizontal_flips=True, rot_90=True)
+    direct_rng = np.random.default_rng(5)
+    direct = iter_training_samples(make_records(), cfg, direct_rng, load_image, prepare_image)
+    rng = np.random.default_rng(5)
+    ahead = Prefetch(iter_training_samples(make_records(), cfg, rng, load_image, prepare_image), rng, depth)
+    try:
+        assert (ahead._thread is not None) == (depth > 0)
+        for _ in range(10):
+            want, got = next(direct), next(ahead)
+            assert got["record"]["filepath"] == want["record"]["filepath"]
+            for key in ("x_img", "y_rpn_cls", "y_rpn_regr", "boxes", "labels"):
+                np.testing.assert_array_equal(got[key], want[key])
+            # the state right after this sample was made: a stream restarted from it goes on alike
+            assert ahead.rng_state == direct_rng.bit_generator.state
+    finally:
+        ahead.close()
+    assert ahead._thread is None or not ahead._thread.is_alive()
+
+
+def test_prefetch_raises_the_streams_error_in_order_and_stops():
+    def stream():
+        yield {"n": 0}
+        yield {"n": 1}
+        raise CryoError("cannot read image", "c.png")
+
+    ahead = Prefetch(stream(), np.random.default_rng(0), depth=4)
+    assert [next(ahead)["n"], next(ahead)["n"]] == [0, 1]
+    with pytest.raises(CryoError, match="c.png.*cannot read image"):
+        next(ahead)
+    with pytest.raises(StopIteration):
+        next(ahead)
+    assert not ahead._thread.is_alive()
+
+
+def test_prefetch_close_stops_a_thread_waiting_on_a_full_queue():
+    ahead = Prefetch(itertools.count(), np.random.default_rng(0), depth=2)
+    assert next(ahead) == 0
+    ahead.close()
+    assert not ahead._thread.is_alive()

@@ -1,5 +1,6 @@
 """Training: the loss falls on a tiny generated set and the model then finds its training objects."""
 import dataclasses
+import json
 import math
 import os
 
@@ -277,6 +278,12 @@ def test_resume_continues_from_the_last_epoch(toy_dataset, tmp_path, capsys):
         train.main(train.build_parser().parse_args(base + ["--num_epochs", "1", "--resume"]))
     assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "1"])) == 0
     assert (tmp_path / "model_state.npz").is_file()
+    with np.load(tmp_path / "model_state.npz") as saved:   # both random streams are in the state
+        meta = json.loads(bytes(saved["meta"]).decode())
+    steps_rng, data_rng = train.training_generators(load_config(str(tmp_path / "config.pickle")).seed)
+    assert meta["data_rng"]["bit_generator"] == "PCG64" and meta["rng"] != meta["data_rng"]
+    assert meta["data_rng"] != data_rng.bit_generator.state      # the stream drew from it ...
+    data_rng.bit_generator.state = meta["data_rng"]               # ... and its state restores
     capsys.readouterr()
     assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "2", "--resume"])) == 0
     out = capsys.readouterr().out
@@ -334,3 +341,13 @@ def test_lr_drop_reaches_the_optimisers(toy_dataset, tmp_path, capsys):
     assert load_config(str(tmp_path / "config.pickle")).lr_drop_fraction == 0.5   # recorded with the run
     with pytest.raises(CryoError, match="--lr-drop must lie in"):
         train.main(train.build_parser().parse_args(base + ["--num_epochs", "1", "--lr-drop", "1.5"]))
+
+
+def test_training_generators_are_seeded_and_independent():
+    steps, data = train.training_generators(7)
+    again_steps, again_data = train.training_generators(7)
+    draws = steps.random(4), data.random(4)
+    np.testing.assert_array_equal(draws[0], again_steps.random(4))
+    np.testing.assert_array_equal(draws[1], again_data.random(4))
+    assert not np.allclose(draws[0], draws[1])
+    assert not np.allclose(train.training_generators(8)[1].random(4), draws[1])
