@@ -1,7 +1,8 @@
 """Scale-out on this machine: training images per second with 1 and 2 replicas (tf.distribute), and
 prediction volumes per minute with 1 and 2 shards (test_frcnn.py --shard).
 
-    python benchmarks/scaling.py [--out runs/scaling] [--size 256] [--steps 12] [--volumes 4]
+    python benchmarks/scaling.py [--out runs/scaling] [--size 256] [--steps 12] [--volumes 4] \
+        [--configs 1 4 5] [--no-prediction]
 
 Training (joint mode, from scratch, the synthetic generator's slices at ``--size`` px), each
 configuration in a fresh process through train.Trainer (what train_frcnn.py runs):
@@ -97,6 +98,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="slice size (px)")
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per configuration")
     parser.add_argument("--volumes", type=int, default=4, help="tomograms for the prediction part")
+    parser.add_argument("--configs", nargs="+", type=int, metavar="N",
+                        help="only these training configurations (default all): 1 batch 1, 2 batch 2, 3 mirrored, "
+                        "4 images prepared between steps, 5 images prefetched")
+    parser.add_argument("--no-prediction", action="store_true", help="skip the prediction part")
     parser.add_argument("--child", help=argparse.SUPPRESS)      # one training configuration (JSON)
     args = parser.parse_args()
     annotations = os.path.join(args.out, "data", "annotations.txt")
@@ -107,7 +112,9 @@ def main() -> None:
     print(f"machine: {cpu_description()}", flush=True)
     synthetic.write_dataset(os.path.join(args.out, "data"), max(args.volumes, 3), seed=11,
                             shape=(24, args.size, args.size), pixel_size_a=40.0, slice_step=2)
-    for name, values in CONFIGS.items():
+    for number, (name, values) in enumerate(CONFIGS.items(), start=1):
+        if args.configs and number not in args.configs:
+            continue
         done = subprocess.run([sys.executable, os.path.abspath(__file__), "--out", args.out, "--size", str(args.size),
                                "--steps", str(args.steps), "--child", json.dumps(values)],
                               capture_output=True, text=True)
@@ -119,6 +126,8 @@ def main() -> None:
               f"{result['images']} images in {result['seconds']:.1f} s = "
               f"{result['images'] / result['seconds']:.2f} images/s", flush=True)
 
+    if args.no_prediction:
+        return
     model = os.path.join(args.out, "model")
     run([sys.executable, os.path.join(ROOT, "train_frcnn.py"), "-p", annotations, "--num_epochs", "1",
          "--epoch_length", "4", "--output_weight_path", os.path.join(model, "model.weights.h5"),
