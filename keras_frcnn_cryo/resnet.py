@@ -98,6 +98,17 @@ class WSConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:  # noqa: D102
         return super().convolution_op(inputs, keras.ops.cast(self.standardized_kernel(), inputs.dtype))
 
+    # Keras' convolutions write only their kernel and bias to a weights file: the gain follows them
+    def save_own_variables(self, store: Any) -> None:  # noqa: D102
+        super().save_own_variables(store)
+        if self.built:
+            store[str(1 + int(self.use_bias))] = self.gain
+
+    def load_own_variables(self, store: Any) -> None:  # noqa: D102
+        super().load_own_variables(store)
+        if self.built:
+            self.gain.assign(store[str(1 + int(self.use_bias))])
+
 
 @keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
 class SkipGain(keras.layers.Layer):

@@ -267,3 +267,23 @@ def test_ws_backbone_trains() -> None:
     assert losses[0] == pytest.approx(1.0)
     assert losses[-1] < 0.95 * losses[0]
     assert any(float(layer.alpha) != 0.0 for layer in base.layers if isinstance(layer, resnet.SkipGain))
+
+
+def test_ws_weights_file_round_trip(tmp_path) -> None:
+    # Keras' convolutions write only kernel and bias: WSConv2D must add its gain, or a trained ws
+    # detector cannot be loaded for prediction
+    keras.utils.set_random_seed(7)
+    image = keras.Input((None, None, 3))
+    model = keras.Model(image, resnet.nn_base(image, norm="ws"))
+    rng = np.random.default_rng(7)
+    model.set_weights([rng.normal(1.0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
+    path = str(tmp_path / "ws.weights.h5")
+    model.save_weights(path)
+    keras.utils.set_random_seed(8)
+    image = keras.Input((None, None, 3))
+    fresh = keras.Model(image, resnet.nn_base(image, norm="ws"))
+    fresh.load_weights(path)
+    gains = [w for w in fresh.weights if w.path.endswith("gain")]
+    assert gains and all(np.abs(np.asarray(g) - 1.0).max() > 1e-3 for g in gains)   # not the initial ones
+    for saved, loaded in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(saved, loaded)
