@@ -4,7 +4,8 @@
         [--modes alternating joint] [--norms group frozen_bn] [--adam fused keras]
 
 For each size: a synthetic cryo-ET slice (from keras_frcnn_cryo.synthetic) resized to that shorter
-side; the detector's training iteration timed over ``--steps`` images after warm-up, for each
+side; the detector's first training iteration (which traces the compiled steps) and its training
+iteration timed over ``--steps`` images after warm-up, for each
 training mode (alternating: RPN step + proposals + classifier step with a second backbone pass, the
 paper's; joint: one backbone pass and one update, see keras_frcnn_cryo.train) and backbone
 normalisation (group: from scratch; frozen_bn: as with ImageNet weights); prediction (Detector.detect: preprocessing, backbone, RPN,
@@ -94,8 +95,8 @@ def main() -> None:
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load {os.getloadavg()}; image {image.shape[1]}x{image.shape[0]} "
           f"float32 with {len(boxes)} mitochondria")
     print(cpu_description())
-    print(f"{'size':>5} {'mode':>12} {'norm':>10} {'adam':>6} {'train iter (s)':>15} {'bare ResNet-50 step (s)':>24} "
-          f"{'ratio':>6} {'predict (s)':>12}")
+    print(f"{'size':>5} {'mode':>12} {'norm':>10} {'adam':>6} {'first iter (s)':>15} {'train iter (s)':>15} "
+          f"{'bare ResNet-50 step (s)':>24} {'ratio':>6} {'predict (s)':>12}")
     for size in args.sizes:
         bare_s = float("nan") if args.no_bare else median_time(bare_resnet_step(size), args.steps)
         for norm in args.norms:
@@ -106,10 +107,13 @@ def main() -> None:
                 rng = np.random.default_rng(0)
                 gen = data_generators.iter_training_samples([record], cfg, rng, lambda _: image,
                                                             preprocessing.prepare_image, augment_images=False)
+                started = time.perf_counter()
+                trainer.train_on_sample(next(gen), rng)       # the first step traces the compiled steps
+                first_s = time.perf_counter() - started
                 train_s = median_time(lambda: trainer.train_on_sample(next(gen), rng), args.steps)
                 detector = Detector(cfg, models=trainer.models)
                 predict_s = median_time(lambda: detector.detect(image, min_score=0.0), args.predict)
-                print(f"{size:>5} {mode:>12} {norm:>10} {adam:>6} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
+                print(f"{size:>5} {mode:>12} {norm:>10} {adam:>6} {first_s:>15.2f} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
                       f"{predict_s:>12.3f}", flush=True)
     print(f"load average at the end: {os.getloadavg()}")
 
