@@ -28,7 +28,7 @@ import os
 import pickle
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .atomic import write_bytes_atomic
 from .errors import CryoError
@@ -86,6 +86,98 @@ def check_tracking_values(min_iou: float, max_centre_distance_frac: float, max_g
         raise CryoError(f"track_min_length must be an integer >= 1, got {min_length}")
     if not 0.0 <= float(extent_quantile) < 0.5:
         raise CryoError(f"track_extent_quantile must be in [0, 0.5), got {extent_quantile}")
+
+
+def _whole(value: Any, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+def _unit(value: Any) -> bool:
+    return 0.0 <= float(value) <= 1.0
+
+
+# The range rule of each plain numeric or choice field: (test, what the message says it must be).
+# Config.validate and the typed section views (DetectionParams) check through check_field.
+_RULES = {
+    "whole>=1": (lambda v: _whole(v, 1), "must be a whole number >= 1"),
+    "whole>=0": (lambda v: _whole(v, 0), "must be a whole number >= 0"),
+    ">0": (lambda v: float(v) > 0, "must be > 0"),
+    "[0,1]": (_unit, "must lie in [0, 1]"),
+}
+FIELD_RULES: dict[str, str] = {
+    **{name: "whole>=1" for name in (
+        "im_size", "rpn_stride", "rpn_num_regions", "rpn_pre_nms_top_n", "rpn_max_proposals",
+        "rpn_max_proposals_test", "pool_size", "roi_samples_per_bin", "num_rois", "max_detections",
+        "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices", "batch_size")},
+    **{name: "whole>=0" for name in (
+        "im_max_size", "lr_warmup_steps", "detection_refine_steps", "cpu_replicas", "track_refine_window",
+        "prefetch_images")},
+    **{name: ">0" for name in (
+        "learning_rate", "std_scaling", "bilateral_sigma_r", "bilateral_sigma_d", "loss_epsilon")},
+    **{name: "[0,1]" for name in (
+        "rpn_min_overlap", "rpn_max_overlap", "classifier_min_overlap", "classifier_max_overlap",
+        "rpn_max_positive_fraction", "classifier_positive_fraction", "test_fraction", "val_fraction",
+        "lr_drop_fraction", "lr_drop_factor", "lr_warmup_max_fraction", "rpn_nms_overlap", "detection_nms_overlap",
+        "detection_threshold", "eval_min_score", "rpn_min_score_test", "detection_iou_weight",
+        "detection_rpn_weight", "detection_box_voting_iou", "detection_view_match_iou",
+        "detection_view_agreement_weight", "tilt_consistency_min_iou", "track_untracked_weight")},
+    **{name: "choice" for name in CHOICES},
+}
+
+
+def check_field(name: str, value: Any) -> Any:
+    """``value`` when it obeys the rule of Config field ``name`` (FIELD_RULES; fields without a rule
+    pass), else CryoError ``config field NAME = VALUE: must ...``."""
+    rule = FIELD_RULES.get(name)
+    if rule == "choice":
+        return check_choice(name, value)
+    if rule is not None:
+        test, must = _RULES[rule]
+        try:
+            ok = test(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CryoError(f"config field {name} = {value!r}: {must}")
+    return value
+
+
+@dataclass(frozen=True)
+class DetectionParams:
+    """The test-time rules of model.Detector: a typed view of the Config fields named beside each
+    (see Config for their meaning and source), checked on construction by the same rules as
+    Config.validate. Built by :meth:`from_config` (``cfg.detection``)."""
+
+    threshold: float = 0.8              # detection_threshold: default minimum score of a detection
+    nms_overlap: float = 0.5            # detection_nms_overlap: per-class NMS on the final boxes
+    max_detections: int = 100           # max_detections: per image
+    max_proposals: int = 300            # rpn_max_proposals_test: proposals through the head (paper: 300)
+    min_proposal_score: float = 0.0     # rpn_min_score_test: objectness floor for the head
+    refine_steps: int = 0               # detection_refine_steps
+    box_voting_iou: float = 0.0         # detection_box_voting_iou (0: off)
+    views: str = "none"                 # detection_views
+    view_match_iou: float = 0.5         # detection_view_match_iou
+    view_agreement_weight: float = 0.0  # detection_view_agreement_weight
+    iou_weight: float = 0.5             # detection_iou_weight (with the IoU head)
+    rpn_weight: float = 0.0             # detection_rpn_weight
+
+    # view field -> Config field
+    CONFIG_FIELDS: ClassVar[dict[str, str]] = {
+        "threshold": "detection_threshold", "nms_overlap": "detection_nms_overlap",
+        "max_detections": "max_detections", "max_proposals": "rpn_max_proposals_test",
+        "min_proposal_score": "rpn_min_score_test", "refine_steps": "detection_refine_steps",
+        "box_voting_iou": "detection_box_voting_iou", "views": "detection_views",
+        "view_match_iou": "detection_view_match_iou", "view_agreement_weight": "detection_view_agreement_weight",
+        "iou_weight": "detection_iou_weight", "rpn_weight": "detection_rpn_weight"}
+
+    def __post_init__(self) -> None:
+        for name, field_name in self.CONFIG_FIELDS.items():
+            check_field(field_name, getattr(self, name))
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "DetectionParams":
+        """The values of ``cfg``'s fields (CONFIG_FIELDS); CryoError naming the Config field if one is bad."""
+        return cls(**{name: getattr(cfg, field_name) for name, field_name in cls.CONFIG_FIELDS.items()})
 
 
 @dataclass
@@ -301,6 +393,11 @@ class Config:
 
     # ---------------------------------------------------------------------------------------
     @property
+    def detection(self) -> DetectionParams:
+        """The detection fields as one typed, checked view (read at each use: later edits count)."""
+        return DetectionParams.from_config(self)
+
+    @property
     def num_anchors(self) -> int:
         """k: anchors per feature-map cell (paper: 9)."""
         return len(self.anchor_box_scales) * len(self.anchor_box_ratios)
@@ -339,32 +436,8 @@ class Config:
         def bad(name: str, why: str) -> CryoError:
             return CryoError(f"config field {name} = {getattr(self, name)!r}: {why}")
 
-        for name in CHOICES:
-            check_choice(name, getattr(self, name))
-        for name in ("im_size", "rpn_stride", "rpn_num_regions", "rpn_pre_nms_top_n", "rpn_max_proposals",
-                     "rpn_max_proposals_test", "pool_size", "roi_samples_per_bin", "num_rois", "max_detections",
-                     "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices",
-                     "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(name, "must be a whole number >= 1")
-        for name in ("im_max_size", "lr_warmup_steps", "detection_refine_steps", "cpu_replicas",
-                     "track_refine_window", "prefetch_images"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(name, "must be a whole number >= 0")
-        for name in ("learning_rate", "std_scaling", "bilateral_sigma_r", "bilateral_sigma_d", "loss_epsilon"):
-            if not float(getattr(self, name)) > 0:
-                raise bad(name, "must be > 0")
-        for name in ("rpn_min_overlap", "rpn_max_overlap", "classifier_min_overlap", "classifier_max_overlap",
-                     "rpn_max_positive_fraction", "classifier_positive_fraction", "test_fraction", "val_fraction",
-                     "lr_drop_fraction", "lr_drop_factor", "lr_warmup_max_fraction", "rpn_nms_overlap", "detection_nms_overlap",
-                     "detection_threshold", "eval_min_score", "rpn_min_score_test", "detection_iou_weight",
-                     "detection_rpn_weight",
-                     "detection_box_voting_iou", "detection_view_match_iou",
-                     "detection_view_agreement_weight", "tilt_consistency_min_iou", "track_untracked_weight"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise bad(name, "must lie in [0, 1]")
+        for name in FIELD_RULES:
+            check_field(name, getattr(self, name))
         for low, high in (("rpn_min_overlap", "rpn_max_overlap"), ("classifier_min_overlap", "classifier_max_overlap")):
             if getattr(self, low) > getattr(self, high):
                 raise bad(low, f"must not exceed {high} = {getattr(self, high)}")

@@ -225,6 +225,8 @@ class Detector:
     ``cfg.detection_views`` beyond "none" this runs once per view (flips and transposes of the image,
     boxes.VIEWS) and the views' boxes are fused (boxes.fuse_views).
 
+    The test-time rules (score threshold, NMS, proposal cap and floor, refinement, voting, views,
+    score weights) are read as ``cfg.detection`` (config.DetectionParams, checked) at each call.
     Built models follow ``cfg.inference_precision`` (validated here, CryoError if unknown);
     ``models`` passed in (training's validation passes the training models) are used as they are.
     """
@@ -292,12 +294,12 @@ class Detector:
         score-weighted mean of the boxes it suppressed or kept (IoU >= that value). Boxes returned in
         network-input pixels, scores float64 (all >= ``min_score``).
         """
-        cfg = self.cfg
+        cfg, rules = self.cfg, self.cfg.detection
         if rois.shape[0] == 0:
             return _empty(self.class_names)
         probs, deltas, iou = self._head(features, rois)
-        iou_weight = cfg.detection_iou_weight if iou is not None else 0.0
-        rpn_weight = float(cfg.detection_rpn_weight)
+        iou_weight = rules.iou_weight if iou is not None else 0.0
+        rpn_weight = float(rules.rpn_weight)
         all_boxes, all_scores, all_labels = [], [], []
         for cls in range(cfg.num_classes - 1):
             # the IoU and objectness factors are at most 1: this bounds the final score from above
@@ -307,21 +309,21 @@ class Detector:
             boxes = clip_boxes(apply_regr(rois[keep], deltas[keep, cls]), width, height)
             prob_sum = probs[keep, cls].astype(np.float64)
             quality = iou[keep] if iou is not None else None
-            for _ in range(cfg.detection_refine_steps):
+            for _ in range(rules.refine_steps):
                 step_probs, step_deltas, quality = self._head(features, boxes)
                 boxes = clip_boxes(apply_regr(boxes, step_deltas[:, cls]), width, height)
                 prob_sum += step_probs[:, cls]
-            scores = prob_sum / (cfg.detection_refine_steps + 1)
+            scores = prob_sum / (rules.refine_steps + 1)
             if quality is not None:
                 scores = scores ** (1.0 - iou_weight) * np.clip(quality, 0.0, 1.0) ** iou_weight
             if rpn_weight > 0.0:
                 scores = scores ** (1.0 - rpn_weight) * np.clip(objectness[keep], 0.0, 1.0) ** rpn_weight
             valid = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3) & (scores >= min_score)
             boxes, scores = boxes[valid], scores[valid]
-            order = nms(boxes, scores, cfg.detection_nms_overlap, cfg.max_detections)
+            order = nms(boxes, scores, rules.nms_overlap, rules.max_detections)
             kept = boxes[order]
-            if cfg.detection_box_voting_iou > 0.0:
-                kept = box_voting(kept, boxes, scores, cfg.detection_box_voting_iou)
+            if rules.box_voting_iou > 0.0:
+                kept = box_voting(kept, boxes, scores, rules.box_voting_iou)
             all_boxes.append(kept)
             all_scores.append(scores[order])
             all_labels.append(np.full(len(order), cls, np.int64))
@@ -333,7 +335,7 @@ class Detector:
         if not boxes:
             return _empty(self.class_names)
         all_boxes, all_scores, all_labels = np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels)
-        top = np.argsort(-all_scores, kind="stable")[: self.cfg.max_detections]
+        top = np.argsort(-all_scores, kind="stable")[: self.cfg.detection.max_detections]
         return Detections(all_boxes[top].astype(np.float64), all_scores[top].astype(np.float64), all_labels[top],
                           self.class_names)
 
@@ -342,7 +344,7 @@ class Detector:
         ``cfg.detection_views`` views of the batch (boxes.VIEWS; "none": the images as they are) is
         detected (:meth:`detect_view`) and, with more than one view, the views' boxes are mapped back
         and fused per class (boxes.fuse_views)."""
-        views = VIEWS[check_choice("detection_views", self.cfg.detection_views)]
+        views = VIEWS[self.cfg.detection.views]
         if len(views) == 1:
             return self.detect_view(x_batch, min_score)
         per_view = []
@@ -356,7 +358,7 @@ class Detector:
 
     def _fuse(self, views: list[Detections], min_score: float) -> Detections:
         """One image's detections from several views (boxes in one frame) fused per class."""
-        cfg = self.cfg
+        rules = self.cfg.detection
         all_boxes, all_scores, all_labels = [], [], []
         labels = np.concatenate([d.labels for d in views])
         boxes = np.concatenate([d.boxes for d in views]).reshape(-1, 4)
@@ -365,8 +367,8 @@ class Detector:
         for cls in np.unique(labels):
             mine = labels == cls
             fused, fused_scores = fuse_views(boxes[mine], scores[mine], view_ids[mine], len(views),
-                                             cfg.detection_nms_overlap, cfg.detection_view_match_iou,
-                                             cfg.max_detections, cfg.detection_view_agreement_weight)
+                                             rules.nms_overlap, rules.view_match_iou,
+                                             rules.max_detections, rules.view_agreement_weight)
             keep = fused_scores >= min_score
             all_boxes.append(fused[keep])
             all_scores.append(fused_scores[keep])
@@ -387,9 +389,9 @@ class Detector:
         """The RoIs (M, 4), network-input pixels, that reach the head for one image's RPN outputs
         (h, w, k) and (h, w, 4k), with their objectness (M,): rpn_to_roi with the test-time cap and
         score floor of the config."""
+        rules = self.cfg.detection
         return roi_helpers.rpn_to_roi(rpn_cls, rpn_regr, self.cfg, width, height,
-                                      max_proposals=self.cfg.rpn_max_proposals_test,
-                                      min_score=self.cfg.rpn_min_score_test)
+                                      max_proposals=rules.max_proposals, min_score=rules.min_proposal_score)
 
     def input_scale(self, pixel_size_a: float | None) -> float | None:
         """Resize factor that brings an input of ``pixel_size_a`` (A/px) to the training's network pixel
@@ -411,7 +413,7 @@ class Detector:
         each image's own pixels.
         """
         if min_score is None:
-            min_score = self.cfg.detection_threshold
+            min_score = self.cfg.detection.threshold
         scale = self.input_scale(pixel_size_a)
         prepared = [preprocessing.prepare_image(image, self.cfg, scale) for image in images]
         results: list[Detections | None] = [None] * len(images)

@@ -1,4 +1,5 @@
 """Config: paper defaults, pickle/JSON round trip, restricted unpickling."""
+import dataclasses
 import json
 import os
 import pickle
@@ -187,3 +188,26 @@ def test_tracking_values_checked_by_validate_as_by_tracking_params(field, value)
     with pytest.raises(CryoError, match=field):
         TrackingParams.from_config(Config(**{field: value}))
     assert TrackingParams.from_config(Config(track_max_gap=np.int64(3))).max_gap == 3
+
+
+def test_detection_view_reads_the_config_fields_and_checks_them():
+    from keras_frcnn_cryo.config import FIELD_RULES, DetectionParams
+    cfg = Config(detection_threshold=0.3, rpn_max_proposals_test=50, detection_views="transpose")
+    rules = cfg.detection
+    assert isinstance(rules, DetectionParams)
+    for name, field_name in DetectionParams.CONFIG_FIELDS.items():
+        assert getattr(rules, name) == getattr(cfg, field_name), name
+    assert (rules.threshold, rules.max_proposals, rules.views) == (0.3, 50, "transpose")
+    cfg.detection_nms_overlap = 0.3                       # read at each use: later edits count
+    assert cfg.detection.nms_overlap == 0.3
+    # the view's defaults are Config's (the paper's values)
+    assert DetectionParams() == Config().detection
+    cfg.rpn_max_proposals_test = 0
+    with pytest.raises(CryoError, match="rpn_max_proposals_test = 0: must be a whole number >= 1"):
+        cfg.detection
+    with pytest.raises(CryoError, match="detection_views = 'all'"):
+        DetectionParams(views="all")
+    # one rule table behind Config.validate and the view: every rule names a real field
+    assert set(FIELD_RULES) <= {f.name for f in dataclasses.fields(Config)}
+    with pytest.raises(CryoError, match="learning_rate = 'fast': must be > 0"):
+        Config(learning_rate="fast").validate()
