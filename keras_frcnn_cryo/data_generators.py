@@ -7,6 +7,8 @@ original image before resizing. The anchors themselves live in :mod:`keras_frcnn
 """
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -264,9 +266,6 @@ class Prefetch:
     _END = object()
 
     def __init__(self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, depth: int):
-        import queue
-        import threading
-
         self._samples, self._rng, self.depth = samples, rng, int(depth)
         self.rng_state: dict[str, Any] = rng.bit_generator.state
         self._stop = threading.Event()
@@ -278,8 +277,6 @@ class Prefetch:
             self._thread.start()
 
     def _produce(self) -> None:
-        import queue
-
         def put(item: tuple) -> bool:
             while not self._stop.is_set():
                 try:
