@@ -68,32 +68,16 @@ def check_choice(name: str, value: Any) -> Any:
     return value
 
 
-def check_tracking_values(min_iou: float, max_centre_distance_frac: float, max_gap: int, min_length: int,
-                          extent_quantile: float) -> None:
-    """The rules for the 3D-linking values (Config's ``track_*`` fields, tracking.TrackingParams);
-    CryoError naming the field. One home: Config.validate and TrackingParams both call it."""
-    def whole(value: Any) -> bool:
-        return (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-                and float(value) == int(value))
-
-    if not 0.0 <= float(min_iou) <= 1.0:
-        raise CryoError(f"track_min_iou must be in [0, 1], got {min_iou}")
-    if not float(max_centre_distance_frac) >= 0.0:
-        raise CryoError(f"track_max_centre_distance_frac must be >= 0, got {max_centre_distance_frac}")
-    if not whole(max_gap) or max_gap < 0:
-        raise CryoError(f"track_max_gap must be an integer >= 0, got {max_gap}")
-    if not whole(min_length) or min_length < 1:
-        raise CryoError(f"track_min_length must be an integer >= 1, got {min_length}")
-    if not 0.0 <= float(extent_quantile) < 0.5:
-        raise CryoError(f"track_extent_quantile must be in [0, 0.5), got {extent_quantile}")
-
-
 def _whole(value: Any, low: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= low
 
 
 def _unit(value: Any) -> bool:
     return 0.0 <= float(value) <= 1.0
+
+
+def _non_negative(value: Any) -> bool:
+    return not isinstance(value, bool) and math.isfinite(float(value)) and float(value) >= 0.0
 
 
 # The range rule of each plain numeric or choice field: (test, what the message says it must be).
@@ -103,15 +87,23 @@ _RULES = {
     "whole>=0": (lambda v: _whole(v, 0), "must be a whole number >= 0"),
     ">0": (lambda v: float(v) > 0, "must be > 0"),
     "[0,1]": (_unit, "must lie in [0, 1]"),
+    "[0,1)": (lambda v: 0.0 <= float(v) < 1.0, "must lie in [0, 1)"),
+    "[0,0.5)": (lambda v: 0.0 <= float(v) < 0.5, "must lie in [0, 0.5)"),
+    ">=0": (_non_negative, "must be a number >= 0"),
 }
 FIELD_RULES: dict[str, str] = {
     **{name: "whole>=1" for name in (
         "im_size", "rpn_stride", "rpn_num_regions", "rpn_pre_nms_top_n", "rpn_max_proposals",
         "rpn_max_proposals_test", "pool_size", "roi_samples_per_bin", "num_rois", "max_detections",
-        "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices", "batch_size")},
+        "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices", "batch_size",
+        "track_min_length")},
     **{name: "whole>=0" for name in (
         "im_max_size", "lr_warmup_steps", "detection_refine_steps", "cpu_replicas", "track_refine_window",
-        "prefetch_images")},
+        "prefetch_images", "track_max_gap")},
+    **{name: ">=0" for name in (
+        "track_max_centre_distance_frac", "aug_noise_max", "aug_blur_max_sigma", "aug_scale_range")},
+    "track_extent_quantile": "[0,0.5)",
+    "classifier_hard_negative_fraction": "[0,1)",
     **{name: ">0" for name in (
         "learning_rate", "std_scaling", "bilateral_sigma_r", "bilateral_sigma_d", "loss_epsilon")},
     **{name: "[0,1]" for name in (
@@ -120,7 +112,7 @@ FIELD_RULES: dict[str, str] = {
         "lr_drop_fraction", "lr_drop_factor", "lr_warmup_max_fraction", "rpn_nms_overlap", "detection_nms_overlap",
         "detection_threshold", "eval_min_score", "rpn_min_score_test", "detection_iou_weight",
         "detection_rpn_weight", "detection_box_voting_iou", "detection_view_match_iou",
-        "detection_view_agreement_weight", "tilt_consistency_min_iou", "track_untracked_weight")},
+        "detection_view_agreement_weight", "tilt_consistency_min_iou", "track_untracked_weight", "track_min_iou")},
     **{name: "choice" for name in CHOICES},
 }
 
@@ -289,6 +281,10 @@ class Config:
     # (GroupNorm, trains from scratch with one image per step).
     backbone_norm: str = "auto"
     group_norm_groups: int = 32
+    # Each residual block's last normalisation starts with scale 0 instead of 1, so every block starts
+    # as the identity of its shortcut (Goyal et al. 2017; Wu & He's GroupNorm trains from scratch so).
+    # Only the start of a from-scratch run differs: loaded weights overwrite it. keras-frcnn: false.
+    residual_zero_init: bool = False
     # Arithmetic of the detector at prediction: "float32" (default) or "bfloat16" (Keras
     # mixed_bfloat16 policy: bfloat16 matmuls/convs, float32 weights and outputs; uses the AMX/AVX512
     # bf16 units of recent x86 CPUs). Weights files are the same either way.
@@ -441,14 +437,6 @@ class Config:
         for low, high in (("rpn_min_overlap", "rpn_max_overlap"), ("classifier_min_overlap", "classifier_max_overlap")):
             if getattr(self, low) > getattr(self, high):
                 raise bad(low, f"must not exceed {high} = {getattr(self, high)}")
-        for name in ("aug_noise_max", "aug_blur_max_sigma", "aug_scale_range"):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value >= 0.0):
-                raise bad(name, "must be a number >= 0 (0 = off)")
-        check_tracking_values(self.track_min_iou, self.track_max_centre_distance_frac, self.track_max_gap,
-                              self.track_min_length, self.track_extent_quantile)
-        if not 0.0 <= float(self.classifier_hard_negative_fraction) < 1.0:
-            raise bad("classifier_hard_negative_fraction", "must lie in [0, 1) (some RoIs are sampled as before)")
         if self.train_mode != "joint" and (self.batch_size > 1 or self.distribute != "none"):
             raise bad("train_mode", "only joint training takes --batch-size > 1 or --distribute")
         if not self.anchor_box_scales or min(float(s) for s in self.anchor_box_scales) <= 0:

@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .boxes import areas, iou_matrix
-from .config import check_tracking_values
+from .config import check_field
 from .errors import CryoError
 
 __all__ = [
@@ -82,8 +82,8 @@ class TrackingParams:
     extent_quantile: float = 0.0            # 0: union of member boxes; q > 0: robust quantile extent
 
     def __post_init__(self) -> None:
-        check_tracking_values(self.min_iou, self.max_centre_distance_frac, self.max_gap, self.min_length,
-                              self.extent_quantile)
+        for param in fields(self):             # Config.validate's rules (config.FIELD_RULES)
+            check_field("track_" + param.name, getattr(self, param.name))
         self.max_gap = int(self.max_gap)
         self.min_length = int(self.min_length)
 
@@ -91,9 +91,8 @@ class TrackingParams:
     def from_config(cls, cfg: Any) -> "TrackingParams":
         """Values from ``cfg.track_min_iou``, ``cfg.track_max_gap``, ...; defaults where cfg lacks them."""
         defaults = cls()
-        return cls(**{name: getattr(cfg, "track_" + name, getattr(defaults, name))
-                      for name in ("min_iou", "max_centre_distance_frac", "max_gap", "min_length",
-                                   "extent_quantile")})
+        return cls(**{param.name: getattr(cfg, "track_" + param.name, getattr(defaults, param.name))
+                      for param in fields(cls)})
 
 
 @dataclass(eq=False)

@@ -179,7 +179,7 @@ def test_bad_set_value_stops_training_before_anything_is_read(tmp_path):
                                           ("track_min_iou", 1.5), ("track_extent_quantile", 0.5),
                                           ("track_max_centre_distance_frac", -0.1), ("track_min_length", float("nan"))])
 def test_tracking_values_checked_by_validate_as_by_tracking_params(field, value):
-    """One rule set (config.check_tracking_values): a bad track_* value fails Config.validate, naming
+    """One rule table (config.FIELD_RULES): a bad track_* value fails Config.validate, naming
     the field, exactly as it would fail later when detection builds its TrackingParams."""
     from keras_frcnn_cryo.tracking import TrackingParams
 

@@ -188,6 +188,10 @@ def test_params_from_config_and_validation():
         TrackingParams(min_iou=1.5)
     with pytest.raises(CryoError, match="track_max_gap"):
         TrackingParams(max_gap=-1)
+    # the view's rules are Config's: every field has one, under its Config name
+    from dataclasses import fields
+    from keras_frcnn_cryo.config import FIELD_RULES
+    assert all("track_" + param.name in FIELD_RULES for param in fields(TrackingParams))
 
 
 def test_object_centre_and_dict_roundtrip():
