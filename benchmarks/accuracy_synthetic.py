@@ -66,6 +66,7 @@ VARIANTS = {
     "small-input": ["--im-size", "288"],                            # 3/4 of the fitted 384: more images per hour
     "bf16": ["--set", "training_precision=bfloat16"],               # bfloat16 convolutions (AMX/AVX512-BF16)
     "ws": ["--backbone-norm", "ws"],                                # weight-standardised convs, no GroupNorm
+    "zero-gamma": ["--set", "residual_zero_init=true"],             # residual blocks start as identities
     "rois16": ["-n", "16"],                                         # 16 RoIs per step to the conv5 head (default: fitted, 16 here)
     "rois32": ["-n", "32"],                                         # 32 RoIs per step (the paper's)
 }

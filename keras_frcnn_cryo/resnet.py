@@ -132,20 +132,28 @@ def _conv(filters: int, size: int, name: str, norm: str, trainable: bool, **kwar
     return layer(filters, size, name=name, trainable=trainable, **kwargs)
 
 
-def _norm(x: Any, name: str, norm: str, groups: int, trainable: bool) -> Any:
-    """x through the normalisation layer called ``name`` (channels last); x itself for norm "ws"."""
+def _norm(x: Any, name: str, norm: str, groups: int, trainable: bool, zero_gamma: bool = False) -> Any:
+    """x through the normalisation layer called ``name`` (channels last); x itself for norm "ws".
+
+    ``zero_gamma`` starts the layer's scale at 0 instead of 1 (used on a residual branch's last norm).
+    """
     if norm == "ws":
         return x
+    gamma = "zeros" if zero_gamma else "ones"
     if norm == "group":
-        return keras.layers.GroupNormalization(groups=groups, axis=-1, epsilon=BN_EPSILON,
+        return keras.layers.GroupNormalization(groups=groups, axis=-1, epsilon=BN_EPSILON, gamma_initializer=gamma,
                                                name=name, trainable=trainable)(x)
-    return keras.layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=name,
+    return keras.layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=name, gamma_initializer=gamma,
                                            trainable=trainable and norm == "batch")(x)
 
 
 def _block(x: Any, filters: int, name: str, norm: str, groups: int, trainable: bool,
-           stride: int = 1, conv_shortcut: bool = False) -> Any:
-    """Bottleneck residual block (keras.applications ``residual_block_v1``): 1x1, 3x3, 1x1 x4."""
+           stride: int = 1, conv_shortcut: bool = False, zero_init: bool = False) -> Any:
+    """Bottleneck residual block (keras.applications ``residual_block_v1``): 1x1, 3x3, 1x1 x4.
+
+    ``zero_init``: the branch's last norm starts with scale 0, so the block starts as relu(shortcut)
+    (Goyal et al. 2017; the GroupNorm paper trains from scratch this way).
+    """
     if conv_shortcut:
         shortcut = _conv(4 * filters, 1, f"{name}_0_conv", norm, trainable, strides=stride)(x)
         shortcut = _norm(shortcut, f"{name}_0_bn", norm, groups, trainable)
@@ -158,7 +166,7 @@ def _block(x: Any, filters: int, name: str, norm: str, groups: int, trainable: b
     x = _norm(x, f"{name}_2_bn", norm, groups, trainable)
     x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = _conv(4 * filters, 1, f"{name}_3_conv", norm, trainable)(x)
-    x = _norm(x, f"{name}_3_bn", norm, groups, trainable)
+    x = _norm(x, f"{name}_3_bn", norm, groups, trainable, zero_gamma=zero_init)
     if norm == "ws":
         x = SkipGain(name=f"{name}_skip_gain", trainable=trainable)(x)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
@@ -166,18 +174,20 @@ def _block(x: Any, filters: int, name: str, norm: str, groups: int, trainable: b
 
 
 def _stage(x: Any, filters: int, blocks: int, name: str, norm: str, groups: int, trainable: bool,
-           stride: int) -> Any:
-    x = _block(x, filters, f"{name}_block1", norm, groups, trainable, stride=stride, conv_shortcut=True)
+           stride: int, zero_init: bool = False) -> Any:
+    x = _block(x, filters, f"{name}_block1", norm, groups, trainable, stride=stride, conv_shortcut=True,
+               zero_init=zero_init)
     for index in range(2, blocks + 1):
-        x = _block(x, filters, f"{name}_block{index}", norm, groups, trainable)
+        x = _block(x, filters, f"{name}_block{index}", norm, groups, trainable, zero_init=zero_init)
     return x
 
 
-def nn_base(input_tensor: Any, norm: str = "group", groups: int = 32, trainable: bool = True) -> Any:
+def nn_base(input_tensor: Any, norm: str = "group", groups: int = 32, trainable: bool = True,
+            zero_init_residual: bool = False) -> Any:
     """Shared trunk conv1..conv4_x.
 
     input_tensor: (B, H, W, 3) float (H, W may be None). Returns (B, ceil(H/16), ceil(W/16), 1024),
-    the output of layer ``conv4_block6_out``.
+    the output of layer ``conv4_block6_out``. ``zero_init_residual``: see _block's ``zero_init``.
     """
     _check_norm(norm, groups)
     x = input_tensor
@@ -189,19 +199,20 @@ def nn_base(input_tensor: Any, norm: str = "group", groups: int = 32, trainable:
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(padding=1, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
-    x = _stage(x, 64, 3, "conv2", norm, groups, trainable, stride=1)
-    x = _stage(x, 128, 4, "conv3", norm, groups, trainable, stride=2)
-    return _stage(x, 256, 6, "conv4", norm, groups, trainable, stride=2)
+    x = _stage(x, 64, 3, "conv2", norm, groups, trainable, stride=1, zero_init=zero_init_residual)
+    x = _stage(x, 128, 4, "conv3", norm, groups, trainable, stride=2, zero_init=zero_init_residual)
+    return _stage(x, 256, 6, "conv4", norm, groups, trainable, stride=2, zero_init=zero_init_residual)
 
 
-def classifier_layers(x: Any, norm: str = "group", groups: int = 32, trainable: bool = True) -> Any:
+def classifier_layers(x: Any, norm: str = "group", groups: int = 32, trainable: bool = True,
+                      zero_init_residual: bool = False) -> Any:
     """conv5_x then global average pooling ("avg_pool").
 
     x: (N, h, w, 1024) (RoI-pooled crops, N = number of RoIs, h = w = pool size). Returns (N, 2048).
-    The first block has stride 2 (7x7 -> 4x4).
+    The first block has stride 2 (7x7 -> 4x4). ``zero_init_residual``: see _block's ``zero_init``.
     """
     _check_norm(norm, groups)
-    x = _stage(x, 512, 3, "conv5", norm, groups, trainable, stride=2)
+    x = _stage(x, 512, 3, "conv5", norm, groups, trainable, stride=2, zero_init=zero_init_residual)
     return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
 
 
@@ -249,7 +260,7 @@ class UnfoldRois(keras.layers.Layer):
 
 def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, norm: str = "group",
                groups: int = 32, trainable: bool = True, pool_mode: str = "bilinear",
-               pool_samples: int = 2, iou_head: bool = False) -> list[Any]:
+               pool_samples: int = 2, iou_head: bool = False, zero_init_residual: bool = False) -> list[Any]:
     """Detection head: RoI max pooling, conv5_x on all RoIs as one batch, two dense outputs.
 
     base: (1, h, w, 1024) feature map; input_rois: (1, R, 4) float ``[x1, y1, x2, y2]`` in
@@ -264,7 +275,8 @@ def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, 
     pooled = RoiPoolingConv(pool_size, mode=pool_mode, samples=pool_samples,
                             name="roi_pooling_conv")([base, input_rois])                # (1, R, P, P, C)
     crops = FoldRois(name="fold_rois")(pooled)                                         # (R, P, P, C)
-    features = classifier_layers(crops, norm=norm, groups=groups, trainable=trainable)  # (R, 2048)
+    features = classifier_layers(crops, norm=norm, groups=groups, trainable=trainable,
+                                 zero_init_residual=zero_init_residual)               # (R, 2048)
     out_class = keras.layers.Dense(
         nb_classes, activation="softmax",
         kernel_initializer=keras.initializers.RandomNormal(stddev=CLASS_INIT_STDDEV),

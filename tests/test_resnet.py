@@ -287,3 +287,28 @@ def test_ws_weights_file_round_trip(tmp_path) -> None:
     assert gains and all(np.abs(np.asarray(g) - 1.0).max() > 1e-3 for g in gains)   # not the initial ones
     for saved, loaded in zip(model.get_weights(), fresh.get_weights()):
         np.testing.assert_array_equal(saved, loaded)
+
+
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_zero_init_residual_starts_every_block_as_its_shortcut(norm: str) -> None:
+    """With zero_init_residual each block's last norm has scale 0 (others 1), so at the start an
+    identity block's output is relu(its input): conv2_block2 passes conv2_block1's output through."""
+    keras.utils.set_random_seed(4)
+    image = keras.Input((None, None, 3))
+    base = resnet.nn_base(image, norm=norm, groups=16, zero_init_residual=True)
+    features = resnet.classifier_layers(base, norm=norm, groups=16, zero_init_residual=True)
+    model = keras.Model(image, [base, features])
+    norms = [layer for layer in model.layers if layer.name.endswith("_bn")]
+    last = [layer for layer in norms if layer.name.endswith("_3_bn")]
+    assert len(last) == 16                                    # 3 + 4 + 6 blocks in the trunk, 3 in conv5
+    for layer in norms:
+        expected = 0.0 if layer in last else 1.0
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.gamma), expected, err_msg=layer.name)
+    probe = keras.Model(image, [model.get_layer("conv2_block1_out").output, model.get_layer("conv2_block2_out").output])
+    picture = np.random.default_rng(4).normal(size=(1, 32, 32, 3)).astype(np.float32)
+    block1, block2 = probe.predict(picture, verbose=0)
+    np.testing.assert_allclose(block2, np.maximum(block1, 0.0), atol=1e-6)
+    # the default keeps keras-frcnn's scale 1 everywhere
+    plain = keras.Model(image, resnet.nn_base(image, norm=norm, groups=16))
+    assert all(np.all(keras.ops.convert_to_numpy(layer.gamma) == 1.0)
+               for layer in plain.layers if layer.name.endswith("_3_bn"))
