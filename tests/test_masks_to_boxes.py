@@ -25,7 +25,8 @@ from keras_frcnn_cryo.masks_to_boxes import (
 from keras_frcnn_cryo.tomo_io import read_sidecar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LUCCHI = "/work/shared/data/lucchi_pp_train"
+# a Lucchi++ folder (images/ and masks/ of slice_NNNN.png) to check the command on real EM masks
+LUCCHI = os.environ.get("LUCCHI_PP_DIR", "")
 
 
 def _sorted(boxes) -> list[list[float]]:
@@ -307,7 +308,8 @@ def _reference_components(mask: np.ndarray) -> list[tuple[list[int], set]]:
     return found
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(LUCCHI, "masks")), reason="Lucchi++ data not present")
+@pytest.mark.skipif(not (LUCCHI and os.path.isdir(os.path.join(LUCCHI, "masks"))),
+                    reason="set LUCCHI_PP_DIR to a Lucchi++ folder (images/, masks/) to run")
 def test_cli_on_lucchi_slices(tmp_path):
     names = ["slice_0000.png", "slice_0081.png", "slice_0162.png"]
     for sub in ("images", "masks"):
