@@ -285,6 +285,10 @@ class Config:
     # as the identity of its shortcut (Goyal et al. 2017; Wu & He's GroupNorm trains from scratch so).
     # Only the start of a from-scratch run differs: loaded weights overwrite it. keras-frcnn: false.
     residual_zero_init: bool = False
+    # Residual blocks in conv2_x, conv3_x, conv4_x (the shared trunk) and conv5_x (the head): ResNet-50,
+    # the paper's. Fewer give a smaller network of the same layout and layer names (the test suite's
+    # plumbing tests use one per stage); ImageNet weights need ResNet-50's.
+    resnet_blocks: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
     # Arithmetic of the detector at prediction: "float32" (default) or "bfloat16" (Keras
     # mixed_bfloat16 policy: bfloat16 matmuls/convs, float32 weights and outputs; uses the AMX/AVX512
     # bf16 units of recent x86 CPUs). Weights files are the same either way.
@@ -439,6 +443,11 @@ class Config:
                 raise bad(low, f"must not exceed {high} = {getattr(self, high)}")
         if self.train_mode != "joint" and (self.batch_size > 1 or self.distribute != "none"):
             raise bad("train_mode", "only joint training takes --batch-size > 1 or --distribute")
+        blocks = self.resnet_blocks
+        if not (isinstance(blocks, (tuple, list)) and len(blocks) == 4 and all(_whole(b, 1) for b in blocks)):
+            raise bad("resnet_blocks", "needs 4 whole numbers >= 1 (blocks in conv2_x .. conv5_x; ResNet-50: 3 4 6 3)")
+        if self.base_net_weights and tuple(blocks) != (3, 4, 6, 3):
+            raise bad("resnet_blocks", "ImageNet weights (--input_weight_path) need ResNet-50's 3 4 6 3")
         if not self.anchor_box_scales or min(float(s) for s in self.anchor_box_scales) <= 0:
             raise bad("anchor_box_scales", "needs one or more sizes > 0 (px)")
         if not self.anchor_box_ratios or any(len(r) != 2 or min(float(v) for v in r) <= 0

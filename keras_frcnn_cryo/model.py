@@ -108,14 +108,16 @@ def _build(cfg: Config, num_classes: int, norm: str, precision: str) -> FrcnnMod
                              dtype=keras.config.dtype_policy().compute_dtype)
     roi_input = keras.Input(shape=(None, 4), name="rois")
 
+    blocks = tuple(cfg.resnet_blocks)
     base = keras.Model(img_input, resnet.nn_base(img_input, norm=norm, groups=cfg.group_norm_groups,
-                                                 zero_init_residual=cfg.residual_zero_init), name="nn_base")
+                                                 zero_init_residual=cfg.residual_zero_init, blocks=blocks[:3]),
+                       name="nn_base")
     rpn_out = resnet.rpn_layer(feat_input, cfg.num_anchors)
     rpn_head = keras.Model(feat_input, rpn_out, name="rpn")
     cls_out = resnet.classifier(feat_input, roi_input, num_classes, cfg.pool_size, norm=norm,
                                 groups=cfg.group_norm_groups, pool_mode=cfg.roi_pool_mode,
                                 pool_samples=cfg.roi_samples_per_bin, iou_head=cfg.classifier_iou_head,
-                                zero_init_residual=cfg.residual_zero_init)
+                                zero_init_residual=cfg.residual_zero_init, blocks=blocks[3])
     classifier_head = keras.Model([feat_input, roi_input], cls_out, name="classifier")
 
     features = base(img_input)

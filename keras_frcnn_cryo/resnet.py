@@ -27,6 +27,7 @@ is loaded unless everything matches).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, Iterator
 
 import h5py
@@ -40,6 +41,7 @@ NORMS = ("frozen_bn", "batch", "group", "ws")
 BN_EPSILON = 1.001e-5          # keras.applications ResNet50
 BACKBONE_CHANNELS = 1024       # conv4_x output
 HEAD_CHANNELS = 2048           # conv5_x output
+RESNET50_BLOCKS = (3, 4, 6, 3)  # residual blocks in conv2_x .. conv5_x (He et al. 2016, Table 1)
 # Initial weights of the heads (zero bias everywhere), as torchvision's RPNHead / box predictor.
 RPN_INIT_STDDEV = 0.01
 CLASS_INIT_STDDEV = 0.01
@@ -183,11 +185,12 @@ def _stage(x: Any, filters: int, blocks: int, name: str, norm: str, groups: int,
 
 
 def nn_base(input_tensor: Any, norm: str = "group", groups: int = 32, trainable: bool = True,
-            zero_init_residual: bool = False) -> Any:
+            zero_init_residual: bool = False, blocks: Sequence[int] = RESNET50_BLOCKS[:3]) -> Any:
     """Shared trunk conv1..conv4_x.
 
     input_tensor: (B, H, W, 3) float (H, W may be None). Returns (B, ceil(H/16), ceil(W/16), 1024),
-    the output of layer ``conv4_block6_out``. ``zero_init_residual``: see _block's ``zero_init``.
+    the output of layer ``conv4_block6_out`` (``conv4_block{blocks[2]}_out``). ``zero_init_residual``:
+    see _block's ``zero_init``; ``blocks``: residual blocks in conv2_x, conv3_x, conv4_x.
     """
     _check_norm(norm, groups)
     x = input_tensor
@@ -199,20 +202,20 @@ def nn_base(input_tensor: Any, norm: str = "group", groups: int = 32, trainable:
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(padding=1, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
-    x = _stage(x, 64, 3, "conv2", norm, groups, trainable, stride=1, zero_init=zero_init_residual)
-    x = _stage(x, 128, 4, "conv3", norm, groups, trainable, stride=2, zero_init=zero_init_residual)
-    return _stage(x, 256, 6, "conv4", norm, groups, trainable, stride=2, zero_init=zero_init_residual)
+    x = _stage(x, 64, blocks[0], "conv2", norm, groups, trainable, stride=1, zero_init=zero_init_residual)
+    x = _stage(x, 128, blocks[1], "conv3", norm, groups, trainable, stride=2, zero_init=zero_init_residual)
+    return _stage(x, 256, blocks[2], "conv4", norm, groups, trainable, stride=2, zero_init=zero_init_residual)
 
 
 def classifier_layers(x: Any, norm: str = "group", groups: int = 32, trainable: bool = True,
-                      zero_init_residual: bool = False) -> Any:
-    """conv5_x then global average pooling ("avg_pool").
+                      zero_init_residual: bool = False, blocks: int = RESNET50_BLOCKS[3]) -> Any:
+    """conv5_x (``blocks`` residual blocks) then global average pooling ("avg_pool").
 
     x: (N, h, w, 1024) (RoI-pooled crops, N = number of RoIs, h = w = pool size). Returns (N, 2048).
     The first block has stride 2 (7x7 -> 4x4). ``zero_init_residual``: see _block's ``zero_init``.
     """
     _check_norm(norm, groups)
-    x = _stage(x, 512, 3, "conv5", norm, groups, trainable, stride=2, zero_init=zero_init_residual)
+    x = _stage(x, 512, blocks, "conv5", norm, groups, trainable, stride=2, zero_init=zero_init_residual)
     return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
 
 
@@ -260,12 +263,13 @@ class UnfoldRois(keras.layers.Layer):
 
 def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, norm: str = "group",
                groups: int = 32, trainable: bool = True, pool_mode: str = "bilinear",
-               pool_samples: int = 2, iou_head: bool = False, zero_init_residual: bool = False) -> list[Any]:
+               pool_samples: int = 2, iou_head: bool = False, zero_init_residual: bool = False,
+               blocks: int = RESNET50_BLOCKS[3]) -> list[Any]:
     """Detection head: RoI max pooling, conv5_x on all RoIs as one batch, two dense outputs.
 
     base: (1, h, w, 1024) feature map; input_rois: (1, R, 4) float ``[x1, y1, x2, y2]`` in
     feature-map units (R may be None); nb_classes includes the background (last); pool_mode and
-    pool_samples: see roi_pooling.RoiPoolingConv.
+    pool_samples: see roi_pooling.RoiPoolingConv; blocks: residual blocks in conv5_x.
     Returns [out_class (1, R, nb_classes) softmax, out_regr (1, R, 4 * (nb_classes - 1)) linear],
     layers "dense_class_{nb_classes}" and "dense_regress_{nb_classes}", both computing in float32
     whatever the dtype policy (see OUTPUT_DTYPE); with ``iou_head`` a third output out_iou (1, R, 1),
@@ -276,7 +280,7 @@ def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, 
                             name="roi_pooling_conv")([base, input_rois])                # (1, R, P, P, C)
     crops = FoldRois(name="fold_rois")(pooled)                                         # (R, P, P, C)
     features = classifier_layers(crops, norm=norm, groups=groups, trainable=trainable,
-                                 zero_init_residual=zero_init_residual)               # (R, 2048)
+                                 zero_init_residual=zero_init_residual, blocks=blocks)  # (R, 2048)
     out_class = keras.layers.Dense(
         nb_classes, activation="softmax",
         kernel_initializer=keras.initializers.RandomNormal(stddev=CLASS_INIT_STDDEV),

@@ -11,6 +11,13 @@ from keras_frcnn_cryo.config import Config  # noqa: E402
 # Tiny-image settings: 96-px images, objects 20-50 px, so anchors of 24 and 48 px.
 TOY_SIZE = 96
 TOY_ANCHORS = [24.0, 48.0]
+# The plumbing tests' network: ResNet-50's layout, layer names and code paths with one residual block
+# per stage (Config.resnet_blocks) instead of 3/4/6/3, so that building, compiling and stepping it
+# costs a fraction. The tests of learning (test_train's trained models) and of the architecture
+# (test_resnet) keep ResNet-50 itself.
+TOY_BLOCKS = [1, 1, 1, 1]
+TOY_NET_ARGS = ["--set", "resnet_blocks=[1,1,1,1]"]           # the same, for train_frcnn.py's command line
+RESNET50 = [3, 4, 6, 3]
 
 
 def obj(x1, y1, x2, y2, cls="mito", difficult=False) -> dict:
@@ -33,9 +40,10 @@ def sha256(path) -> str:
 
 
 def toy_config(**overrides) -> Config:
-    """A Config for 96-px toy images (small anchors, few proposals, faster learning rate)."""
+    """A Config for 96-px toy images (small anchors, few proposals, faster learning rate, TOY_BLOCKS)."""
     values = dict(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=TOY_SIZE, anchor_box_scales=TOY_ANCHORS,
-                  rpn_max_proposals=64, rpn_max_proposals_test=64, num_rois=16, learning_rate=1e-4, seed=0)
+                  rpn_max_proposals=64, rpn_max_proposals_test=64, num_rois=16, learning_rate=1e-4, seed=0,
+                  resnet_blocks=TOY_BLOCKS)
     values.update(overrides)
     return Config(**values)
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import TOY_ANCHORS, TOY_SIZE, sha256
+from conftest import RESNET50, TOY_ANCHORS, TOY_NET_ARGS, TOY_SIZE, sha256
 
 from keras_frcnn_cryo import annotations, detections_csv, evaluation, masks_to_boxes, predict, tomo_io, train
 from keras_frcnn_cryo.cli import run_cli
@@ -54,7 +54,7 @@ MODULES = {"masks": "keras_frcnn_cryo.masks_to_boxes", "tomo": "keras_frcnn_cryo
 PARALLEL_RUNS = 2            # subprocesses at a time (the suite runs on 2 cores)
 SUBPROCESS_TIMEOUT_S = 300
 MODEL_FILES = ("config.pickle", "config.json", "model_frcnn.weights.h5")
-TOY_ARGS = ["--im-size", str(TOY_SIZE), "--anchor-scales", *(f"{s:g}" for s in TOY_ANCHORS), "-n", "8"]
+TOY_ARGS = ["--im-size", str(TOY_SIZE), "--anchor-scales", *(f"{s:g}" for s in TOY_ANCHORS), "-n", "8", *TOY_NET_ARGS]
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,7 +268,8 @@ def sp_xml_external_entity(inp: Inputs, work: Path) -> Case:
 
 def sp_zero_byte_imagenet_weights(inp: Inputs, work: Path) -> Case:
     (work / "resnet50_notop.h5").write_bytes(b"")
-    return Case("train", train_args(inp, work, inp.annotations, "--input_weight_path", work / "resnet50_notop.h5"),
+    return Case("train", train_args(inp, work, inp.annotations, "--input_weight_path", work / "resnet50_notop.h5",
+                                   "--set", f"resnet_blocks={list(RESNET50)}"),
                 ("resnet50_notop.h5", "empty"), allowed_new=("split.json",))
 
 
@@ -323,13 +324,19 @@ def sp_output_dir_not_writable(inp: Inputs, work: Path) -> Case:
 
 def sp_older_layout_config_loads(inp: Inputs, work: Path) -> Case:
     old = older_layout_pickle(inp, work / "old_config.pickle")
+    # an older release knew only ResNet-50 (resnet_blocks is not in its pickle): weights of one
+    from keras_frcnn_cryo.model import build_models, save_weights_atomic
+    cfg = Config(**{**load_config(str(inp.config)).__dict__, "resnet_blocks": list(RESNET50)})
+    weights = work / "resnet50.weights.h5"
+    save_weights_atomic(build_models(cfg).model_all, str(weights))
 
     def check(folder: Path, output: str) -> None:
         detections_written(1)(folder, output)
         assert "balanced_classes" in output  # named in the warning about fields this version ignores
-    return Case("predict", ["-p", inp.image, "--config_filename", old, "--model", inp.weights,
+    return Case("predict", ["-p", inp.image, "--config_filename", old, "--model", weights,
                             "--output", work / "out", "--threshold", "0"], ok=True,
-                allowed_new=("out/detections.csv", "out/overlays/toy_g000_z00.png"), check=check)
+                allowed_new=("resnet50.weights.h5", "out/detections.csv", "out/overlays/toy_g000_z00.png"),
+                check=check)
 
 
 def sp_unknown_class_at_test_time(inp: Inputs, work: Path) -> Case:

@@ -211,3 +211,14 @@ def test_detection_view_reads_the_config_fields_and_checks_them():
     assert set(FIELD_RULES) <= {f.name for f in dataclasses.fields(Config)}
     with pytest.raises(CryoError, match="learning_rate = 'fast': must be > 0"):
         Config(learning_rate="fast").validate()
+
+
+@pytest.mark.parametrize("blocks, message", [((3, 4, 6), "needs 4 whole numbers"), ((3, 4, 0, 3), "needs 4 whole"),
+                                             ((1.0, 1, 1, 1), "needs 4 whole")])
+def test_resnet_blocks_are_checked(blocks, message):
+    assert Config().resnet_blocks == [3, 4, 6, 3]                         # ResNet-50, the paper's
+    with pytest.raises(CryoError, match=f"resnet_blocks = .*: {message}"):
+        Config(resnet_blocks=blocks).validate()
+    with pytest.raises(CryoError, match="ImageNet weights .* need ResNet-50"):
+        Config(resnet_blocks=(1, 1, 1, 1), base_net_weights="w.h5").validate()
+    Config(resnet_blocks=(1, 2, 1, 1)).validate()                         # a tuple does as well

@@ -25,7 +25,7 @@ def _compare(workdir: str) -> dict:
     (1 - beta_1) x gradient, so an error in the gradient's scale shows there, as it would not in
     Adam's first update, about lr x sign(gradient)) and the weight change of that step."""
     sys.path.insert(0, HERE)
-    from conftest import TOY_ANCHORS, toy_config
+    from conftest import TOY_ANCHORS, TOY_NET_ARGS, toy_config
 
     from keras_frcnn_cryo import data_generators, preprocessing, synthetic, tomo_io, train
     from keras_frcnn_cryo.simple_parser import get_data
@@ -90,7 +90,7 @@ def _compare(workdir: str) -> dict:
     code = train.main(train.build_parser().parse_args([
         "-p", dataset, "--train-mode", "joint", "--distribute", "mirrored", "--cpu-replicas", "2", "--batch-size", "2",
         "--num_epochs", "2", "--epoch_length", "2", "--im-size", "96", "--anchor-scales", *map(str, TOY_ANCHORS),
-        "-n", "8", "--val-split", "0.3", "--split-file", os.path.join(out, "split.json"),
+        "-n", "8", "--val-split", "0.3", "--split-file", os.path.join(out, "split.json"), *TOY_NET_ARGS,
         "--output_weight_path", os.path.join(out, "model.weights.h5"),
         "--config_filename", os.path.join(out, "config.pickle")]))
     with open(os.path.join(out, "model_log.csv")) as fh:
@@ -148,7 +148,7 @@ def _free_port() -> int:
 def test_two_local_workers_train_and_only_the_chief_writes(toy_dataset, tmp_path):
     """Two worker processes (TF_CONFIG on 127.0.0.1) train one short run with multiworker; the chief's
     weights load for prediction, the other worker wrote nothing into its output folder."""
-    from conftest import TOY_ANCHORS
+    from conftest import TOY_ANCHORS, TOY_NET_ARGS
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
     procs = []
     for index in (0, 1):
@@ -160,6 +160,7 @@ def test_two_local_workers_train_and_only_the_chief_writes(toy_dataset, tmp_path
             [sys.executable, os.path.join(os.path.dirname(HERE), "train_frcnn.py"), "-p", toy_dataset,
              "--train-mode", "joint", "--distribute", "multiworker", "--batch-size", "2", "--num_epochs", "1",
              "--epoch_length", "4", "--im-size", "96", "--anchor-scales", *map(str, TOY_ANCHORS), "-n", "8",
+             *TOY_NET_ARGS,
              "--split-file", str(out / "split.json"),
              "--output_weight_path", str(out / "model.weights.h5"), "--config_filename", str(out / "config.pickle")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

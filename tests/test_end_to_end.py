@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TOY_NET_ARGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +21,7 @@ def run_script(name, *args, cwd):
 def trained_run(toy_dataset, tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     proc = run_script("train_frcnn.py", "-p", toy_dataset, "--num_epochs", "1", "--epoch_length", "4",
-                      "--im-size", "96", "--anchor-scales", "24", "48", "-n", "8", "--hf",
+                      "--im-size", "96", "--anchor-scales", "24", "48", "-n", "8", "--hf", *TOY_NET_ARGS,
                       "--split-file", work / "split.json", cwd=work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return work

@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import TOY_ANCHORS, TOY_SIZE, sha256
+from conftest import TOY_ANCHORS, TOY_NET_ARGS, TOY_SIZE, sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
@@ -158,7 +158,7 @@ def mixed_type_dataset(toy_dataset, tmp_path_factory) -> Path:
 
 def train_command(annotations: Path, work: Path, *extra: str, driver: str | None = None) -> list[str]:
     args = ["-p", str(annotations), "--im-size", str(TOY_SIZE), "--anchor-scales", *(f"{s:g}" for s in TOY_ANCHORS),
-            "-n", "8", "--epoch_length", str(EPOCH_LENGTH), "--learning-rate", "1e-4", "--hf",
+            "-n", "8", "--epoch_length", str(EPOCH_LENGTH), "--learning-rate", "1e-4", "--hf", *TOY_NET_ARGS,
             "--test-split", "0", "--split-file", str(work / "split.json"),
             "--output_weight_path", str(work / "model.weights.h5"), "--config_filename", str(work / "config.pickle"),
             *extra]
@@ -246,7 +246,7 @@ def test_nan_classifier_loss_alone_stops_training(toy_dataset, tmp_path, monkeyp
     monkeypatch.setattr(train.Trainer, "train_on_batch", lambda self, samples, rng: [schedule.pop(0) for _ in samples])
     weights = tmp_path / "model.weights.h5"
     argv = ["-p", toy_dataset, "--im-size", str(TOY_SIZE), "--anchor-scales", *(f"{s:g}" for s in TOY_ANCHORS),
-            "--num_epochs", "2", "--epoch_length", "2", "--output_weight_path", str(weights),
+            "--num_epochs", "2", "--epoch_length", "2", "--output_weight_path", str(weights), *TOY_NET_ARGS,
             "--config_filename", str(tmp_path / "config.pickle"), "--split-file", str(tmp_path / "split.json")]
     assert run_cli(train.main, train.build_parser(), argv) == 2
     captured = capsys.readouterr()

@@ -312,3 +312,15 @@ def test_zero_init_residual_starts_every_block_as_its_shortcut(norm: str) -> Non
     plain = keras.Model(image, resnet.nn_base(image, norm=norm, groups=16))
     assert all(np.all(keras.ops.convert_to_numpy(layer.gamma) == 1.0)
                for layer in plain.layers if layer.name.endswith("_3_bn"))
+
+
+def test_fewer_blocks_keep_the_layout_and_names() -> None:
+    """resnet_blocks (1, 1, 1, 1): one block per stage, same layer names, same output shapes."""
+    image = keras.Input((None, None, 3))
+    base = resnet.nn_base(image, norm="group", groups=16, blocks=(1, 1, 1))
+    model = keras.Model(image, [base, resnet.classifier_layers(base, norm="group", groups=16, blocks=1)])
+    names = {layer.name for layer in model.layers}
+    assert {"conv2_block1_out", "conv3_block1_out", "conv4_block1_out", "conv5_block1_out"} <= names
+    assert not {name for name in names if "block2" in name}
+    trunk, head = model.predict(np.zeros((1, 64, 48, 3), np.float32), verbose=0)
+    assert trunk.shape == (1, 4, 3, resnet.BACKBONE_CHANNELS) and head.shape == (1, resnet.HEAD_CHANNELS)

@@ -7,7 +7,7 @@ import os
 import cv2
 import numpy as np
 import pytest
-from conftest import TOY_ANCHORS, toy_config
+from conftest import RESNET50, TOY_ANCHORS, TOY_NET_ARGS, toy_config
 
 from keras_frcnn_cryo import annotations, data_generators, metrics, preprocessing, targets_tf, tomo_io, train
 from keras_frcnn_cryo.config import load_config
@@ -24,7 +24,7 @@ JOINT_ONLY = pytest.mark.parametrize("trained", ["joint"], indirect=True)
 
 @pytest.fixture(scope="module", params=["alternating", "joint"])
 def trained(toy_dataset, request):
-    """Train from scratch (GroupNorm) on the toy images for STEPS[mode] iterations, in both training modes."""
+    """Train ResNet-50 from scratch (GroupNorm) on the toy images for STEPS[mode] iterations, in both training modes."""
     from keras_frcnn_cryo.cli import set_seed
     set_seed(0)
     records, _, mapping = get_data(toy_dataset)
@@ -34,7 +34,7 @@ def trained(toy_dataset, request):
     # 8 RoIs per step: the conv5 head costs about 0.035 s per RoI and step on a 2-core CPU, most of a
     # step at this size (16 RoIs: 0.93 s, 8: 0.65 s)
     cfg = toy_config(class_mapping=mapping, train_mode=request.param, im_size=192, num_rois=8,
-                     anchor_box_scales=[2 * s for s in TOY_ANCHORS])
+                     anchor_box_scales=[2 * s for s in TOY_ANCHORS], resnet_blocks=RESNET50)
     trainer = train.Trainer(cfg)
     rng = np.random.default_rng(0)
     gen = data_generators.iter_training_samples(records, cfg, rng, tomo_io.read_image, preprocessing.prepare_image)
@@ -238,7 +238,7 @@ def test_unknown_train_mode_is_refused():
 
 def test_main_writes_config_weights_and_log(toy_dataset, tmp_path, capsys):
     args = train.build_parser().parse_args([
-        "-p", toy_dataset, "--num_epochs", "2", "--epoch_length", "2", "--im-size", "96",
+        "-p", toy_dataset, "--num_epochs", "2", "--epoch_length", "2", "--im-size", "96", *TOY_NET_ARGS,
         "--anchor-scales", "24", "48", "-n", "8", "--config_filename", str(tmp_path / "config.pickle"),
         "--output_weight_path", str(tmp_path / "model.weights.h5"), "--val-split", "0.3",
         "--split-file", str(tmp_path / "split.json"),
@@ -270,8 +270,8 @@ def test_bad_arguments(toy_dataset, tmp_path):
 
 def test_resume_continues_from_the_last_epoch(toy_dataset, tmp_path, capsys):
     """Joint mode (the scratch recipe's) with two images per step: one step per epoch of 2 images."""
-    base = ["-p", toy_dataset, "--epoch_length", "2", "--batch-size", "2", "--im-size", "96", "--anchor-scales", "24",
-            "48", "-n", "8",
+    base = ["-p", toy_dataset, "--epoch_length", "2", "--batch-size", "2", "--im-size", "96", *TOY_NET_ARGS,
+            "--anchor-scales", "24", "48", "-n", "8",
             "--config_filename", str(tmp_path / "config.pickle"), "--split-file", str(tmp_path / "split.json"),
             "--output_weight_path", str(tmp_path / "model.weights.h5")]
     with pytest.raises(CryoError, match="no training state"):
@@ -302,8 +302,9 @@ def test_resume_continues_from_the_last_epoch(toy_dataset, tmp_path, capsys):
 
 def test_time_budget_stops_after_the_epoch(toy_dataset, tmp_path, capsys):
     args = train.build_parser().parse_args([
-        "-p", toy_dataset, "--num_epochs", "50", "--epoch_length", "1", "--im-size", "96", "--anchor-scales", "24",
-        "48", "-n", "8", "--time-budget", "0.001", "--config_filename", str(tmp_path / "config.pickle"),
+        "-p", toy_dataset, "--num_epochs", "50", "--epoch_length", "1", "--im-size", "96", *TOY_NET_ARGS,
+        "--anchor-scales", "24", "48", "-n", "8", "--time-budget", "0.001",
+        "--config_filename", str(tmp_path / "config.pickle"),
         "--split-file", str(tmp_path / "split.json"), "--output_weight_path", str(tmp_path / "model.weights.h5")])
     assert train.main(args) == 0
     out = capsys.readouterr().out
@@ -320,7 +321,8 @@ def test_scheduled_learning_rate():
 
 
 def test_lr_drop_reaches_the_optimisers(toy_dataset, tmp_path, capsys):
-    base = ["-p", toy_dataset, "--epoch_length", "1", "--im-size", "96", "--anchor-scales", "24", "48", "-n", "8",
+    base = ["-p", toy_dataset, "--epoch_length", "1", "--im-size", "96", *TOY_NET_ARGS,
+            "--anchor-scales", "24", "48", "-n", "8",
             "--recipe", "paper", "--learning-rate", "1e-4", "--config_filename", str(tmp_path / "config.pickle"),
             "--split-file", str(tmp_path / "split.json"), "--output_weight_path", str(tmp_path / "model.weights.h5")]
     seen = []
