@@ -6,15 +6,35 @@ metrics.evaluate (measure_map's arithmetic), so every figure is what a user gets
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from keras_frcnn_cryo import annotations, metrics, predict, splits, train
 from keras_frcnn_cryo.config import Config
+from keras_frcnn_cryo.hardware import cpu_description
+from parallel_training import limit_threads, run_variants
 
 IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# variant -> train_frcnn.py flags added to "-p annotations.txt --time-budget B", in both accuracy
+# benchmarks (each adds variants of its own, e.g. the input size of its data)
+VARIANTS = {
+    "default": [],                                                  # README's command
+    "paper": ["--recipe", "paper"],                                 # Li et al. 2019 as published
+    "near-bg": ["--set", "classifier_hard_negative_fraction=0"],    # keras-frcnn: bg RoIs only near objects
+    "all-bg": ["--set", "classifier_min_overlap=0"],                # every RoI below IoU 0.5 is background
+    "half-hard-bg": ["--set", "classifier_hard_negative_fraction=0.125"],  # half the default share of far bg
+    "jitter": ["--set", "aug_noise_max=0.5", "--set", "aug_blur_max_sigma=1.0",  # noise, blur and scale
+               "--set", "aug_scale_range=0.2"],                     # jitter (issue 12 item 6)
+    "bf16": ["--set", "training_precision=bfloat16"],               # bfloat16 convolutions (AMX/AVX512-BF16)
+    "ws": ["--backbone-norm", "ws"],                                # weight-standardised convs, no GroupNorm
+    "rois16": ["-n", "16"],                                         # 16 RoIs per step to the conv5 head
+    "rois32": ["-n", "32"],                                         # 32 RoIs per step (the paper's)
+    "conv5-1": ["--set", "resnet_blocks=[3,4,6,1]"],                # one residual block in the RoI head, not 3
+}
 # test-time options evaluated on the default model with --test-time: name -> measure_map --set values
 TEST_TIME = {
     "as trained": [],
@@ -39,6 +59,52 @@ def test_time_runs(chosen: list[str] | None, variant: str = "default") -> list[t
     if chosen is None:
         return []
     return [(f"{variant}, {name}", variant, TEST_TIME[name]) for name in (chosen or list(TEST_TIME))]
+
+
+def add_run_options(parser: argparse.ArgumentParser, variants: Mapping[str, list[str]], out: str) -> None:
+    """The options both accuracy benchmarks share: output folder, budget, variants, jobs, seed,
+    test-time options, --eval-only, threads (and --train-only, how run_variants starts each child)."""
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--budget-min", type=float, default=60.0, help="training wall-time budget per model")
+    parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(variants),
+                        help="models to train (default: README's command only)")
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-time", nargs="*", default=None, choices=sorted(TEST_TIME), metavar="OPTION",
+                        help="also evaluate the first --variants model with these test-time options "
+                             "(TEST_TIME; none named: all)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate the models an earlier run left in --out (same data arguments) without training")
+    parser.add_argument("--train-only", choices=sorted(variants), help=argparse.SUPPRESS)  # run_variants' children
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow threads for this run (0: all cores); to run two benchmarks side by side")
+
+
+def start(args: argparse.Namespace, annotation_path: str, flags: Mapping[str, list[str]]) -> bool:
+    """Limit the threads as asked. In a ``--train-only`` child: train that variant on the data the
+    parent wrote and return True (the child is done). Otherwise print the machine and return False."""
+    if args.threads or args.train_only:
+        limit_threads(args.threads)
+    if args.train_only:
+        train_variant(annotation_path, os.path.join(args.out, args.train_only), args.budget_min, args.seed,
+                      flags[args.train_only], args.train_only)
+        return True
+    print(f"machine: {cpu_description()}; threads {args.threads or os.cpu_count()}; load {os.getloadavg()}",
+          flush=True)
+    return False
+
+
+def train_all(args: argparse.Namespace, script: str, annotation_path: str, flags: Mapping[str, list[str]]) -> None:
+    """Train every ``--variants`` model into ``--out/VARIANT`` (``--jobs`` at once, each in a child
+    process running ``script``), or nothing with ``--eval-only``."""
+    if args.eval_only:
+        print("--eval-only: evaluating the models already in " + args.out, flush=True)
+    elif args.jobs > 1 and len(args.variants) > 1:
+        run_variants(os.path.abspath(script), sys.argv[1:], args.variants, args.jobs)
+    else:
+        for variant in args.variants:
+            train_variant(annotation_path, os.path.join(args.out, variant), args.budget_min, args.seed,
+                          flags[variant], variant)
 
 
 def train_variant(annotation_path: str, run_dir: str, budget_min: float, seed: int, flags: list[str],

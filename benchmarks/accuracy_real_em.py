@@ -28,55 +28,26 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from accuracy_common import TEST_TIME, evaluate, test_time_runs, load_run, records_of, train_variant  # noqa: E402
+import accuracy_common as common  # noqa: E402
+from accuracy_common import evaluate, load_run, records_of, test_time_runs  # noqa: E402
 from keras_frcnn_cryo import masks_to_boxes  # noqa: E402
-from keras_frcnn_cryo.hardware import cpu_description  # noqa: E402
-from parallel_training import limit_threads, run_variants  # noqa: E402
 
 TEST_FRACTION = round(1.0 / 3.0, 6)  # as written to the split file
-VARIANTS = {"default": [], "paper": ["--recipe", "paper"],
-            "near-bg": ["--set", "classifier_hard_negative_fraction=0"],  # keras-frcnn: bg RoIs only near objects
-            "all-bg": ["--set", "classifier_min_overlap=0"],     # every RoI below IoU 0.5 is background
-            "half-hard-bg": ["--set", "classifier_hard_negative_fraction=0.125"],  # half the default share of far bg
-            "jitter": ["--set", "aug_noise_max=0.5", "--set", "aug_blur_max_sigma=1.0",  # noise, blur and scale
-                       "--set", "aug_scale_range=0.2"],                                 # jitter (issue 12 item 6)
-            "small-input": ["--im-size", "576"],  # 3/4 of the native 768 (fitted: 800): more images per hour
-            "bf16": ["--set", "training_precision=bfloat16"],  # bfloat16 convolutions (AMX/AVX512-BF16)
-            "ws": ["--backbone-norm", "ws"],  # weight-standardised convolutions, no GroupNorm
-            "rois16": ["-n", "16"],  # 16 RoIs per step to the conv5 head (default: fitted, 32 here)
-            "rois32": ["-n", "32"],  # 32 RoIs per step (the paper's)
-            "conv5-1": ["--set", "resnet_blocks=[3,4,6,1]"]}  # one residual block in the RoI head, not 3
+# the shared variants, and the input size fitted to this data shrunk by a quarter
+VARIANTS = {**common.VARIANTS,
+            "small-input": ["--im-size", "576"]}  # 3/4 of the native 768 (fitted: 800): more images per hour
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the lucchi_pp_train folder (images/, masks/)")
-    parser.add_argument("--out", default="runs/accuracy_real_em")
-    parser.add_argument("--budget-min", type=float, default=60.0, help="training wall-time budget per model")
-    parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
-    parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-time", nargs="*", default=None, choices=sorted(TEST_TIME), metavar="OPTION",
-                        help="also evaluate the first --variants model with these test-time options "
-                             "(TEST_TIME; none named: all)")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="evaluate the models an earlier run left in --out without training")
-    parser.add_argument("--train-only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # --jobs children
-    parser.add_argument("--threads", type=int, default=0,
-                        help="TensorFlow threads for this run (0: all cores); to run two benchmarks side by side")
+    common.add_run_options(parser, VARIANTS, "runs/accuracy_real_em")
     args = parser.parse_args()
     box_dir = os.path.join(args.out, "boxes")
     annotations = os.path.join(box_dir, "annotations.txt")
     flags = {name: ["--test-split", str(TEST_FRACTION), *extra] for name, extra in VARIANTS.items()}
-    if args.train_only:
-        limit_threads(args.threads)
-        train_variant(annotations, os.path.join(args.out, args.train_only), args.budget_min, args.seed,
-                      flags[args.train_only], args.train_only)
+    if common.start(args, annotations, flags):
         return
-    if args.threads:
-        limit_threads(args.threads)
-    print(f"machine: {cpu_description()}; threads {args.threads or os.cpu_count()}; load {os.getloadavg()}",
-          flush=True)
     if not os.path.isdir(args.data):
         sys.exit(f"error: {args.data}: Lucchi++ data folder not found")
     records = masks_to_boxes.masks_to_records(os.path.join(args.data, "masks"), os.path.join(args.data, "images"),
@@ -85,14 +56,7 @@ def main() -> None:
     sizes = sorted(((b["x2"] - b["x1"]) * (b["y2"] - b["y1"])) ** 0.5 for r in records for b in r["bboxes"])
     print(f"{len(records)} slices, {len(sizes)} boxes, sqrt(area) {sizes[0]:.0f}-{sizes[-1]:.0f} px "
           f"(median {sizes[len(sizes) // 2]:.0f})", flush=True)
-    if args.eval_only:
-        print("--eval-only: evaluating the models already in " + args.out, flush=True)
-    elif args.jobs > 1 and len(args.variants) > 1:
-        run_variants(os.path.abspath(__file__), sys.argv[1:], args.variants, args.jobs)
-    else:
-        for variant in args.variants:
-            train_variant(annotations, os.path.join(args.out, variant), args.budget_min, args.seed, flags[variant],
-                          variant)
+    common.train_all(args, __file__, annotations, flags)
     test = records_of(annotations, "test", args.seed, TEST_FRACTION)
     runs = [(variant, variant, None) for variant in args.variants]
     runs += test_time_runs(args.test_time, args.variants[0])          # test-time options on the first model

@@ -9,7 +9,8 @@
    ``--test-tomograms`` tomograms from generator seed ``--test-seed`` (never used while tuning the
    recipe; half of them at SNR 0.06-0.08, the paper's failing range).
 2. Trains each variant from scratch for ``--budget-min`` minutes of wall time with
-   ``train_frcnn.py -p annotations.txt --time-budget B`` plus the variant's flags (VARIANTS below;
+   ``train_frcnn.py -p annotations.txt --time-budget B`` plus the variant's flags (VARIANTS below, which
+   adds this data's own to accuracy_common.VARIANTS;
    "default" adds none: what README tells a new user to run). ``--jobs 2`` trains two variants at
    once, each on half the cores (equal compute; a single variant gets every core).
 3. Evaluates every model on the held-out slices of both sets through measure_map's code (VOC AP at
@@ -41,16 +42,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tqdm import tqdm  # noqa: E402
 
-from accuracy_common import (IOUS, TEST_TIME, evaluate, load_run, records_of, score,  # noqa: E402
-                             test_time_runs, train_variant)
+import accuracy_common as common  # noqa: E402
+from accuracy_common import IOUS, evaluate, load_run, records_of, score, test_time_runs  # noqa: E402
 from keras_frcnn_cryo import annotations, metrics, predict, preprocessing, splits, synthetic, tomo_io, tracking  # noqa: E402
-from keras_frcnn_cryo.hardware import cpu_description  # noqa: E402
-from parallel_training import limit_threads, run_variants  # noqa: E402
 
-# variant -> train_frcnn.py flags added to "-p annotations.txt --time-budget B"
+# the shared variants (accuracy_common.VARIANTS) and those of this data
 VARIANTS = {
-    "default": [],                                                  # README's command
-    "paper": ["--recipe", "paper"],                                 # Li et al. 2019 as published
+    **common.VARIANTS,
     "no-slabs": ["--input-channels", "repeat"],                     # one slice on the 3 channels
     "iou-head": ["--set", "classifier_iou_head=true"],              # + IoU branch, scores weighted by it
     "cells": ["--set", "roi_pool_mode=cells"],                      # RoI windows rounded to 16-px cells
@@ -58,18 +56,8 @@ VARIANTS = {
     "alternating": ["--train-mode", "alternating"],                 # the paper's two-step schedule
     "no-preprocess": ["--no-preprocess"],                           # the paper's ablation
     "paper-anchors": ["--anchor-scales", "128", "256", "512"],
-    "near-bg": ["--set", "classifier_hard_negative_fraction=0"],    # keras-frcnn: bg RoIs only near objects
-    "all-bg": ["--set", "classifier_min_overlap=0"],                # every RoI below IoU 0.5 is background
-    "half-hard-bg": ["--set", "classifier_hard_negative_fraction=0.125"],  # half the default share of far bg
-    "jitter": ["--set", "aug_noise_max=0.5", "--set", "aug_blur_max_sigma=1.0",  # noise, blur and scale
-               "--set", "aug_scale_range=0.2"],                     # jitter (issue 12 item 6)
     "small-input": ["--im-size", "288"],                            # 3/4 of the fitted 384: more images per hour
-    "bf16": ["--set", "training_precision=bfloat16"],               # bfloat16 convolutions (AMX/AVX512-BF16)
-    "ws": ["--backbone-norm", "ws"],                                # weight-standardised convs, no GroupNorm
     "zero-gamma": ["--set", "residual_zero_init=true"],             # residual blocks start as identities
-    "conv5-1": ["--set", "resnet_blocks=[3,4,6,1]"],                # one residual block in the RoI head, not 3
-    "rois16": ["-n", "16"],                                         # 16 RoIs per step to the conv5 head (default: fitted, 16 here)
-    "rois32": ["-n", "32"],                                         # 32 RoIs per step (the paper's)
 }
 
 
@@ -177,7 +165,7 @@ def evaluate_tilts(detector, data: dict, tilt_step: int, label: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/accuracy_synthetic")
+    common.add_run_options(parser, VARIANTS, "runs/accuracy_synthetic")
     parser.add_argument("--tomograms", type=int, default=12, help="training set tomograms (1/6 held out)")
     parser.add_argument("--test-tomograms", type=int, default=8, help="tomograms of the separate test set")
     parser.add_argument("--test-seed", type=int, default=303, help="generator seed of the separate test set")
@@ -185,46 +173,19 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=40)
     parser.add_argument("--slice-step", type=int, default=2)
     parser.add_argument("--apix", type=float, default=40.0)
-    parser.add_argument("--budget-min", type=float, default=60.0, help="training wall-time budget per model")
-    parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS),
-                        help="models to train (default: README's command only)")
-    parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each on its share of the cores")
-    parser.add_argument("--test-time", nargs="*", default=None, choices=sorted(TEST_TIME), metavar="OPTION",
-                        help="also evaluate the first --variants model with these test-time options "
-                             "(TEST_TIME; none named: all)")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="evaluate the models an earlier run left in --out (same data arguments) without training")
     parser.add_argument("--tilt-step", type=int, default=4, help="evaluate every n-th tilt image")
     parser.add_argument("--z-refine", action="store_true",
                         help="also detect the test tomograms whole and score their labelled slices refined "
                              "along z (Z_REFINE)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # --jobs children
-    parser.add_argument("--threads", type=int, default=0,
-                        help="TensorFlow threads for this run (0: all cores); to run two benchmarks side by side")
     args = parser.parse_args()
     ann_path = os.path.join(args.out, "data", "annotations.txt")
-    if args.train_only:
-        limit_threads(args.threads)
-        train_variant(ann_path, os.path.join(args.out, args.train_only), args.budget_min, args.seed,
-                      VARIANTS[args.train_only], args.train_only)
+    if common.start(args, ann_path, VARIANTS):
         return
-    if args.threads:
-        limit_threads(args.threads)
-    print(f"machine: {cpu_description()}; threads {args.threads or os.cpu_count()}; load {os.getloadavg()}",
-          flush=True)
     train_data, test_sets = make_data(args)
     print(f"training data: {train_data['n_images']} slices, {train_data['n_boxes']} boxes, split "
           f"{train_data['split_counts']}; test set (seeds {args.test_seed}, {args.test_seed + 1}): "
           f"{sum(d['n_images'] for d in test_sets.values())} slices", flush=True)
-    if args.eval_only:
-        print("--eval-only: evaluating the models already in " + args.out, flush=True)
-    elif args.jobs > 1 and len(args.variants) > 1:
-        run_variants(os.path.abspath(__file__), sys.argv[1:], args.variants, args.jobs)
-    else:
-        for variant in args.variants:
-            train_variant(ann_path, os.path.join(args.out, variant), args.budget_min, args.seed,
-                          VARIANTS[variant], variant)
+    common.train_all(args, __file__, ann_path, VARIANTS)
     sets = {"held-out split": (train_data, records_of(ann_path, "test", args.seed))}
     for name, data in test_sets.items():
         sets[f"test set, {name} SNR"] = (data, records_of(data["annotations"], "all", args.seed))
