@@ -115,6 +115,10 @@ FIELD_RULES: dict[str, str] = {
         "detection_view_agreement_weight", "tilt_consistency_min_iou", "track_untracked_weight", "track_min_iou")},
     **{name: "choice" for name in CHOICES},
 }
+# Fields whose 0 turns their feature off: their messages say so.
+OFF_AT_ZERO = frozenset({"aug_noise_max", "aug_blur_max_sigma", "aug_scale_range", "classifier_hard_negative_fraction",
+                         "detection_refine_steps", "detection_box_voting_iou", "track_refine_window",
+                         "lr_warmup_steps", "prefetch_images"})
 
 
 def check_field(name: str, value: Any) -> Any:
@@ -130,7 +134,7 @@ def check_field(name: str, value: Any) -> Any:
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise CryoError(f"config field {name} = {value!r}: {must}")
+            raise CryoError(f"config field {name} = {value!r}: {must}" + (" (0 = off)" if name in OFF_AT_ZERO else ""))
     return value
 
 

@@ -222,3 +222,14 @@ def test_resnet_blocks_are_checked(blocks, message):
     with pytest.raises(CryoError, match="ImageNet weights .* need ResNet-50"):
         Config(resnet_blocks=(1, 1, 1, 1), base_net_weights="w.h5").validate()
     Config(resnet_blocks=(1, 2, 1, 1)).validate()                         # a tuple does as well
+
+
+def test_fields_whose_zero_is_off_say_so():
+    from keras_frcnn_cryo.config import FIELD_RULES, OFF_AT_ZERO
+    assert OFF_AT_ZERO <= set(FIELD_RULES)
+    with pytest.raises(CryoError, match=r"aug_noise_max = -0.5: must be a number >= 0 \(0 = off\)$"):
+        Config(aug_noise_max=-0.5).validate()
+    with pytest.raises(CryoError, match=r"classifier_hard_negative_fraction = 1.0: must lie in \[0, 1\) \(0 = off\)$"):
+        Config(classifier_hard_negative_fraction=1.0).validate()
+    with pytest.raises(CryoError, match=r"learning_rate = 0: must be > 0$"):      # no "off" where 0 is no value
+        Config(learning_rate=0).validate()
