@@ -115,6 +115,9 @@ FIELD_RULES: dict[str, str] = {
         "detection_view_agreement_weight", "tilt_consistency_min_iou", "track_untracked_weight", "track_min_iou")},
     **{name: "choice" for name in CHOICES},
 }
+# Residual blocks of ResNet-50 in conv2_x .. conv5_x (He et al. 2016, Table 1): Config.resnet_blocks'
+# default, and what ImageNet weights need.
+RESNET50_BLOCKS = (3, 4, 6, 3)
 # Fields whose 0 turns their feature off: their messages say so.
 OFF_AT_ZERO = frozenset({"aug_noise_max", "aug_blur_max_sigma", "aug_scale_range", "classifier_hard_negative_fraction",
                          "detection_refine_steps", "detection_box_voting_iou", "track_refine_window",
@@ -292,7 +295,7 @@ class Config:
     # Residual blocks in conv2_x, conv3_x, conv4_x (the shared trunk) and conv5_x (the head): ResNet-50,
     # the paper's. Fewer give a smaller network of the same layout and layer names (the test suite's
     # plumbing tests use one per stage); ImageNet weights need ResNet-50's.
-    resnet_blocks: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
+    resnet_blocks: list[int] = field(default_factory=lambda: list(RESNET50_BLOCKS))
     # Arithmetic of the detector at prediction: "float32" (default) or "bfloat16" (Keras
     # mixed_bfloat16 policy: bfloat16 matmuls/convs, float32 weights and outputs; uses the AMX/AVX512
     # bf16 units of recent x86 CPUs). Weights files are the same either way.
@@ -450,7 +453,7 @@ class Config:
         blocks = self.resnet_blocks
         if not (isinstance(blocks, (tuple, list)) and len(blocks) == 4 and all(_whole(b, 1) for b in blocks)):
             raise bad("resnet_blocks", "needs 4 whole numbers >= 1 (blocks in conv2_x .. conv5_x; ResNet-50: 3 4 6 3)")
-        if self.base_net_weights and tuple(blocks) != (3, 4, 6, 3):
+        if self.base_net_weights and tuple(blocks) != RESNET50_BLOCKS:
             raise bad("resnet_blocks", "ImageNet weights (--input_weight_path) need ResNet-50's 3 4 6 3")
         if not self.anchor_box_scales or min(float(s) for s in self.anchor_box_scales) <= 0:
             raise bad("anchor_box_scales", "needs one or more sizes > 0 (px)")

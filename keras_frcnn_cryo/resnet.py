@@ -34,6 +34,7 @@ import h5py
 import keras
 import numpy as np
 
+from .config import RESNET50_BLOCKS
 from .errors import CryoError
 from .roi_pooling import RoiPoolingConv
 
@@ -41,7 +42,6 @@ NORMS = ("frozen_bn", "batch", "group", "ws")
 BN_EPSILON = 1.001e-5          # keras.applications ResNet50
 BACKBONE_CHANNELS = 1024       # conv4_x output
 HEAD_CHANNELS = 2048           # conv5_x output
-RESNET50_BLOCKS = (3, 4, 6, 3)  # residual blocks in conv2_x .. conv5_x (He et al. 2016, Table 1)
 # Initial weights of the heads (zero bias everywhere), as torchvision's RPNHead / box predictor.
 RPN_INIT_STDDEV = 0.01
 CLASS_INIT_STDDEV = 0.01

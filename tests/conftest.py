@@ -6,7 +6,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from keras_frcnn_cryo.config import Config  # noqa: E402
+from keras_frcnn_cryo.config import RESNET50_BLOCKS, Config  # noqa: E402
 
 # Tiny-image settings: 96-px images, objects 20-50 px, so anchors of 24 and 48 px.
 TOY_SIZE = 96
@@ -17,7 +17,7 @@ TOY_ANCHORS = [24.0, 48.0]
 # (test_resnet) keep ResNet-50 itself.
 TOY_BLOCKS = [1, 1, 1, 1]
 TOY_NET_ARGS = ["--set", "resnet_blocks=[1,1,1,1]"]           # the same, for train_frcnn.py's command line
-RESNET50 = [3, 4, 6, 3]
+RESNET50 = list(RESNET50_BLOCKS)
 
 
 def obj(x1, y1, x2, y2, cls="mito", difficult=False) -> dict:

@@ -269,7 +269,7 @@ def sp_xml_external_entity(inp: Inputs, work: Path) -> Case:
 def sp_zero_byte_imagenet_weights(inp: Inputs, work: Path) -> Case:
     (work / "resnet50_notop.h5").write_bytes(b"")
     return Case("train", train_args(inp, work, inp.annotations, "--input_weight_path", work / "resnet50_notop.h5",
-                                   "--set", f"resnet_blocks={list(RESNET50)}"),
+                                   "--set", f"resnet_blocks={RESNET50}"),
                 ("resnet50_notop.h5", "empty"), allowed_new=("split.json",))
 
 
@@ -326,7 +326,7 @@ def sp_older_layout_config_loads(inp: Inputs, work: Path) -> Case:
     old = older_layout_pickle(inp, work / "old_config.pickle")
     # an older release knew only ResNet-50 (resnet_blocks is not in its pickle): weights of one
     from keras_frcnn_cryo.model import build_models, save_weights_atomic
-    cfg = Config(**{**load_config(str(inp.config)).__dict__, "resnet_blocks": list(RESNET50)})
+    cfg = Config(**{**load_config(str(inp.config)).__dict__, "resnet_blocks": RESNET50})
     weights = work / "resnet50.weights.h5"
     save_weights_atomic(build_models(cfg).model_all, str(weights))
 
