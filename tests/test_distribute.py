@@ -53,10 +53,16 @@ def _compare(workdir: str) -> dict:
     moved = [i for i, d in enumerate(deltas["single"]) if np.abs(d).max() > 0]
     scale = max(np.abs(deltas["single"][i]).max() for i in moved)
     largest_grad = max(np.abs(g).max() for g in grads["single"])
-    # an element whose gradient is near zero turns the rounding differences of the two runs' sums into
-    # large differences of Adam's first update (about lr x sign): compare the updates of the elements
-    # whose gradient is clearly non-zero (above 1e-3 of the largest)
-    clear = [np.abs(g) > 1e-3 * largest_grad for g in grads["single"]]
+    # Adam's first step is alpha x g / (|g| + eps'), eps' = eps / sqrt(1 - beta_2) = 3.2e-6: where g is
+    # small, or where the two runs' sums round differently (a gradient that is a difference of large
+    # terms; CPUs whose kernels sum in another order), a tiny gradient difference is a visible step
+    # difference. Compare the steps of the elements whose gradient is clearly non-zero (above 1e-3 of
+    # the largest) and agrees between the runs to 1 %: there the steps must agree to 1e-2 x eps'/|g|,
+    # 5e-5 of lr; an error in the step itself (applied twice, per replica, lr scaled) is of order lr.
+    # The share of clearly non-zero elements whose gradient agrees to 1 % is asserted too.
+    significant = [np.abs(g) > 1e-3 * largest_grad for g in grads["single"]]
+    clear = [s & (np.abs(a - g) <= 1e-2 * np.abs(g))
+             for s, a, g in zip(significant, grads["mirrored"], grads["single"])]
     report["adam"] = {
         "losses": losses, "moved": len(moved), "variables": len(before), "largest_delta": float(scale),
         "largest_gradient": float(largest_grad),
@@ -69,6 +75,7 @@ def _compare(workdir: str) -> dict:
             (np.abs(a - b) - 2 * np.spacing(np.abs(b + w).astype(np.float32)))[c].max(initial=0.0)
             for a, b, c, w in zip(deltas["mirrored"], deltas["single"], clear, before))),
         "compared_elements": int(sum(c.sum() for c in clear)),
+        "significant_elements": int(sum(c.sum() for c in significant)),
         "elements": int(sum(d.size for d in deltas["single"])),
         "ratio": float(np.median([np.abs(deltas["mirrored"][i]).sum() / np.abs(deltas["single"][i]).sum()
                                   for i in moved]))}
@@ -122,6 +129,7 @@ def test_mirrored_step_equals_single_device_step(comparison):
     assert result["gradient_ratio"] == pytest.approx(1.0, abs=1e-3)   # not a sum where a mean belongs, or back
     # and the update Adam made of it
     assert result["compared_elements"] > 0.1 * result["elements"]
+    assert result["compared_elements"] > 0.99 * result["significant_elements"]   # gradients agree almost everywhere
     assert result["max_delta_difference"] <= 1e-3 * result["largest_delta"]
     assert result["ratio"] == pytest.approx(1.0, abs=1e-3)
 
