@@ -53,7 +53,7 @@ def _compare(workdir: str) -> dict:
     moved = [i for i, d in enumerate(deltas["single"]) if np.abs(d).max() > 0]
     scale = max(np.abs(deltas["single"][i]).max() for i in moved)
     largest_grad = max(np.abs(g).max() for g in grads["single"])
-    # Adam's first step is alpha x g / (|g| + eps'), eps' = eps / sqrt(1 - beta_2) = 3.2e-6: where g is
+    # Adam's first step is lr x g / (|g| + eps'), eps' = eps / sqrt(1 - beta_2) = 3.2e-6: where g is
     # small, or where the two runs' sums round differently (a gradient that is a difference of large
     # terms; CPUs whose kernels sum in another order), a tiny gradient difference is a visible step
     # difference. Compare the steps of the elements whose gradient is clearly non-zero (above 1e-3 of
