@@ -57,7 +57,6 @@ VARIANTS = {
     "no-preprocess": ["--no-preprocess"],                           # the paper's ablation
     "paper-anchors": ["--anchor-scales", "128", "256", "512"],
     "small-input": ["--im-size", "288"],                            # 3/4 of the fitted 384: more images per hour
-    "zero-gamma": ["--set", "residual_zero_init=true"],             # residual blocks start as identities
 }
 
 
