@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping
 
 from keras_frcnn_cryo import annotations, metrics, predict, splits, train
+from keras_frcnn_cryo.atomic import write_text_atomic
 from keras_frcnn_cryo.config import Config
 from keras_frcnn_cryo.hardware import cpu_description
 from parallel_training import limit_threads, run_variants
@@ -122,6 +124,13 @@ def train_variant(annotation_path: str, run_dir: str, budget_min: float, seed: i
     print(f"variant {label}: trained {(time.time() - started) / 60:.1f} min, {len(rows)} epochs, "
           f"{sum(int(r['images']) for r in rows)} images seen, final epoch loss {float(rows[-1]['loss']):.3f}",
           flush=True)
+
+
+def write_results(out_dir: str, results: Mapping[str, dict]) -> None:
+    """``out_dir/results.json``: every evaluation's figures by label (written atomically)."""
+    path = os.path.join(out_dir, "results.json")
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+    print(f"results -> {path}")
 
 
 def load_run(run_dir: str, overrides: list[str] | None = None):

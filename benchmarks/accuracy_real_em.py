@@ -21,7 +21,6 @@ first ``--variants`` model with those test-time options (accuracy_common.TEST_TI
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -62,9 +61,7 @@ def main() -> None:
     runs += test_time_runs(args.test_time, args.variants[0])          # test-time options on the first model
     results = {label: evaluate(load_run(os.path.join(args.out, variant), overrides), test, f"{label} | last third")
                for label, variant, overrides in runs}
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=2)
-    print(f"results -> {os.path.join(args.out, 'results.json')}")
+    common.write_results(args.out, results)
 
 
 if __name__ == "__main__":

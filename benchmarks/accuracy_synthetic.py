@@ -203,9 +203,7 @@ def main() -> None:
             for name, (_, records) in sets.items():
                 for option, figures in evaluate_tomogram_path(detector, records, f"{label} | {name}").items():
                     results[label][f"{name} | {option}"] = figures
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=2)
-    print(f"results -> {os.path.join(args.out, 'results.json')}")
+    common.write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ prediction volumes per minute with 1 and 2 shards (test_frcnn.py --shard).
         [--configs 1 4 5] [--no-prediction]
 
 Training (joint mode, from scratch, the synthetic generator's slices at ``--size`` px), each
-configuration in a fresh process through train.Trainer (what train_frcnn.py runs):
+configuration in a fresh process through trainer.Trainer (what train_frcnn.py runs):
   * one device, --batch-size 1 (today's default),
   * one device, --batch-size 2,
   * --distribute mirrored --batch-size 2 over 2 replicas: the machine's GPUs when it has 2 or more,
@@ -52,6 +52,7 @@ def train_child(annotations: str, values: dict, steps: int) -> dict:
     import tensorflow as tf
 
     from keras_frcnn_cryo import data_generators, preprocessing, recipes, tomo_io, train
+    from keras_frcnn_cryo.trainer import Trainer, training_generators
     if values.get("distribute") == "mirrored" and len(tf.config.list_physical_devices("GPU")) < 2:
         values = {**values, "cpu_replicas": 2}
     stream = values.pop("stream", False)
@@ -59,8 +60,8 @@ def train_child(annotations: str, values: dict, steps: int) -> dict:
         values = {**values, "input_channels": "repeat"}   # images read outside the timed loop
     cfg = recipes.config_for("scratch", annotation_path=annotations, **values)
     train_records, _ = train.prepare(cfg)
-    trainer = train.Trainer(cfg)
-    rng, data_rng = train.training_generators(0)
+    trainer = Trainer(cfg)
+    rng, data_rng = training_generators(0)
     source = tomo_io.image_source(cfg)
     gen = data_generators.Prefetch(data_generators.iter_training_samples(
         train_records, cfg, data_rng, source, preprocessing.prepare_image), data_rng, cfg.prefetch_images)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import annotations, evaluation, predict, recipes, splits, synthetic, tomo_io, train, writers
+from . import annotations, evaluation, pictures, predict, recipes, splits, synthetic, tomo_io, train
 from .atomic import check_output_dir
 from .cli import set_seed
 from .config import load_config
@@ -109,17 +109,17 @@ def write_montage(path: str, detector: Detector, records: list[dict], metrics_js
     threshold = float(cut) if cut is not None else detector.cfg.detection_threshold
     picks = tomo_io.evenly_spaced(records, MONTAGE_SLICES)
     source = tomo_io.image_source(detector.cfg)
-    pictures = []
+    panels = []
     for record in picks:
         image = source(record["filepath"])
         found = detector.detect(image, threshold)
         true = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in record["bboxes"]], float)
         grey = image if image.ndim == 2 else image[:, :, 1]
-        pictures.append(writers.render_comparison(grey, true, found.boxes, found.scores,
-                                                  title=os.path.splitext(os.path.basename(record["filepath"]))[0]))
+        panels.append(pictures.render_comparison(grey, true, found.boxes, found.scores,
+                                                title=os.path.splitext(os.path.basename(record["filepath"]))[0]))
     source.close()
     caption = f"green: true boxes   magenta: predicted, score >= {threshold:.2f} (best F1 at IoU {MONTAGE_IOU})"
-    writers.write_png(path, writers.render_montage(pictures, columns=3, caption=caption))
+    pictures.write_png(path, pictures.render_montage(panels, columns=3, caption=caption))
     return threshold, float(row["ap"][MONTAGE_IOU] or 0.0)
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from . import preprocessing, tomo_io, tracking, writers
+from . import pictures, preprocessing, tomo_io, tracking, writers
 from .atomic import check_output_dir
 from .config import CHOICES, apply_overrides, load_config
 from .detections_csv import DETECTIONS_CSV, shard_csv_name, write_detections_csv
@@ -171,8 +171,8 @@ def predict_images(detector: Detector, paths: list[str], out_dir: str, threshold
 
     def save_overlay(path: str, image: np.ndarray, dets: Detections) -> None:
         name = os.path.splitext(os.path.basename(path))[0] + ".png"
-        writers.write_png(os.path.join(overlay_dir, name),
-                          writers.render_overlay(image, dets.boxes, dets.labels, dets.scores, dets.class_names,
+        pictures.write_png(os.path.join(overlay_dir, name),
+                          pictures.render_overlay(image, dets.boxes, dets.labels, dets.scores, dets.class_names,
                                                  min_score=shown))
 
     results = detect_images(detector, paths, threshold, on_result=save_overlay if overlays else None)
@@ -384,15 +384,15 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
             mean = (projection / max(len(per_slice), 1)).astype(np.float32)
             binned = [dataclasses.replace(o, x1=o.x1 / binning, y1=o.y1 / binning, x2=o.x2 / binning,
                                           y2=o.y2 / binning) for o in objects]
-            writers.write_png(base + "_overview.png", writers.render_z_projection(mean, binned))
+            pictures.write_png(base + "_overview.png", pictures.render_z_projection(mean, binned))
     writers.write_boxes2d_json(base + "_boxes2d.json", rows, pixel_size_a=pixel_size, source=path,
                                extra={**summary, **{k: v for k, v in json_payload.items() if k != "boxes"}})
     tag = "z" if kind == "tomogram" else "t"
     shown = overlay_score(cfg, options.overlay_threshold)
     for index, image in overlays.items():
         boxes, scores, labels = full[index]
-        picture = writers.render_overlay(image, boxes / binning, labels, scores, class_names, min_score=shown)
-        writers.write_png(os.path.join(base + "_overlays", f"{name}_{tag}{index:04d}.png"), picture)
+        picture = pictures.render_overlay(image, boxes / binning, labels, scores, class_names, min_score=shown)
+        pictures.write_png(os.path.join(base + "_overlays", f"{name}_{tag}{index:04d}.png"), picture)
     if options.labelimg:
         with_dets = sorted(z for z, d in per_slice.items() if len(d))
         if with_dets:

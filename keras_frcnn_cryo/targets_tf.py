@@ -172,7 +172,7 @@ def sample_rois(y_class: tf.Tensor, num_rois: int, positive_fraction: float, see
 def classifier_batch(rpn_cls: tf.Tensor, rpn_regr: tf.Tensor, gt_boxes: tf.Tensor, gt_labels: tf.Tensor,
                      cfg: Config, width: tf.Tensor, height: tf.Tensor, seed: tf.Tensor
                      ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The head's batch for one image, as train.Trainer.classifier_targets builds it in numpy.
+    """The head's batch for one image, as trainer.Trainer.classifier_targets builds it in numpy.
 
     rpn_cls (h, w, K), rpn_regr (h, w, 4K): the RPN outputs; gt_boxes (N, 4) in network-input pixels
     with labels (N,). Proposals (plus the gt boxes with ``cfg.classifier_add_gt_rois``) are labelled,

@@ -47,6 +47,7 @@ from keras_frcnn_cryo import annotations, detections_csv, evaluation, masks_to_b
 from keras_frcnn_cryo.cli import run_cli
 from keras_frcnn_cryo.config import Config, load_config, save_config
 from keras_frcnn_cryo.errors import CryoError
+from keras_frcnn_cryo.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"train": "train_frcnn.py", "predict": "test_frcnn.py", "measure": "measure_map.py"}
@@ -716,7 +717,7 @@ def test_disk_full_while_saving_weights_keeps_the_old_model(inputs, tmp_path, mo
     for name in MODEL_FILES:
         shutil.copy2(inputs.model_dir / name, model_dir / name)
     before = {name: sha256(model_dir / name) for name in MODEL_FILES}
-    monkeypatch.setattr(train.Trainer, "train_on_batch", lambda self, samples, rng: [{
+    monkeypatch.setattr(Trainer, "train_on_batch", lambda self, samples, rng: [{
         "rpn_cls": 0.6, "rpn_regr": 0.2, "cls_cls": 0.7, "cls_regr": 0.3, "cls_acc": 0.5, "pos_fraction": 0.25}
         for _ in samples])
     real_save = keras.Model.save_weights

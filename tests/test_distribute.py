@@ -29,6 +29,7 @@ def _compare(workdir: str) -> dict:
 
     from keras_frcnn_cryo import data_generators, preprocessing, synthetic, tomo_io, train
     from keras_frcnn_cryo.simple_parser import get_data
+    from keras_frcnn_cryo.trainer import Trainer, load_training_state, save_training_state
 
     dataset = synthetic.write_toy_dataset(workdir, n_images=12, size=96, seed=3)
     records, _, mapping = get_data(dataset)
@@ -37,8 +38,8 @@ def _compare(workdir: str) -> dict:
                                                 tomo_io.read_image, preprocessing.prepare_image, augment_images=False)
     samples = [next(gen), next(gen)]
     report = {}
-    mirrored = train.Trainer(toy_config(distribute="mirrored", cpu_replicas=2, **base))
-    single = train.Trainer(toy_config(**base))
+    mirrored = Trainer(toy_config(distribute="mirrored", cpu_replicas=2, **base))
+    single = Trainer(toy_config(**base))
     report.update(replicas=mirrored.replicas, devices=[str(d) for d in mirrored.strategy.extended.worker_devices])
     start = [np.array(w) for w in mirrored.models.model_all.get_weights()]
     single.models.model_all.set_weights(start)
@@ -81,12 +82,12 @@ def _compare(workdir: str) -> dict:
                                   for i in moved]))}
     # a single-device run's resume state loads into a mirrored run: weights and optimiser slots
     state = os.path.join(workdir, "single_state.npz")
-    train.save_training_state(state, single, 1, 1.0, -1.0, np.random.default_rng(0), [])
+    save_training_state(state, single, 1, 1.0, -1.0, np.random.default_rng(0), [])
     fresh = mirrored                              # zeroed, so that only loading can make it equal single
     fresh.models.model_all.set_weights([np.zeros_like(w) for w in fresh.models.model_all.get_weights()])
     for variable in fresh.opt_rpn.variables:
         variable.assign(np.zeros_like(np.asarray(variable)))
-    train.load_training_state(state, fresh, np.random.default_rng(0))
+    load_training_state(state, fresh, np.random.default_rng(0))
     report["resume_weights_equal"] = all(np.array_equal(a, b) for a, b in zip(
         fresh.models.model_all.get_weights(), single.models.model_all.get_weights()))
     report["resume_slots_equal"] = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(

@@ -238,12 +238,13 @@ def test_nan_classifier_loss_alone_stops_training(toy_dataset, tmp_path, monkeyp
     the message, and that the epoch-1 weights on disk are left alone."""
     from keras_frcnn_cryo import train
     from keras_frcnn_cryo.cli import run_cli
+    from keras_frcnn_cryo.trainer import Trainer
 
     finite = {"rpn_cls": 0.6, "rpn_regr": 0.2, "cls_cls": 0.7, "cls_regr": 0.3, "cls_acc": 0.5, "pos_fraction": 0.25}
     skipped = dict(finite, cls_cls=float("nan"), cls_regr=float("nan"), cls_acc=float("nan"), pos_fraction=float("nan"))
     broken = dict(finite, cls_cls=float("nan"))
     schedule = [finite, skipped, broken]          # epoch 1: a step and a skipped classifier; epoch 2: NaN
-    monkeypatch.setattr(train.Trainer, "train_on_batch", lambda self, samples, rng: [schedule.pop(0) for _ in samples])
+    monkeypatch.setattr(Trainer, "train_on_batch", lambda self, samples, rng: [schedule.pop(0) for _ in samples])
     weights = tmp_path / "model.weights.h5"
     argv = ["-p", toy_dataset, "--im-size", str(TOY_SIZE), "--anchor-scales", *(f"{s:g}" for s in TOY_ANCHORS),
             "--num_epochs", "2", "--epoch_length", "2", "--output_weight_path", str(weights), *TOY_NET_ARGS,

@@ -161,13 +161,14 @@ def test_bfloat16_training_keeps_float32_weights_that_load_in_float32(toy_datase
     """Config.training_precision "bfloat16": the convolutions compute in bfloat16, the variables (and so
     Adam's state and the weights file) stay float32, the losses are finite float32 values, the steps
     move the weights, and the file loads into a float32 Detector; the global policy is untouched."""
-    from keras_frcnn_cryo import data_generators, tomo_io, train
+    from keras_frcnn_cryo import data_generators, tomo_io
     from keras_frcnn_cryo.simple_parser import get_data
+    from keras_frcnn_cryo.trainer import Trainer
 
     records, _, mapping = get_data(toy_dataset)
     keras.utils.set_random_seed(0)
     cfg = toy_config(class_mapping=mapping, train_mode="joint", training_precision="bfloat16")
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(cfg)
     assert keras.config.dtype_policy().name == "float32"
     convs = [layer for layer in trainer.models.base.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)

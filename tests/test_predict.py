@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import toy_config
 
-from keras_frcnn_cryo import predict, tomo_io, writers
+from keras_frcnn_cryo import pictures, predict, tomo_io, writers
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.model import Detector
 
@@ -168,13 +168,13 @@ def test_images_csv(detector, tmp_path, monkeypatch):
         predict.predict_images(detector, [], str(tmp_path / "o"), 1.5)
     # overlays use their own display threshold: nothing drawn above every score, all of the CSV below it
     drawn = []
-    original = writers.render_overlay
+    original = pictures.render_overlay
 
     def spy(image, boxes, labels, scores, names, min_score=0.0):
         drawn.append(int((np.asarray(scores) >= min_score).sum()))
         return original(image, boxes, labels, scores, names, min_score=min_score)
 
-    monkeypatch.setattr(writers, "render_overlay", spy)
+    monkeypatch.setattr(pictures, "render_overlay", spy)
     predict.predict_images(detector, tomo_io.list_images(str(folder)), str(tmp_path / "o2"), 0.0,
                            root=str(folder), overlay_threshold=1.0)
     assert drawn == [0, 0]

@@ -273,3 +273,18 @@ def test_cli(tmp_path, capsys) -> None:
     assert "error:" in capsys.readouterr().err
     assert synthetic.console_main(["--out", str(tmp_path / "toy"), "--tomograms", "1", "--toy", "--size", "64"]) == 0
     assert len(os.listdir(tmp_path / "toy" / "images")) == synthetic.TOY_IMAGES_PER_GROUP
+
+
+def test_render_preview_shows_slices_smoothed_slices_and_tilts(tomo: dict) -> None:
+    picture = synthetic.render_preview(tomo, n_slices=3, n_tilts=2)
+    tilt_h, tilt_w = tomo["tilts"].shape[1:]
+    assert picture.dtype == np.uint8 and picture.ndim == 3
+    assert picture.shape[:2] == (2 * (SHAPE[1] + 4) + tilt_h + 4, max(3 * SHAPE[2], 2 * tilt_w))
+    # the ground-truth boxes of the shown slices, in their class colours
+    shown = np.linspace(SHAPE[0] * 0.15, SHAPE[0] * 0.85, 3).astype(int)
+    classes = {box["class"] for z in shown for box in tomo["slice_boxes"].get(int(z), [])}
+    assert synthetic.MITO_CLASS in classes
+    for name in classes:
+        colour = np.array(synthetic.CLASS_COLOURS[name], np.uint8)
+        assert np.all(picture == colour, axis=2).any(), name
+    assert synthetic.render_preview(tomo, n_slices=2, n_tilts=1, smooth_sigma=0).shape[0] == SHAPE[1] + 4 + tilt_h + 4

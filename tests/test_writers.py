@@ -7,24 +7,11 @@ import re
 import cv2
 import numpy as np
 import pytest
+from conftest import no_temp_files, objects3d
 
 from keras_frcnn_cryo import writers
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.pascal_voc_parser import parse_annotation
-from keras_frcnn_cryo.tracking import Object3D
-
-
-def _objects():
-    first = Object3D(0, "mito", 10.0, 20.0, 3, 30.0, 60.0, 6, 0.8, [3, 4, 5],
-                     np.array([[10, 20, 30, 60], [12, 22, 28, 58], [11, 21, 29, 59.5]], float),
-                     np.array([0.7, 0.8, 0.9]))
-    second = Object3D(1, "vesicle", 100.25, 5.5, 0, 140.75, 45.5, 2, 0.55, [0, 1],
-                      np.array([[100.25, 5.5, 140.75, 45.5], [101, 6, 140, 45]], float), np.array([0.5, 0.6]))
-    return [first, second]
-
-
-def _no_temp_files(folder):
-    return not [name for name in os.listdir(folder) if name.startswith(".tmp_")]
 
 
 # ------------------------------------------------------------------------------------------
@@ -50,7 +37,7 @@ def test_boxes2d_csv_and_json_roundtrip(tmp_path):
     assert writers.read_boxes2d_json(json_path) == rows
     data = json.loads(json_path.read_text())
     assert data["source"] == "tomo.mrc" and "0-based" in data["convention"]["z"]
-    assert _no_temp_files(tmp_path)
+    assert no_temp_files(tmp_path)
 
 
 def test_boxes2d_csv_errors_name_file_and_line(tmp_path):
@@ -67,7 +54,7 @@ def test_boxes2d_csv_errors_name_file_and_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------
 def test_objects3d_csv_and_json_roundtrip(tmp_path):
-    objects = _objects()
+    objects = objects3d()
     path = tmp_path / "objects.csv"
     assert writers.write_objects3d_csv(path, objects) == 2
     assert path.read_text().startswith(",".join(writers.OBJECTS3D_COLUMNS) + "\n")
@@ -115,7 +102,7 @@ def _pystardb_like_loops(text):
 
 
 def test_cbox_layout_roundtrip_and_boxmanager_centres(tmp_path):
-    objects = _objects()
+    objects = objects3d()
     path = tmp_path / "tomo.cbox"
     assert writers.write_cbox(path, objects, pixel_size_a=2.6) == 2
     text = path.read_text()
@@ -143,7 +130,7 @@ def test_cbox_layout_roundtrip_and_boxmanager_centres(tmp_path):
     # one class per file
     assert writers.write_cbox(path, objects, class_name="vesicle") == 1
     assert len(writers.read_cbox(path)) == 1
-    assert _no_temp_files(tmp_path)
+    assert no_temp_files(tmp_path)
 
 
 def test_cbox_reader_reads_a_cryolo_style_2d_file(tmp_path):
@@ -170,7 +157,7 @@ def test_star_blocks_reader_errors(tmp_path):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("one_based", [False, True])
 def test_imod_coords_roundtrip(tmp_path, one_based):
-    objects = _objects()
+    objects = objects3d()
     path = tmp_path / "points.txt"
     assert writers.write_imod_coords(path, objects, one_based=one_based) == 2
     lines = path.read_text().splitlines()
@@ -187,7 +174,7 @@ def test_imod_coords_roundtrip(tmp_path, one_based):
 
 
 def test_star_roundtrip(tmp_path):
-    objects = _objects()
+    objects = objects3d()
     path = tmp_path / "particles.star"
     assert writers.write_star(path, objects, pixel_size_a=13.5) == 2
     text = path.read_text()
@@ -225,38 +212,3 @@ def test_labelimg_for_slices_roundtrip(tmp_path):
     assert parse_annotation(written[1])["bboxes"] == []
     with pytest.raises(CryoError, match="no image path"):
         writers.write_labelimg_for_slices(out, {0: paths[0]}, per_slice, ["mito", "vesicle"], 80, 64)
-
-
-# ------------------------------------------------------------------------------------------
-def test_render_overlay_draws_boxes_in_class_colours(tmp_path):
-    image = np.linspace(-3.0, 5.0, 120 * 160, dtype=np.float32).reshape(120, 160)
-    picture = writers.render_overlay(image, np.array([[20, 30, 60, 90]], float), [1], [0.87], ["mito", "vesicle"])
-    assert picture.shape == (120, 160, 3) and picture.dtype == np.uint8
-    colour = writers.class_colour(1)
-    assert tuple(picture[60, 20]) == colour             # left edge x1 = 20
-    assert tuple(picture[60, 59]) == colour             # right edge x2 - 1 = 59
-    assert tuple(picture[89, 40]) == colour             # bottom edge y2 - 1 = 89
-    inside = picture[60, 40]
-    assert inside[0] == inside[1] == inside[2]          # untouched grey inside the box
-    assert tuple(picture[60, 100]) != colour
-    # the display threshold hides weaker boxes (the CSV may hold them all)
-    plain = writers.render_overlay(image, np.zeros((0, 4)), [], [], ["mito", "vesicle"])
-    hidden = writers.render_overlay(image, np.array([[20, 30, 60, 90]], float), [1], [0.87], ["mito", "vesicle"],
-                                    min_score=0.9)
-    np.testing.assert_array_equal(hidden, plain)
-    path = tmp_path / "overlay.png"
-    writers.write_png(path, picture)
-    decoded = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
-    np.testing.assert_array_equal(decoded, picture)
-    with pytest.raises(ValueError):
-        writers.write_png(path, image)
-    assert _no_temp_files(tmp_path)
-
-
-def test_render_z_projection_labels_objects():
-    projection = np.full((100, 200), 128, np.uint8)
-    picture = writers.render_z_projection(projection, _objects())
-    assert picture.shape == (100, 200, 3)
-    assert tuple(picture[40, 10]) == writers.class_colour(0)    # mito: x1 = 10, y from 20 to 60
-    assert tuple(picture[25, 140]) == writers.class_colour(1)   # vesicle: x2 = 140.75 -> column 140
-    assert tuple(picture[95, 190]) == (128, 128, 128)

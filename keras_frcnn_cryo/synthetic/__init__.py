@@ -49,7 +49,7 @@ from .imaging import (
 from .groundtruth import object_summaries, slice_boxes, tilt_boxes
 from .files import robust_range, to_uint8, write_mrc, write_png
 from .dataset import (
-    build_parser, CLASS_COLOURS, console_main, generate_tomogram, main, render_montage, write_dataset,
+    build_parser, CLASS_COLOURS, console_main, generate_tomogram, main, render_preview, write_dataset,
 )
 from .toy import make_toy_image, write_toy_dataset
 
@@ -59,5 +59,5 @@ __all__ = [
     'ctf_transfer', 'electron_wavelength_a', 'measured_snr', 'project_tilt_series', 'reconstruct_wbp',
     'tilt_angles', 'object_summaries', 'slice_boxes', 'tilt_boxes', 'robust_range', 'to_uint8', 'write_mrc',
     'write_png', 'build_parser', 'CLASS_COLOURS', 'console_main', 'generate_tomogram', 'main',
-    'render_montage', 'write_dataset', 'make_toy_image', 'write_toy_dataset',
+    'render_preview', 'write_dataset', 'make_toy_image', 'write_toy_dataset',
 ]

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .. import tomo_io
+from .. import pictures, tomo_io
 from ..atomic import write_bytes_atomic
 from ..errors import CryoError
 from .files import robust_range, to_uint8, write_mrc, write_png, _fmt, _write_split
@@ -100,18 +100,17 @@ CLASS_COLOURS = {MITO_CLASS: (40, 220, 40), DROPLET_CLASS: (0, 140, 255)}
 
 
 def _draw_boxes(grey: np.ndarray, boxes: Sequence[dict[str, Any]], title: str) -> np.ndarray:
-    rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    """(H, W) uint8 -> (H, W, 3) BGR with the ground-truth boxes in CLASS_COLOURS and ``title`` on top."""
+    canvas = pictures.to_bgr(grey)
     for box in boxes:
-        colour = CLASS_COLOURS.get(box["class"], (0, 0, 255))
-        cv2.rectangle(rgb, (int(round(box["x1"])), int(round(box["y1"]))),
-                      (int(round(box["x2"])) - 1, int(round(box["y2"])) - 1), colour, 1)
-    cv2.putText(rgb, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 255), 1, cv2.LINE_AA)
-    return rgb
+        pictures.draw_box(canvas, (box["x1"], box["y1"], box["x2"], box["y2"]),
+                          CLASS_COLOURS.get(box["class"], (0, 0, 255)), "")
+    return pictures.add_title(canvas, title)
 
 
-def render_montage(result: dict[str, Any], n_slices: int = 4, n_tilts: int = 3,
+def render_preview(result: dict[str, Any], n_slices: int = 4, n_tilts: int = 3,
                    smooth_sigma: float = 1.5) -> np.ndarray:
-    """BGR uint8 montage of a :func:`generate_tomogram` result with the ground-truth boxes drawn.
+    """BGR uint8 preview of a :func:`generate_tomogram` result with the ground-truth boxes drawn.
 
     Rows: ``n_slices`` tomogram slices (15-85 % of the depth); the same slices Gaussian-smoothed by
     ``smooth_sigma`` px (a preview of what a denoised slice shows; row skipped when 0); ``n_tilts`` tilt
