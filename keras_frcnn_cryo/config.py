@@ -291,6 +291,7 @@ class Config:
     # Each residual block's last normalisation starts with scale 0 instead of 1, so every block starts
     # as the identity of its shortcut (Goyal et al. 2017; Wu & He's GroupNorm trains from scratch so).
     # Only the start of a from-scratch run differs: loaded weights overwrite it. keras-frcnn: false.
+    # Off in both recipes: over 50 min from scratch it lost 0.16-0.25 COCO AP on three synthetic sets (BENCHMARKS.md).
     residual_zero_init: bool = False
     # Residual blocks in conv2_x, conv3_x, conv4_x (the shared trunk) and conv5_x (the head): ResNet-50,
     # the paper's. Fewer give a smaller network of the same layout and layer names (the test suite's
