@@ -172,8 +172,8 @@ def predict_images(detector: Detector, paths: list[str], out_dir: str, threshold
     def save_overlay(path: str, image: np.ndarray, dets: Detections) -> None:
         name = os.path.splitext(os.path.basename(path))[0] + ".png"
         pictures.write_png(os.path.join(overlay_dir, name),
-                          pictures.render_overlay(image, dets.boxes, dets.labels, dets.scores, dets.class_names,
-                                                 min_score=shown))
+                           pictures.render_overlay(image, dets.boxes, dets.labels, dets.scores, dets.class_names,
+                                                   min_score=shown))
 
     results = detect_images(detector, paths, threshold, on_result=save_overlay if overlays else None)
     csv_path = os.path.join(out_dir, csv_name)

@@ -1,14 +1,20 @@
-"""The training step: :class:`Trainer` holds the models, the optimisers and the compiled steps of
-one run (alternating RPN / classifier steps, or joint steps over a batch under a tf.distribute
-strategy; see train.py for the loop around them), the losses a step reports, and the resumable
-state written after every epoch (weights, optimiser slots, random generators).
+"""The training step: :class:`Trainer` holds the models, the optimisers and the compiled steps of one
+run (train.py runs the loop around it), the losses a step reports, and the resumable state written
+after every epoch (weights, optimiser slots, both random generators).
 
-Per image, ``train_mode = "alternating"`` (Li et al. 2019, keras-frcnn): an RPN step on 256 sampled
-anchors; the proposals of that same forward pass through rpn_to_roi (NMS 0.7, 300 boxes); a
-classifier step on ``num_rois`` of them labelled against the ground truth. ``train_mode = "joint"``
-(approximate joint training, Ren et al. 2015): one compiled step, one backbone pass, the proposals
-and classifier targets in TensorFlow ops (targets_tf), one gradient of L_rpn + L_cls. The RoIs are
-constants to the gradient in both modes.
+Per image, ``train_mode = "alternating"`` (Li et al. 2019, keras-frcnn; the Config default):
+
+1. RPN step: backbone + RPN on the image, loss on 256 sampled anchors (calc_rpn), Adam update.
+2. Proposals: the RPN outputs of that same forward pass go through rpn_to_roi (NMS 0.7, 300 boxes).
+3. Classifier step: proposals labelled against the ground truth (calc_iou), ``num_rois`` sampled
+   (at most half positive), backbone + RoI pooling + conv5 head, Adam update.
+
+``train_mode = "joint"`` (approximate joint training, Ren et al. 2015; the scratch recipe's) does the
+same per image in one compiled step with one backbone pass: the proposals and classifier targets of
+steps 2-3 are computed from that pass in TensorFlow ops (targets_tf, checked against the numpy code of
+roi_helpers), and one gradient of L_rpn + L_cls updates all weights. The RoIs are constants to the
+gradient in both modes. Joint steps may take ``batch_size`` images and run under a tf.distribute
+strategy (``distribute``; see distribute.py): the step is then the mean over the global batch.
 """
 from __future__ import annotations
 
