@@ -10,8 +10,9 @@ predicted ones in magenta, drawn at the score threshold of the best F1.
 Training is README's command, ``train_frcnn.py -p annotations.txt --time-budget M``: the default
 recipe for training from scratch chooses everything else. Three minutes of CPU (150-200 images)
 give a rough model (AP@0.5 0.3-0.5 with the default seed, less with some); ``--minutes 12`` (about
-670 images on a slow 2-core CPU) gave AP@0.5 0.96 on the held-out tomogram (BENCHMARKS.md), and real
-data needs hours and a few hundred labelled slices (README.md, "Training").
+670 images on a slow 2-core CPU) gave AP@0.5 0.96 on the held-out tomogram of the default seed (0.12
+with ``--seed 1``, whose held-out tomogram holds one mitochondrion cut by the image edges;
+BENCHMARKS.md), and real data needs hours and a few hundred labelled slices (README.md, "Training").
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-max", type=float, default=0.12, help="highest tilt-image SNR of the tomograms")
     p.add_argument("--minutes", type=float, default=3.0,
                    help="training wall-time budget (train_frcnn.py --time-budget); 3 gives a rough model, "
-                        "12 gave AP@0.5 0.96 on a slow 2-core CPU")
+                        "12 gave AP@0.5 0.96 with the default seed on a slow 2-core CPU")
     p.add_argument("--seed", type=int, default=0)
     return p
 
