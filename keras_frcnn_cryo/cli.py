@@ -5,41 +5,11 @@ import argparse
 import os
 import random
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 
 from .errors import CryoError
 
 EXIT_BAD_INPUT = 2
-
-
-# Lines TensorFlow's C++ runtime prints on import whatever TF_CPP_MIN_LOG_LEVEL says (TF 2.21).
-_TF_IMPORT_NOISE = ("oneDNN custom operations are on", "All log messages before absl::InitializeLog()",
-                    "cpu_feature_guard", "This TensorFlow binary is optimized",
-                    "To enable the following instructions", "rebuild TensorFlow with the appropriate")
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and Keras with their start-up notices filtered out of stderr.
-
-    Everything else TensorFlow prints while importing (a real error, a missing library) is passed on.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode("utf-8", "replace").splitlines():
-                if line.strip() and not any(noise in line for noise in _TF_IMPORT_NOISE):
-                    print(line, file=sys.stderr)
 
 
 def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,

@@ -1,22 +1,24 @@
-"""One-command demo: synthetic cryo-ET -> train -> detect on a held-out tomogram -> AP-vs-IoU table and a picture.
+"""One-command demo: synthetic cryo-ET -> train -> detect on held-out tomograms -> AP-vs-IoU table and a picture.
 
-``python -m keras_frcnn_cryo.demo --out demo_out`` runs in about four minutes on 2 CPU cores and
+``python -m keras_frcnn_cryo.demo --out demo_out`` runs in about 4.5 minutes on 2 CPU cores and
 leaves, in ``demo_out``: ``data/`` (the generated tomograms, tilt series, slice PNGs with sidecars,
 and boxes), ``model/`` (config.pickle, config.json, weights, training log), ``predictions/``
-(detections.csv and overlay PNGs of the held-out tomogram's slices), ``evaluation/`` (metrics.json,
+(detections.csv and overlay PNGs of the held-out tomograms' slices), ``evaluation/`` (metrics.json,
 metrics.md, PR curve) and ``montage.png``: held-out slices with the true boxes in green and the
 predicted ones in magenta, drawn at the score threshold of the best F1.
 
-Training is README's command, ``train_frcnn.py -p annotations.txt --time-budget M``: the default
-recipe for training from scratch chooses everything else. Three minutes of CPU (150-200 images)
-give a rough model (AP@0.5 0.3-0.5 with the default seed, less with some); ``--minutes 12`` (about
-670 images on a slow 2-core CPU) gave AP@0.5 0.96 on the held-out tomogram of the default seed (0.12
-with ``--seed 1``, whose held-out tomogram holds one mitochondrion cut by the image edges;
-BENCHMARKS.md), and real data needs hours and a few hundred labelled slices (README.md, "Training").
+Eight tomograms are generated and two, drawn with the seed, are held out whole for the test (the
+split file beside the annotations records which): one tomogram of one or two mitochondria is too
+few objects for an AP that says much. Training is README's command, ``train_frcnn.py -p
+annotations.txt --time-budget M``: the default recipe for training from scratch chooses everything
+else. Three minutes of CPU (160-370 images, by CPU) give a rough model; ``--minutes 12`` (about 670 images
+on a slow 2-core CPU) a usable one, and real data needs hours and a few hundred labelled slices
+(README.md, "Training"). BENCHMARKS.md, "The demo's learning curve", has the measured figures.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -27,8 +29,9 @@ import numpy as np
 from . import annotations, evaluation, pictures, predict, recipes, splits, synthetic, tomo_io, train
 from .atomic import check_output_dir
 from .cli import set_seed
-from .config import load_config
-from .model import Detector
+from .config import Config, load_config
+from .detections_csv import ImageIndex, read_detections_csv
+from .errors import CryoError
 
 MONTAGE_SLICES = 6     # held-out slices shown in montage.png
 MONTAGE_IOU = "0.5"    # the IoU whose best-F1 score threshold the montage is drawn at
@@ -38,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Options of the demo (defaults finish in about five minutes on 2 cores)."""
     p = argparse.ArgumentParser(description="Synthetic cryo-ET demo: generate, train, detect, evaluate.")
     p.add_argument("--out", default="demo_out", help="output folder")
-    p.add_argument("--tomograms", type=int, default=6, help="synthetic tomograms (one is held out for testing)")
+    p.add_argument("--tomograms", type=int, default=8, help="synthetic tomograms to generate")
+    p.add_argument("--test-tomograms", type=int, default=2,
+                   help="of those, how many are held out whole for the test (drawn with --seed)")
     p.add_argument("--size", type=int, default=320, help="slice width and height (px)")
     p.add_argument("--slices", type=int, default=30, help="slices per tomogram")
     p.add_argument("--slice-step", type=int, default=3, help="label every n-th slice")
@@ -47,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-max", type=float, default=0.12, help="highest tilt-image SNR of the tomograms")
     p.add_argument("--minutes", type=float, default=3.0,
                    help="training wall-time budget (train_frcnn.py --time-budget); 3 gives a rough model, "
-                        "12 gave AP@0.5 0.96 with the default seed on a slow 2-core CPU")
+                        "12 (about 670 images on a slow 2-core CPU) gave AP@0.5 0.96 on the "
+                        "former one-tomogram test split")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -55,14 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run the five steps, each through the same functions the command-line scripts use."""
     started = time.time()
+    if not 1 <= args.test_tomograms < args.tomograms:
+        raise CryoError(f"--test-tomograms must be at least 1 and below --tomograms ({args.tomograms}), "
+                        f"got {args.test_tomograms}")
+    test_fraction = args.test_tomograms / args.tomograms
     out = check_output_dir(os.path.abspath(args.out))
     data_dir, model_dir = os.path.join(out, "data"), os.path.join(out, "model")
     print(f"[1/5] generating {args.tomograms} synthetic tomograms in {data_dir}")
     summary = synthetic.write_dataset(data_dir, args.tomograms, seed=args.seed,
                                       shape=(args.slices, args.size, args.size), pixel_size_a=args.apix,
-                                      slice_step=args.slice_step, snr_range=(args.snr_min, args.snr_max))
+                                      slice_step=args.slice_step, snr_range=(args.snr_min, args.snr_max),
+                                      test_fraction=test_fraction)
     ann_path = summary["annotations"]
     print(f"      {summary['n_images']} labelled slices, {summary['n_boxes']} boxes, split {summary['split_counts']}")
+    print(f"      held out for the test: {held_out_summary(summary)}")
 
     print(f"[2/5] training from scratch for {args.minutes:g} min (train_frcnn.py -p annotations.txt "
           f"--time-budget {args.minutes:g}: the default recipe)")
@@ -70,11 +82,12 @@ def main(args: argparse.Namespace) -> int:
     weights = os.path.join(model_dir, "model_frcnn.weights.h5")
     set_seed(args.seed)
     cfg = recipes.config_for(annotation_path=ann_path, model_path=weights, seed=args.seed)
+    cfg.test_fraction = test_fraction     # the split written with the data; recorded in config.pickle
     train_records, val_records = train.prepare(cfg)
     fitted = train.fit(cfg, train_records, val_records, config_path, time_budget_min=args.minutes)
     print(f"      {fitted.images_seen} training images seen in {fitted.epochs} epoch(s)")
 
-    print("[3/5] detecting on the held-out tomogram's slices")
+    print("[3/5] detecting on the held-out tomograms' slices")
     cfg = load_config(config_path)
     records, _, _ = annotations.load_annotations(ann_path, "simple")
     splits.assign_splits(records, cfg.split_path or splits.default_split_path(ann_path), cfg.test_fraction,
@@ -84,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     predict.predict_images(detector, [r["filepath"] for r in test_records], os.path.join(out, "predictions"),
                            threshold=cfg.eval_min_score, root=os.path.dirname(ann_path))
 
-    print("[4/5] evaluating on the held-out tomogram (AP vs IoU, as in the paper's Fig. 6a)")
+    print("[4/5] evaluating on the held-out tomograms (AP vs IoU, as in the paper's Fig. 6a)")
     eval_dir = os.path.join(out, "evaluation")
     detections_csv = os.path.join(out, "predictions", "detections.csv")
     result = evaluation.evaluate(ann_path, [("model", detections_csv)], cfg, split="test", out_dir=eval_dir)
@@ -94,34 +107,64 @@ def main(args: argparse.Namespace) -> int:
     print("[5/5] drawing held-out slices with true and predicted boxes")
     metrics_json = result.payload()
     montage_path = os.path.join(out, "montage.png")
-    threshold, ap = write_montage(montage_path, detector, test_records, metrics_json)
+    threshold, ap = write_montage(montage_path, cfg, test_records, detections_csv, metrics_json)
     minutes = (time.time() - started) / 60.0
-    print(f"\ndone in {minutes:.1f} min. AP@0.5 {ap:.3f} on the held-out tomogram (the paper's AP vs IoU table "
-          f"above; {eval_dir}/metrics.md)")
+    print(f"\ndone in {minutes:.1f} min. AP@0.5 {ap:.3f} on the {len(summary['test_tomograms'])} held-out "
+          f"tomograms (the paper's AP vs IoU table above; {eval_dir}/metrics.md)")
     print(f"  picture: {montage_path} (true boxes green, predicted magenta, score >= {threshold:.2f}: the best F1)")
     print(f"  model:   {config_path} and {weights}")
     print(f"  try it:  python test_frcnn.py -p {os.path.join(data_dir, 'tomograms')} --config_filename {config_path}")
     return 0
 
 
-def write_montage(path: str, detector: Detector, records: list[dict], metrics_json: dict) -> tuple[float, float]:
-    """montage.png of up to MONTAGE_SLICES evenly spaced held-out slices, predictions drawn at the
-    best-F1 score threshold at IoU MONTAGE_IOU. Returns (that threshold, AP at that IoU)."""
+def held_out_summary(summary: dict) -> str:
+    """One line naming the held-out tomograms with their labelled slices, boxes, objects and SNR (the
+    generator's, of the tilt images), from synthetic.write_dataset's summary and metadata.json."""
+    with open(summary["metadata"]) as fh:
+        tomograms = json.load(fh)["tomograms"]
+    slices: dict[str, int] = {}
+    boxes: dict[str, int] = {}
+    records, _, _ = annotations.load_annotations(summary["annotations"], "simple")
+    for record, name in zip(records, splits.record_groups(records)):
+        slices[name] = slices.get(name, 0) + 1
+        boxes[name] = boxes.get(name, 0) + len(record["bboxes"])
+
+    def objects(name: str) -> str:
+        n = len(tomograms[name]["objects"])
+        return f"{n} {'object' if n == 1 else 'objects'}"
+    return ", ".join(f"{name} ({slices.get(name, 0)} slices, {boxes.get(name, 0)} boxes, {objects(name)}, "
+                     f"SNR {tomograms[name]['snr']:.3f})" for name in summary["test_tomograms"])
+
+
+def write_montage(path: str, cfg: Config, records: list[dict], detections_csv: str,
+                  metrics_json: dict) -> tuple[float, float]:
+    """montage.png of up to MONTAGE_SLICES evenly spaced held-out slices with the detections of
+    ``detections_csv`` (no second pass of the detector) drawn at the best-F1 score threshold at IoU
+    MONTAGE_IOU. Returns (that threshold, AP at that IoU)."""
     row = metrics_json["mAP"]
     named = [c for c, v in metrics_json["classes"].items() if v.get("n_gt")]
     cut = metrics_json["classes"][named[0]]["best_threshold"].get(MONTAGE_IOU) if len(named) == 1 else None
-    threshold = float(cut) if cut is not None else detector.cfg.detection_threshold
+    threshold = float(cut) if cut is not None else cfg.detection_threshold
     picks = tomo_io.evenly_spaced(records, MONTAGE_SLICES)
-    source = tomo_io.image_source(detector.cfg)
+    shown = [r["filepath"] for r in picks]
+    found: dict[str, list[dict]] = {p: [] for p in shown}
+    for det in read_detections_csv(detections_csv, ImageIndex(shown, shown)).detections:
+        if det["score"] >= threshold:
+            found[det["image"]].append(det)
+    source = tomo_io.image_source(cfg)
     panels = []
-    for record in picks:
-        image = source(record["filepath"])
-        found = detector.detect(image, threshold)
-        true = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in record["bboxes"]], float)
-        grey = image if image.ndim == 2 else image[:, :, 1]
-        panels.append(pictures.render_comparison(grey, true, found.boxes, found.scores,
-                                                title=os.path.splitext(os.path.basename(record["filepath"]))[0]))
-    source.close()
+    try:
+        for record in picks:
+            image = source(record["filepath"])
+            true = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in record["bboxes"]], float)
+            dets = found[record["filepath"]]
+            boxes = np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in dets], float).reshape(-1, 4)
+            scores = np.array([d["score"] for d in dets], float)
+            grey = image if image.ndim == 2 else image[:, :, 1]
+            panels.append(pictures.render_comparison(grey, true, boxes, scores,
+                                                    title=os.path.splitext(os.path.basename(record["filepath"]))[0]))
+    finally:
+        source.close()
     caption = f"green: true boxes   magenta: predicted, score >= {threshold:.2f} (best F1 at IoU {MONTAGE_IOU})"
     pictures.write_png(path, pictures.render_montage(panels, columns=3, caption=caption))
     return threshold, float(row["ap"][MONTAGE_IOU] or 0.0)

@@ -215,13 +215,14 @@ def fit_to_boxes(cfg: Config, records: list[dict[str, Any]], fit_size: bool = Tr
         notes.append(f"detections per image capped at {cfg.max_detections} ({most} boxes labelled on one image)")
     if fit_rois and cfg.num_rois > FEW_OBJECTS_ROIS:
         typical = float(np.median([len(r["bboxes"]) for r in records]))
+        held = f"{typical:g} {'box' if typical == 1 else 'boxes'}"
         slots = int(FEW_OBJECTS_ROIS * cfg.classifier_positive_fraction)
         if typical <= slots:
             notes.append(f"RoIs per step: {FEW_OBJECTS_ROIS} instead of {cfg.num_rois} (a median image holds "
-                         f"{typical:g} boxes, within the {slots} positive RoIs of {FEW_OBJECTS_ROIS}; the conv5 "
+                         f"{held}, within the {slots} positive RoIs of {FEW_OBJECTS_ROIS}; the conv5 "
                          f"head runs on every RoI and is most of a step's time on a CPU)")
             cfg.num_rois = FEW_OBJECTS_ROIS
         else:
-            notes.append(f"RoIs per step: {cfg.num_rois} (a median image holds {typical:g} boxes, more than the "
+            notes.append(f"RoIs per step: {cfg.num_rois} (a median image holds {held}, more than the "
                          f"{slots} positive RoIs of {FEW_OBJECTS_ROIS})")
     return notes

@@ -10,7 +10,7 @@ from keras_frcnn_cryo import demo
 
 def test_demo_writes_everything_it_promises(tmp_path, capsys):
     out = tmp_path / "demo_out"
-    args = demo.build_parser().parse_args(["--out", str(out), "--tomograms", "3", "--size", "96", "--slices", "9",
+    args = demo.build_parser().parse_args(["--out", str(out), "--tomograms", "4", "--size", "96", "--slices", "9",
                                            "--slice-step", "3", "--minutes", "0.05"])
     assert demo.main(args) == 0
     printed = capsys.readouterr().out
@@ -22,5 +22,17 @@ def test_demo_writes_everything_it_promises(tmp_path, capsys):
     assert config["recipe"] == "scratch" and config["train_mode"] == "joint"     # README's defaults, no flags
     montage = cv2.imread(str(out / "montage.png"))
     assert montage is not None and montage.shape[0] > 96 and montage.shape[1] >= 96
-    # the held-out tomogram's labelled slices (3 of them) are all shown, side by side
-    assert montage.shape[1] >= 3 * 96
+    # two tomograms held out whole (the default), as the split file beside the annotations says
+    split = json.loads((out / "data" / "annotations.split.json").read_text())
+    held_out = sorted(g for g, s in split["groups"].items() if s == "test")
+    assert len(held_out) == 2 and config["test_fraction"] == 0.5
+    assert f"held out for the test: {held_out[0]} (3 slices" in printed and "2 held-out tomograms" in printed
+    # and their labelled slices (3 each) are all shown, three to a row
+    assert montage.shape[1] >= 3 * 96 and montage.shape[0] >= 2 * 96
+
+
+def test_demo_refuses_a_held_out_share_that_leaves_nothing_to_train(tmp_path, capsys):
+    code = demo.console_main(["--out", str(tmp_path / "d"), "--tomograms", "2", "--test-tomograms", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--test-tomograms" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()

@@ -139,7 +139,7 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
                   snr_range: tuple[float, float] = (0.06, 0.12), slice_step: int = DEFAULT_SLICE_STEP,
                   second_class: bool = False, pixel_size_a: float = DEFAULT_PIXEL_SIZE_A,
                   tilt_range: tuple[float, float] = (-60.0, 60.0), tilt_step: float = 1.5,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, test_fraction: float | None = None) -> dict[str, Any]:
     """Simulate ``n_tomograms`` tomograms and write a training set under ``out_dir``.
 
     Layout (paths in text files are relative to out_dir; slice numbers and tilt indices 0-based):
@@ -149,7 +149,8 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
       annotations.txt         ``path,x1,y1,x2,y2,class``; an image without objects as ``path,,,,,``
       annotations_3d.csv      tomogram,class,x1,y1,z1,x2,y2,z2,incomplete (exclusive upper edges)
       tilt_annotations.csv    tomogram,tilt_index,angle,class,x1,y1,x2,y2 (boxes on the tilt images)
-      annotations.split.json  whole tomograms to train/test (seeded; Config.test_fraction; splits.py format)
+      annotations.split.json  whole tomograms to train/test (seeded; ``test_fraction`` of them to test,
+                              default Config.test_fraction; splits.py format)
       metadata.json           per tomogram: snr, seed, objects; generator settings
     Returns a summary dict (paths and counts).
     """
@@ -222,13 +223,14 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
     write_bytes_atomic(paths["annotations"], ("\n".join(ann_lines) + "\n").encode())
     write_bytes_atomic(paths["annotations_3d"], ("\n".join(csv3d) + "\n").encode())
     write_bytes_atomic(paths["tilt_annotations"], ("\n".join(csv_tilt) + "\n").encode())
-    split = _write_split(paths["annotations"], seed)
+    split = _write_split(paths["annotations"], seed, test_fraction)
     paths["split"] = split["path"]
     write_bytes_atomic(paths["metadata"], (json.dumps(meta, indent=2) + "\n").encode())
     return {**paths, "out_dir": out_dir, "tomograms": tomo_paths, "tilt_series": tilt_paths, "names": names,
             "n_images": n_images, "n_boxes": n_boxes, "class_counts": class_counts,
             "n_objects": sum(len(v["objects"]) for v in meta["tomograms"].values()),
             "split_counts": {"train": len(split["train"]), "test": len(split["test"])},
+            "test_tomograms": split["test"],
             "seconds": round(time.time() - started, 1)}
 
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import tomo_io
+from .. import pictures, tomo_io
 from ..config import Config
 
 
@@ -41,15 +41,17 @@ def write_mrc(path: str, data: np.ndarray, pixel_size_a: float, image_stack: boo
     tomo_io.write_volume(path, np.asarray(data, dtype=np.float32), pixel_size_a, image_stack=image_stack)
 
 
-write_png = tomo_io.write_png_atomic
+write_png = pictures.write_png    # the package's one PNG writer (atomic), re-exported by synthetic
+
 
 
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def _write_split(annotations_path: str, seed: int) -> dict[str, Any]:
-    """Split whole tomograms (image groups) into train/test exactly as train_frcnn.py will.
+def _write_split(annotations_path: str, seed: int, test_fraction: float | None = None) -> dict[str, Any]:
+    """Split whole tomograms (image groups) into train/test exactly as train_frcnn.py will
+    (``test_fraction`` of them to test, default Config.test_fraction).
 
     Written with :func:`keras_frcnn_cryo.splits.assign_splits` to its default path beside the
     annotations (``annotations.split.json``), so training and measure_map reuse it. Returns
@@ -58,7 +60,8 @@ def _write_split(annotations_path: str, seed: int) -> dict[str, Any]:
     from .. import simple_parser, splits
     records, _, _ = simple_parser.get_data(annotations_path)
     split_path = splits.default_split_path(annotations_path)
-    splits.assign_splits(records, split_path, Config().test_fraction, 0.0, seed)
+    share = Config().test_fraction if test_fraction is None else test_fraction
+    splits.assign_splits(records, split_path, share, 0.0, seed)
     with open(split_path) as fh:
         groups = json.load(fh)["groups"]
     return {"path": split_path, "train": sorted(g for g, v in groups.items() if v == "train"),
