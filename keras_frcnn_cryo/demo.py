@@ -52,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-max", type=float, default=0.12, help="highest tilt-image SNR of the tomograms")
     p.add_argument("--minutes", type=float, default=3.0,
                    help="training wall-time budget (train_frcnn.py --time-budget); 3 gives a rough model, "
-                        "12 (about 670 images on a slow 2-core CPU) gave AP@0.5 0.96 on the "
-                        "former one-tomogram test split")
+                        "12 (670-830 images on 2 cores) gave AP@0.5 0.82-0.96")
     p.add_argument("--seed", type=int, default=0)
     return p
 
