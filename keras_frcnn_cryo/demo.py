@@ -72,8 +72,9 @@ def main(args: argparse.Namespace) -> int:
                                       slice_step=args.slice_step, snr_range=(args.snr_min, args.snr_max),
                                       test_fraction=test_fraction)
     ann_path = summary["annotations"]
+    records, _, _ = annotations.load_annotations(ann_path, "simple")
     print(f"      {summary['n_images']} labelled slices, {summary['n_boxes']} boxes, split {summary['split_counts']}")
-    print(f"      held out for the test: {held_out_summary(summary)}")
+    print(f"      held out for the test: {held_out_summary(summary, records)}")
 
     print(f"[2/5] training from scratch for {args.minutes:g} min (train_frcnn.py -p annotations.txt "
           f"--time-budget {args.minutes:g}: the default recipe)")
@@ -88,7 +89,6 @@ def main(args: argparse.Namespace) -> int:
 
     print("[3/5] detecting on the held-out tomograms' slices")
     cfg = load_config(config_path)
-    records, _, _ = annotations.load_annotations(ann_path, "simple")
     splits.assign_splits(records, cfg.split_path or splits.default_split_path(ann_path), cfg.test_fraction,
                          None, cfg.seed)
     test_records = [r for r in records if r["imageset"] == "test"]
@@ -116,14 +116,14 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def held_out_summary(summary: dict) -> str:
+def held_out_summary(summary: dict, records: list[dict]) -> str:
     """One line naming the held-out tomograms with their labelled slices, boxes, objects and SNR (the
-    generator's, of the tilt images), from synthetic.write_dataset's summary and metadata.json."""
+    generator's, of the tilt images), from synthetic.write_dataset's summary, metadata.json and the
+    records of its annotations."""
     with open(summary["metadata"]) as fh:
         tomograms = json.load(fh)["tomograms"]
     slices: dict[str, int] = {}
     boxes: dict[str, int] = {}
-    records, _, _ = annotations.load_annotations(summary["annotations"], "simple")
     for record, name in zip(records, splits.record_groups(records)):
         slices[name] = slices.get(name, 0) + 1
         boxes[name] = boxes.get(name, 0) + len(record["bboxes"])
@@ -147,7 +147,8 @@ def write_montage(path: str, cfg: Config, records: list[dict], detections_csv: s
     picks = tomo_io.evenly_spaced(records, MONTAGE_SLICES)
     shown = [r["filepath"] for r in picks]
     found: dict[str, list[dict]] = {p: [] for p in shown}
-    for det in read_detections_csv(detections_csv, ImageIndex(shown, shown)).detections:
+    index = ImageIndex([r["filepath"] for r in records], shown)    # rows of the other held-out slices dropped
+    for det in read_detections_csv(detections_csv, index).detections:
         if det["score"] >= threshold:
             found[det["image"]].append(det)
     source = tomo_io.image_source(cfg)

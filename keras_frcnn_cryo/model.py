@@ -36,9 +36,9 @@ import numpy as np
 from . import preprocessing, roi_helpers
 from .atomic import atomic_path
 from .boxes import VIEWS, BoxCoder, apply_regr, box_voting, clip_boxes, fuse_views, nms
-from .hardware import import_tensorflow_quietly
 from .config import BG_CLASS, CHOICES, Config, check_choice
 from .errors import CryoError
+from .hardware import import_tensorflow_quietly
 
 import_tensorflow_quietly()  # TensorFlow's start-up notices are noise for users
 

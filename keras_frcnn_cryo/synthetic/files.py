@@ -44,7 +44,6 @@ def write_mrc(path: str, data: np.ndarray, pixel_size_a: float, image_stack: boo
 write_png = pictures.write_png    # the package's one PNG writer (atomic), re-exported by synthetic
 
 
-
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
