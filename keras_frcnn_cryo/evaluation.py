@@ -439,11 +439,15 @@ class Evaluation:
             if markdown:
                 parts.append(f"## {run.label}\n\nDetections: `{run.source}` ({len(run.detections)}).\n\n"
                              + reports.format_summary(run.results, iou, markdown=True)
+                             + f"\n\n### {reports.box_errors_title(run.results)}\n\n"
+                             + reports.format_box_errors(run.results, markdown=True)
                              + f"\n\n### Per tomogram (image group), IoU {iou:g}\n\n"
                              + reports.format_group_table(run.by_group, iou, markdown=True))
             else:
                 parts.append(f"== {run.label}: {len(run.detections)} detections ({run.source}) ==\n"
                              + reports.format_summary(run.results, iou)
+                             + f"\n\n{reports.box_errors_title(run.results)}\n"
+                             + reports.format_box_errors(run.results)
                              + f"\n\nPer tomogram (image group), IoU {iou:g}\n"
                              + reports.format_group_table(run.by_group, iou))
         if len(self.runs) > 1:

@@ -156,6 +156,8 @@ class _VocPrepared:
         for image_id, (boxes, _) in gt_class.items():
             offsets[image_id] = total
             total += len(boxes)
+        self.gt_boxes = (np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1, 4) for b, _ in gt_class.values()])
+                         if gt_class else np.zeros((0, 4)))
         self.best_gt = np.full(n_det, -1, dtype=np.int64)
         self.best_iou = np.zeros(n_det, dtype=np.float64)
         self.best_difficult = np.zeros(n_det, dtype=bool)
@@ -188,6 +190,8 @@ class _VocPrepared:
             else:
                 fp[d] = True
         iou = np.where(tp, self.best_iou, np.nan)
+        errors = np.full((n_det, 4), np.nan)
+        errors[tp] = self.boxes[tp] - self.gt_boxes[self.best_gt[tp]]
         return {
             "scores": self.scores.copy(),
             "images": list(self.images),
@@ -196,9 +200,32 @@ class _VocPrepared:
             "ignored": ignored,
             "iou": iou,
             "matched_iou": self.best_iou[tp].copy(),
+            "box_errors": errors,
             "n_gt": self.n_gt,
             "iou_threshold": float(iou_threshold),
         }
+
+
+def box_error_summary(errors: np.ndarray) -> dict[str, Any]:
+    """How far matched boxes lie from the truth, from (D, 4) detection-minus-truth errors (x1 y1 x2 y2,
+    image px; rows with nan, the unmatched detections, are left out).
+
+    Returns ``{"n": matched boxes, "bias": mean signed error of x1 y1 x2 y2, "mean_abs": mean absolute
+    error of each side, "centre_bias": mean (dx, dy) of the box centre, "size_bias": mean (dw, dh)}``
+    (lists of floats; nan without a match). A bias far above its scatter / sqrt(n) is a systematic
+    offset (a coordinate convention, a shifted volume); a mean |error| of a few px with no bias is the
+    scatter that decides AP at IoU 0.8-0.9.
+    """
+    rows = np.asarray(errors, dtype=np.float64).reshape(-1, 4)
+    rows = rows[np.isfinite(rows).all(axis=1)]
+    if rows.shape[0] == 0:
+        return {"n": 0, "bias": [math.nan] * 4, "mean_abs": [math.nan] * 4, "centre_bias": [math.nan] * 2,
+                "size_bias": [math.nan] * 2}
+    centre = (rows[:, :2] + rows[:, 2:]) / 2.0
+    size = rows[:, 2:] - rows[:, :2]
+    return {"n": int(rows.shape[0]), "bias": rows.mean(axis=0).tolist(),
+            "mean_abs": np.abs(rows).mean(axis=0).tolist(), "centre_bias": centre.mean(axis=0).tolist(),
+            "size_bias": size.mean(axis=0).tolist()}
 
 
 def match_detections(gt: GroundTruth, detections: Detections, class_name: str, iou_threshold: float) -> dict[str, Any]:
@@ -207,7 +234,8 @@ def match_detections(gt: GroundTruth, detections: Detections, class_name: str, i
     Returns a dict of arrays over that class's D detections, sorted by descending score (stable):
     ``scores`` float64 (D,), ``images`` list (D,), ``tp``/``fp``/``ignored`` bool (D,) (exactly one is
     True per detection; ignored = matched to a difficult box), ``iou`` float64 (D,) (the matched IoU for
-    TPs, nan elsewhere), ``matched_iou`` float64 (n_tp,) (IoU of each TP, in score order), plus
+    TPs, nan elsewhere), ``box_errors`` float64 (D, 4) (each TP's box minus its matched box, x1 y1 x2
+    y2 in image px; nan elsewhere), ``matched_iou`` float64 (n_tp,) (IoU of each TP, in score order), plus
     ``n_gt`` (non-difficult boxes of the class) and ``iou_threshold``.
     """
     return _VocPrepared(gt, detections, class_name).match(iou_threshold)
@@ -413,7 +441,7 @@ def evaluate(gt: GroundTruth, detections: Detections,
 
         {"iou_thresholds": [floats], "classes": [names], "miou_iou_threshold": float,
          "score_threshold": float | None,
-         "per_class": {name: {"n_gt": int, "miou": float, "n_miou": int,
+         "per_class": {name: {"n_gt": int, "miou": float, "n_miou": int, "box_error": dict,
                               "coco_ap", "ap50", "ap75": float, "coco_ap_per_threshold": float64 (10,),
                               "thresholds": {t: entry}}},
          "mAP": {t: float},
@@ -424,7 +452,8 @@ def evaluate(gt: GroundTruth, detections: Detections,
     detections; ``n_gt``; ``mean_iou`` (mean IoU of the TPs at t); curves ``precision_curve``,
     ``recall_curve``, ``score_curve`` (float64 (n_tp + n_fp,), descending score, ignored left out);
     and, when ``score_threshold`` is given, ``at_score`` (f1/precision/recall/n_tp/n_fp at score >= it).
-    ``miou`` is the mean IoU of the TPs matched at ``miou_iou_threshold``, over all scores.
+    ``miou`` is the mean IoU of the TPs matched at ``miou_iou_threshold``, over all scores;
+    ``box_error`` (:func:`box_error_summary`) says how far those TPs lie from their boxes.
     nan marks undefined values (no ground truth; no TP for a mean IoU; no detection for a score cut).
     """
     thresholds = [float(t) for t in iou_thresholds]
@@ -458,13 +487,14 @@ def evaluate(gt: GroundTruth, detections: Detections,
                 entry["at_score"] = _at_score(scores, ctp, cfp, n_gt, score_threshold)
             entries[t] = entry
         miou_key = next((t for t in thresholds if math.isclose(t, miou_iou_threshold, abs_tol=1e-9)), None)
-        matched_iou = (prepared.match(miou_iou_threshold)["matched_iou"] if miou_key is None
-                       else prepared.match(miou_key)["matched_iou"])
+        miou_match = prepared.match(miou_iou_threshold if miou_key is None else miou_key)
+        matched_iou = miou_match["matched_iou"]
         coco = coco_evaluate_class(gt, detections, name, max_detections=max_detections)
         per_class[name] = {
             "n_gt": prepared.n_gt,
             "miou": float(matched_iou.mean()) if matched_iou.size else math.nan,
             "n_miou": int(matched_iou.size),
+            "box_error": box_error_summary(miou_match["box_errors"]),
             "coco_ap_per_threshold": coco["ap"],
             **_coco_summary(coco["ap"], coco["iou_thresholds"]),
             "thresholds": entries,

@@ -79,6 +79,29 @@ def format_summary(results: Mapping[str, Any], table_iou: float = PAPER_TABLE_IO
     return render_table(header, rows, markdown)
 
 
+def format_box_errors(results: Mapping[str, Any], markdown: bool = False) -> str:
+    """Where the true positives at the mean-IoU threshold lie against their boxes, per class: their
+    number, the mean signed error (detection minus truth, image px) of x1, y1, x2, y2 and of the box
+    centre, and the mean absolute error of each side (:func:`metrics.box_error_summary`)."""
+    header = ["class", "TPs", "bias x1", "bias y1", "bias x2", "bias y2", "centre dx", "centre dy",
+              "|err| x1", "|err| y1", "|err| x2", "|err| y2"]
+    rows = []
+    for name in results["classes"]:
+        err = results["per_class"][name].get("box_error")
+        if err is None:
+            continue
+        rows.append([name, str(err["n"]), *(f"{v:+.2f}" if math.isfinite(v) else "-" for v in
+                                            [*err["bias"], *err["centre_bias"]]),
+                     *(_num(v) for v in err["mean_abs"])])
+    return render_table(header, rows, markdown)
+
+
+def box_errors_title(results: Mapping[str, Any]) -> str:
+    """Heading of the :func:`format_box_errors` table."""
+    return (f"Box errors of the true positives at IoU {results['miou_iou_threshold']:g} (detection minus truth, "
+            "image px; a bias far above |err| / sqrt(TPs) is systematic)")
+
+
 def format_group_table(by_group: Mapping[Any, Mapping[str, Any]], iou_threshold: float = PAPER_TABLE_IOU,
                        markdown: bool = False) -> str:
     """Per-tomogram table (the paper's Table 2): F1, AP, mIoU, precision, recall at ``iou_threshold``,
@@ -135,7 +158,7 @@ def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
     ``{"iou_thresholds", "miou_iou_threshold", "score_threshold", "classes": {name: row}, "mAP": row}``
     where a row has ``"ap"``, ``"f1"``, ``"precision"``, ``"recall"``, ``"best_threshold"``,
     ``"n_tp"``, ``"n_fp"`` keyed by the IoU thresholds as strings ("0.5" ... "0.9"), and ``"miou"``,
-    ``"coco_ap"``, ``"ap50"``, ``"ap75"``, ``"n_gt"``. The "mAP" row holds the means over classes with
+    ``"coco_ap"``, ``"ap50"``, ``"ap75"``, ``"n_gt"`` and ``"box_error"`` (:func:`metrics.box_error_summary`). The "mAP" row holds the means over classes with
     ground truth; its ``best_threshold``, ``n_tp`` and ``n_fp`` are None (no common score cut).
     """
     thresholds = results["iou_thresholds"]
@@ -150,6 +173,8 @@ def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
         if results.get("score_threshold") is not None:
             row["at_score"] = {t: cls["thresholds"][t]["at_score"] for t in thresholds}
         row.update({key: cls[key] for key in ("miou", "n_miou", "coco_ap", "ap50", "ap75", "n_gt")})
+        if "box_error" in cls:
+            row["box_error"] = cls["box_error"]
         classes[name] = row
     mean = results["mean"]
     mean_row: dict[str, Any] = {key: dict(mean[key]) for key in ("ap", "f1", "precision", "recall")}

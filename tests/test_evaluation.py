@@ -110,6 +110,8 @@ def test_per_group_table(data, capsys):
     assert groups["tomoB"]["ap"] == 1.0 and groups["tomoB"]["f1"] == 1.0
     printed = capsys.readouterr().out
     assert "Per tomogram" in printed and "tomoA" in printed and "tomoB" in printed
+    assert "Box errors of the true positives at IoU 0.5" in printed
+    assert payload["classes"]["mito"]["box_error"]["n"] == payload["classes"]["mito"]["n_miou"]
 
 
 def test_per_group_table_reports_the_estimated_snr(data, capsys):

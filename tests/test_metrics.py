@@ -11,6 +11,7 @@ from conftest import det, obj
 
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.metrics import (
+    box_error_summary,
     evaluate,
     evaluate_by_group,
     match_detections,
@@ -173,6 +174,24 @@ def test_mean_iou_is_a_mean():
     assert cls["miou"] == pytest.approx(0.75) and cls["n_miou"] == 2
     assert cls["thresholds"][0.7]["mean_iou"] == pytest.approx(0.9)
     assert res["mean"]["miou"] == pytest.approx(0.75)
+
+
+def test_box_errors_of_true_positives_only():
+    """Signed errors are detection minus truth per side, over the TPs at the mean-IoU threshold; a
+    duplicate (FP) and a miss below IoU 0.5 do not count."""
+    gt = {"a": [obj(0, 0, 20, 20)], "b": [obj(10, 10, 30, 40)], "c": [obj(0, 0, 20, 20)]}
+    dets = [det("a", 2, 0, 22, 20, 0.9),       # shifted 2 px right: IoU 18/22
+            det("a", 0, 0, 20, 20, 0.8),       # duplicate of a: an FP, not counted
+            det("b", 10, 9, 30, 43, 0.7),      # 1 px higher, 3 px taller at the bottom
+            det("c", 15, 15, 35, 35, 0.6)]     # IoU 25/775: missed, not counted
+    err = evaluate(gt, dets, THRESHOLDS)["per_class"]["mito"]["box_error"]
+    assert err["n"] == 2
+    assert err["bias"] == pytest.approx([1.0, -0.5, 1.0, 1.5])
+    assert err["mean_abs"] == pytest.approx([1.0, 0.5, 1.0, 1.5])
+    assert err["centre_bias"] == pytest.approx([1.0, 0.5])     # a: (2, 0), b: (0, 1)
+    assert err["size_bias"] == pytest.approx([0.0, 2.0])       # a: (0, 0), b: (0, 4)
+    none = box_error_summary(np.full((3, 4), np.nan))
+    assert none["n"] == 0 and all(math.isnan(v) for v in none["bias"] + none["size_bias"])
 
 
 def test_best_f1_never_splits_tied_scores():

@@ -9,7 +9,13 @@ from conftest import det, obj
 
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.metrics import evaluate
-from keras_frcnn_cryo.reports import format_summary, plot_pr_curves, render_table, results_to_json
+from keras_frcnn_cryo.reports import (
+    format_box_errors,
+    format_summary,
+    plot_pr_curves,
+    render_table,
+    results_to_json,
+)
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -47,6 +53,18 @@ def test_summary_table_lists_classes_and_mean():
     assert md[-1].startswith("| mAP | 0.917")
     with pytest.raises(CryoError, match="not evaluated"):
         format_summary(res, table_iou=0.75)
+
+
+def test_box_error_table_one_row_per_class():
+    gt = {"a": [obj(0, 0, 20, 20)]}
+    res = evaluate(gt, [det("a", 2, 1, 22, 21, 0.9)], THRESHOLDS)
+    lines = format_box_errors(res).splitlines()
+    assert lines[0].split()[:3] == ["class", "TPs", "bias"]
+    assert lines[2].split() == ["mito", "1", "+2.00", "+1.00", "+2.00", "+1.00", "+2.00", "+1.00",
+                                "2.000", "1.000", "2.000", "1.000"]
+    empty = format_box_errors(_small_results()).splitlines()
+    assert any(line.split()[:3] == ["membrane", "0", "-"] for line in empty)   # no ground truth, no TP
+    assert json.loads(json.dumps(results_to_json(res)))["classes"]["mito"]["box_error"]["n"] == 1
 
 
 def test_render_table_aligns_numbers_right():
