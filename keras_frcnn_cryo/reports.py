@@ -158,8 +158,9 @@ def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
     ``{"iou_thresholds", "miou_iou_threshold", "score_threshold", "classes": {name: row}, "mAP": row}``
     where a row has ``"ap"``, ``"f1"``, ``"precision"``, ``"recall"``, ``"best_threshold"``,
     ``"n_tp"``, ``"n_fp"`` keyed by the IoU thresholds as strings ("0.5" ... "0.9"), and ``"miou"``,
-    ``"coco_ap"``, ``"ap50"``, ``"ap75"``, ``"n_gt"`` and ``"box_error"`` (:func:`metrics.box_error_summary`). The "mAP" row holds the means over classes with
-    ground truth; its ``best_threshold``, ``n_tp`` and ``n_fp`` are None (no common score cut).
+    ``"coco_ap"``, ``"ap50"``, ``"ap75"``, ``"n_gt"`` and ``"box_error"`` (:func:`metrics.box_error_summary`).
+    The "mAP" row holds the means over classes with ground truth; its ``best_threshold``, ``n_tp`` and
+    ``n_fp`` are None (no common score cut).
     """
     thresholds = results["iou_thresholds"]
     classes: dict[str, Any] = {}
