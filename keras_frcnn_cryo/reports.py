@@ -87,9 +87,7 @@ def format_box_errors(results: Mapping[str, Any], markdown: bool = False) -> str
               "|err| x1", "|err| y1", "|err| x2", "|err| y2"]
     rows = []
     for name in results["classes"]:
-        err = results["per_class"][name].get("box_error")
-        if err is None:
-            continue
+        err = results["per_class"][name]["box_error"]
         rows.append([name, str(err["n"]), *(f"{v:+.2f}" if math.isfinite(v) else "-" for v in
                                             [*err["bias"], *err["centre_bias"]]),
                      *(_num(v) for v in err["mean_abs"])])
@@ -173,9 +171,7 @@ def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
         }
         if results.get("score_threshold") is not None:
             row["at_score"] = {t: cls["thresholds"][t]["at_score"] for t in thresholds}
-        row.update({key: cls[key] for key in ("miou", "n_miou", "coco_ap", "ap50", "ap75", "n_gt")})
-        if "box_error" in cls:
-            row["box_error"] = cls["box_error"]
+        row.update({key: cls[key] for key in ("miou", "n_miou", "coco_ap", "ap50", "ap75", "n_gt", "box_error")})
         classes[name] = row
     mean = results["mean"]
     mean_row: dict[str, Any] = {key: dict(mean[key]) for key in ("ap", "f1", "precision", "recall")}
