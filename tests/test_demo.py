@@ -2,18 +2,27 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
+import pytest
 
 from keras_frcnn_cryo import demo
 
 
-def test_demo_writes_everything_it_promises(tmp_path, capsys):
+def test_demo_writes_everything_it_promises(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo_out"
+    # no --minutes: the training budget is what the allowance leaves after the time detection is
+    # measured to need; an allowance of 0 leaves the floor, shrunk here to 3 seconds
+    monkeypatch.setattr(demo, "DEMO_MINUTES", 0.0)
+    monkeypatch.setattr(demo, "MIN_TRAIN_MINUTES", 0.05)
     args = demo.build_parser().parse_args(["--out", str(out), "--tomograms", "4", "--size", "96", "--slices", "9",
-                                           "--slice-step", "3", "--minutes", "0.05"])
+                                           "--slice-step", "3"])
     assert demo.main(args) == 0
     printed = capsys.readouterr().out
+    budget = re.search(r"training budget ([0-9.]+) min: what is left of 0 min after [0-9.]+ min so far and "
+                       r"([0-9.]+) min reserved for detection on the 6 held-out slices", printed)
+    assert budget and float(budget.group(1)) == 0.05 and float(budget.group(2)) > 0, printed
     assert "done in" in printed and "montage.png" in printed
     for name in ("model/config.pickle", "model/model_frcnn.weights.h5", "predictions/detections.csv",
                  "evaluation/metrics.json", "evaluation/metrics.md", "montage.png"):
@@ -36,3 +45,12 @@ def test_demo_refuses_a_held_out_share_that_leaves_nothing_to_train(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "--test-tomograms" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "d").exists()
+
+
+def test_training_fills_what_the_allowance_leaves():
+    assert demo.training_minutes(5.0, 30.0, 30.0) == pytest.approx(4.0)
+    assert demo.training_minutes(5.0, 200.0, 100.0) == demo.MIN_TRAIN_MINUTES     # a slow machine: the floor
+
+
+def test_detection_time_of_no_images_is_zero():
+    assert demo.time_detection(None, []) == 0.0
