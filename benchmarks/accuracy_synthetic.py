@@ -51,6 +51,7 @@ VARIANTS = {
     **common.VARIANTS,
     "no-slabs": ["--input-channels", "repeat"],                     # one slice on the 3 channels
     "slab5": ["--input-slab", "5"],                                 # 5 slices per channel, not 3 (z-7..z+7)
+    "no-flips": ["--no-hf", "--no-vf", "--no-rot"],                 # no flips or quarter turns in training
     "iou-head": ["--set", "classifier_iou_head=true"],              # + IoU branch, scores weighted by it
     "cells": ["--set", "roi_pool_mode=cells"],                      # RoI windows rounded to 16-px cells
     "no-warmup": ["--lr-warmup", "0"],
