@@ -14,10 +14,10 @@ annotations.txt --time-budget M``: the default recipe for training from scratch 
 else. M is what is left of the five minutes once the data are generated and the time detection and
 evaluation take on this machine is reserved (:func:`time_detection`; ``--minutes`` sets M instead).
 From scratch the detector needs several hundred images: the 4.3 minutes a fast 2-core CPU trains
-see about 680 and give AP@0.5 0.76-0.80 on the held-out tomograms; a slow CPU sees fewer (the
-slowest we have seen trains 0.9 images per second), and there ``--minutes 12`` (about 670) is the
-run to judge the method by. Real data needs hours and a few hundred labelled slices (README.md,
-"Training"). BENCHMARKS.md, "The demo's learning curve", has the measured figures.
+see about 680 and gave AP@0.5 0.48-0.80 (median 0.76) on the held-out tomograms of seeds 0-4; a slow
+CPU sees fewer (the slowest we have seen trains 0.9 images per second), and there ``--minutes 12``
+(about 670 images) is the run to judge the method by. Real data needs hours and a few hundred
+labelled slices (README.md, "Training"). BENCHMARKS.md, "The demo's learning curve", has the measured figures.
 """
 from __future__ import annotations
 
