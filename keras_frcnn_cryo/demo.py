@@ -142,10 +142,10 @@ def main(args: argparse.Namespace) -> int:
 
 def time_detection(cfg: Config, paths: list[str]) -> float:
     """Seconds that steps 3-5 are expected to take on this machine: a detector of ``cfg`` with
-    untrained weights is built, run twice on the first of ``paths`` (the first call traces the graphs,
-    as the trained detector's first call will), and the second call's time counts for every further
-    path. Untrained, the RPN scores every proposal above the floor, so the head sees all of them: an
-    estimate from above."""
+    untrained weights is built and run twice on the first of ``paths`` (the first call traces the
+    graphs, as the trained detector's first call will); the estimate is the time to build and trace
+    plus the second call's time for every path. Untrained, the RPN scores every proposal above the
+    floor, so the head sees all of them: an estimate from above."""
     if not paths:
         return 0.0
     from .model import Detector
