@@ -96,16 +96,17 @@ def main(args: argparse.Namespace) -> int:
     cfg = recipes.config_for(annotation_path=ann_path, model_path=weights, seed=args.seed)
     cfg.test_fraction = test_fraction     # the split written with the data; recorded in config.pickle
     train_records, val_records = train.prepare(cfg)
+    splits.assign_splits(records, cfg.split_path, cfg.test_fraction, None, cfg.seed)   # the split prepare used
+    test_records = [r for r in records if r["imageset"] == "test"]
     minutes = args.minutes
     if minutes is None:
-        trained_on = {r["filepath"] for r in train_records + val_records}
-        held_out = [r["filepath"] for r in records if r["filepath"] not in trained_on]
-        reserve = RESERVE_FACTOR * time_detection(cfg, held_out)
+        reserve = RESERVE_FACTOR * time_detection(cfg, [r["filepath"] for r in test_records])
         set_seed(args.seed)     # the timing's throw-away model drew weights: training starts as with --minutes
-        minutes = training_minutes(DEMO_MINUTES, time.time() - started, reserve)
+        elapsed = time.time() - started
+        minutes = training_minutes(DEMO_MINUTES, elapsed, reserve)
         print(f"      training budget {minutes:.2f} min: what is left of {DEMO_MINUTES:g} min after "
-              f"{(time.time() - started) / 60:.2f} min so far and {reserve / 60:.2f} min reserved for detection on "
-              f"the {len(held_out)} held-out slices and the evaluation (--minutes sets it)")
+              f"{elapsed / 60:.2f} min so far and {reserve / 60:.2f} min reserved for detection on "
+              f"the {len(test_records)} held-out slices and the evaluation (--minutes sets it)")
     else:
         print(f"      training budget {minutes:g} min (--minutes)")
     fitted = train.fit(cfg, train_records, val_records, config_path, time_budget_min=minutes)
@@ -113,9 +114,6 @@ def main(args: argparse.Namespace) -> int:
 
     print("[3/5] detecting on the held-out tomograms' slices")
     cfg = load_config(config_path)
-    splits.assign_splits(records, cfg.split_path or splits.default_split_path(ann_path), cfg.test_fraction,
-                         None, cfg.seed)
-    test_records = [r for r in records if r["imageset"] == "test"]
     detector = predict.load_detector(config_path, weights)
     predict.predict_images(detector, [r["filepath"] for r in test_records], os.path.join(out, "predictions"),
                            threshold=cfg.eval_min_score, root=os.path.dirname(ann_path))
