@@ -37,6 +37,7 @@ VARIANTS = {
     "rois32": ["-n", "32"],                                         # 32 RoIs per step (the paper's)
     "conv5-1": ["--set", "resnet_blocks=[3,4,6,1]"],                # one residual block in the RoI head, not 3
     "zero-gamma": ["--set", "residual_zero_init=true"],             # residual blocks start as identities
+    "old-grid": ["--set", "feature_centre_px=8.0"],                # anchors and pooling at keras-frcnn's grid
 }
 # test-time options evaluated on the default model with --test-time: name -> measure_map --set values
 TEST_TIME = {

@@ -165,6 +165,7 @@ def manual_path(models, cfg) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndar
     import tensorflow as tf
 
     from keras_frcnn_cryo import preprocessing, roi_helpers
+    from keras_frcnn_cryo.anchors import to_feature_units
 
     rpn_fn = tf.function(lambda x: models.model_rpn(x, training=False), reduce_retracing=True)
     head_fn = tf.function(lambda f, r: models.classifier_head([f, r], training=False), reduce_retracing=True)
@@ -175,7 +176,7 @@ def manual_path(models, cfg) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndar
         rpn_cls = tf.cast(rpn_cls, tf.float32).numpy()
         rois, _ = roi_helpers.rpn_to_roi(rpn_cls[0], tf.cast(rpn_regr, tf.float32).numpy()[0], cfg,
                                          x_img.shape[1], x_img.shape[0], max_proposals=cfg.rpn_max_proposals_test)
-        rois_feat = tf.constant((rois / float(cfg.rpn_stride))[None], tf.float32)
+        rois_feat = tf.constant(to_feature_units(rois, cfg)[None], tf.float32)
         probs, _ = head_fn(features, rois_feat)
         return rpn_cls, tf.cast(probs, tf.float32).numpy()[0]
     return run

@@ -1,11 +1,14 @@
 """Anchors, the one home for them: feature-map size, anchor shapes and positions, anchor sizes fitted to boxes.
 
-numpy only. Anchor k of feature cell (row i, column j) is centred at ``((j + 0.5) * stride,
-(i + 0.5) * stride)`` in network-input pixels (boxes ``[x1, y1, x2, y2]``, x right, y down).
-:func:`generate_anchors` is the only place that says so: training targets
-(data_generators.calc_rpn) and decoding (roi_helpers.rpn_to_roi) both call it, so the two cannot
-disagree (keras-frcnn trained at ``stride * (i + 0.5)`` and decoded at ``stride * i``). The paper's
-k = 9 anchors are 128, 256 and 512 px times the ratios 1:1, 1:2 and 2:1 (Config defaults).
+numpy only. Feature cell (row i, column j) of the stride-16 map looks at network-input pixel
+``(c + j * stride, c + i * stride)``, ``c = Config.feature_centre_px`` (continuous coordinates, pixel
+p spans ``[p, p + 1)``; boxes ``[x1, y1, x2, y2]``, x right, y down): ResNet-50's paddings and strides
+put c at 0.5. :func:`cell_centres` is the only place that says so: anchors are centred there (training
+targets in data_generators.calc_rpn and targets_tf, decoding in roi_helpers.rpn_to_roi), and
+:func:`to_feature_units` maps pixel boxes to the RoI pooling's units so that it reads each cell at the
+same place (keras-frcnn trained at ``stride * (i + 0.5)`` and decoded at ``stride * i``, both 7.5 or
+8 px away from where the features look). The paper's k = 9 anchors are 128, 256 and 512 px times the
+ratios 1:1, 1:2 and 2:1 (Config defaults).
 """
 from __future__ import annotations
 
@@ -30,6 +33,28 @@ def get_feature_map_size(width: int, height: int, stride: int = Config.rpn_strid
     return int(math.ceil(width / stride)), int(math.ceil(height / stride))
 
 
+def cell_centres(count: int, cfg: Config) -> np.ndarray:
+    """(count,) float64 pixel positions of the centres of feature cells 0..count-1 along one axis:
+    ``cfg.feature_centre_px + k * cfg.rpn_stride`` (same along x and y)."""
+    return cfg.feature_centre_px + np.arange(count, dtype=np.float64) * cfg.rpn_stride
+
+
+def to_feature_units(boxes: Any, cfg: Config) -> Any:
+    """Boxes ``[..., 4]`` in network-input pixels -> the RoI pooling's feature-map units.
+
+    In those units cell k spans ``[k, k + 1)`` with its centre at ``k + 0.5``
+    (roi_pooling.py); the map is chosen so that pixel position :func:`cell_centres` ``[k]`` lands on
+    that centre: ``u = (x + stride / 2 - feature_centre_px) / stride``. Works on numpy arrays and
+    TensorFlow tensors alike (float in, float out).
+    """
+    return (boxes + (0.5 * cfg.rpn_stride - cfg.feature_centre_px)) / float(cfg.rpn_stride)
+
+
+def from_feature_units(rois: Any, cfg: Config) -> Any:
+    """The inverse of :func:`to_feature_units`: RoIs in feature-map units -> network-input pixels."""
+    return rois * float(cfg.rpn_stride) - (0.5 * cfg.rpn_stride - cfg.feature_centre_px)
+
+
 def anchor_shapes(cfg: Config) -> np.ndarray:
     """(K, 2) float64 anchor sizes ``[w, h]``, K = len(scales) * len(ratios).
 
@@ -47,12 +72,12 @@ def anchor_shapes(cfg: Config) -> np.ndarray:
 def generate_anchors(feat_w: int, feat_h: int, cfg: Config) -> np.ndarray:
     """(feat_h, feat_w, K, 4) float64 anchor boxes in network-input pixels.
 
-    Anchor k of cell (row i, column j) is centred at ``((j + 0.5) * cfg.rpn_stride,
-    (i + 0.5) * cfg.rpn_stride)`` with the size ``anchor_shapes(cfg)[k]``. Not clipped to the image.
+    Anchor k of cell (row i, column j) is centred at ``(cell_centres[j], cell_centres[i])`` with the
+    size ``anchor_shapes(cfg)[k]``. Not clipped to the image.
     """
     shapes = anchor_shapes(cfg)
-    centre_x = (np.arange(feat_w, dtype=np.float64) + 0.5) * cfg.rpn_stride
-    centre_y = (np.arange(feat_h, dtype=np.float64) + 0.5) * cfg.rpn_stride
+    centre_x = cell_centres(feat_w, cfg)
+    centre_y = cell_centres(feat_h, cfg)
     cx = centre_x[None, :, None]
     cy = centre_y[:, None, None]
     half_w = 0.5 * shapes[None, None, :, 0]

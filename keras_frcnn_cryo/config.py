@@ -239,6 +239,13 @@ class Config:
     # w:h aspect ratios; anchors are area-preserving (w * h = scale**2 for every ratio).
     anchor_box_ratios: list[list[float]] = field(default_factory=lambda: [[1.0, 1.0], [1.0, 2.0], [2.0, 1.0]])
     rpn_stride: int = 16                      # ResNet-50 conv4 output stride
+    # Where feature cell (0, 0) looks, in network-input pixels (continuous coordinates: pixel p spans
+    # [p, p + 1)); cell (i, j) is centred at (feature_centre_px + j * stride, feature_centre_px + i *
+    # stride). ResNet-50's padding and strides centre conv4's cell (i, j) on input pixel (16 i, 16 j),
+    # i.e. at 16 j + 0.5: anchors sit there and the RoI pooling reads the map there (anchors.py).
+    # keras-frcnn put both half a stride further (8 px), 7.5 px from what the features see; configs
+    # written before this field load with that value (LEGACY_DEFAULTS).
+    feature_centre_px: float = 0.5
     rpn_min_overlap: float = 0.3              # anchor IoU below this: negative
     rpn_max_overlap: float = 0.7              # anchor IoU above this: positive
     rpn_num_regions: int = 256                # anchors sampled per image for the RPN loss
@@ -532,7 +539,7 @@ def apply_overrides(cfg: Config, assignments: list[str] | None) -> list[str]:
 
 # Fields whose default changed the computation of a trained model: a stored config without the
 # field was trained (and must predict) with the value given here, not with today's default.
-LEGACY_DEFAULTS: dict[str, Any] = {"roi_pool_mode": "cells"}
+LEGACY_DEFAULTS: dict[str, Any] = {"roi_pool_mode": "cells", "feature_centre_px": 8.0}
 
 
 # ------------------------------------------------------------------------------------------

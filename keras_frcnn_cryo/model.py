@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import preprocessing, roi_helpers
+from .anchors import to_feature_units
 from .atomic import atomic_path
 from .boxes import VIEWS, BoxCoder, apply_regr, box_voting, clip_boxes, fuse_views, nms
 from .config import BG_CLASS, CHOICES, Config, check_choice
@@ -275,7 +276,7 @@ class Detector:
         Returns class probabilities (M, C), unscaled deltas (M, C - 1, 4) (classifier_regr_std
         undone) and the predicted IoU (M,) of each box with its object (None without the IoU head)."""
         cfg = self.cfg
-        rois_feat = (boxes / float(cfg.rpn_stride)).astype(np.float32)[None]
+        rois_feat = to_feature_units(boxes, cfg).astype(np.float32)[None]
         outputs = self._cls_fn(features, tf.convert_to_tensor(rois_feat))
         iou = outputs[2][0, :, 0].numpy().astype(np.float64) if len(outputs) > 2 else None
         deltas = BoxCoder.head(cfg).unweight(outputs[1][0].numpy().reshape(boxes.shape[0], -1, 4))

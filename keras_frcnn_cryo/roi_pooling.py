@@ -45,6 +45,9 @@ import tensorflow as tf
 # floor(log2(n)) for n >= 1 is computed by counting powers of two <= n; 2**30 cells is far beyond
 # any feature map.
 _MAX_LOG2 = 30
+# how far beyond the map (in cells) a bilinear RoI may reach before it is clipped: the edge padding
+# of one cell keeps every sample point of such a RoI on the padded map
+ROI_MARGIN_CELLS = 0.5
 
 
 def _bin_edges(low: tf.Tensor, high: tf.Tensor, size: tf.Tensor, pool_size: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -217,8 +220,9 @@ def roi_bilinear_max_pool(features: Any, rois: Any, pool_size: int, samples: int
     ``col + 0.5``). Window ``(i, j)`` spans ``x1 + j w / P .. x1 + (j + 1) w / P`` (likewise in y);
     its value is the maximum over ``samples x samples`` points at the centres of an even split of the
     window, each read by bilinear interpolation between the four nearest cell centres. The RoI is
-    first clipped to the map ``[0, W] x [0, H]`` (proposals and boxes always lie inside it; one
-    wholly outside shrinks onto the border), and points within half a cell of the border read the
+    first clipped to ``[-0.5, W + 0.5] x [-0.5, H + 0.5]``, the map and half a cell around it (a box
+    on the image's edge maps up to half a cell beyond the map, see anchors.to_feature_units; one
+    wholly outside shrinks onto that border), and points within a cell's half of the border read the
     border cells (the map is edge-padded by one cell). Returns (R, P, P, C) in the dtype of
     ``features``.
 
@@ -233,7 +237,7 @@ def roi_bilinear_max_pool(features: Any, rois: Any, pool_size: int, samples: int
     rois = tf.stop_gradient(tf.cast(tf.convert_to_tensor(rois), tf.float32))
     map_size = tf.cast(tf.shape(features)[:2], tf.float32)                   # (H, W)
     limits = tf.stack([map_size[1], map_size[0], map_size[1], map_size[0]])
-    rois = tf.clip_by_value(rois, 0.0, limits)
+    rois = tf.clip_by_value(rois, -ROI_MARGIN_CELLS, limits + ROI_MARGIN_CELLS)
     grid = pool_size * samples
 
     def sample_positions(low: tf.Tensor, high: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .anchors import anchor_shapes
+from .anchors import anchor_shapes, to_feature_units
 from .boxes import MAX_LOG_SCALE, BoxCoder
 from .config import Config
 
@@ -24,8 +24,8 @@ def generate_anchors(feat_h: tf.Tensor, feat_w: tf.Tensor, cfg: Config) -> tf.Te
     """(feat_h * feat_w * K, 4) anchors, rows in the order of anchors.generate_anchors(...).reshape(-1, 4)."""
     shapes = tf.constant(anchor_shapes(cfg), tf.float32)                      # (K, 2) [w, h]
     stride = float(cfg.rpn_stride)
-    centre_x = (tf.cast(tf.range(feat_w), tf.float32) + 0.5) * stride
-    centre_y = (tf.cast(tf.range(feat_h), tf.float32) + 0.5) * stride
+    centre_x = float(cfg.feature_centre_px) + tf.cast(tf.range(feat_w), tf.float32) * stride   # anchors.cell_centres
+    centre_y = float(cfg.feature_centre_px) + tf.cast(tf.range(feat_h), tf.float32) * stride
     cx = tf.broadcast_to(centre_x[None, :, None], tf.stack([feat_h, feat_w, tf.shape(shapes)[0]]))
     cy = tf.broadcast_to(centre_y[:, None, None], tf.shape(cx))
     half_w = 0.5 * shapes[None, None, :, 0]
@@ -197,7 +197,7 @@ def classifier_batch(rpn_cls: tf.Tensor, rpn_regr: tf.Tensor, gt_boxes: tf.Tenso
                                                                       num_classes)], axis=0)
         picked_regr = tf.concat([tf.gather(y_regr, idx), tf.zeros((num_far, 8 * (num_classes - 1)))], axis=0)
         picked_iou = tf.concat([tf.gather(ious, idx), far_iou], axis=0)
-        return (tf.concat([tf.gather(rois, idx), far], axis=0) / float(cfg.rpn_stride), picked_class, picked_regr,
+        return (to_feature_units(tf.concat([tf.gather(rois, idx), far], axis=0), cfg), picked_class, picked_regr,
                 picked_iou[:, None], tf.constant(1.0), tf.reduce_mean(1.0 - picked_class[:, -1]))
 
     return tf.cond(tf.shape(rois)[0] > 0, sampled, lambda: unused_batch(num_classes))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import losses, roi_helpers, targets_tf
+from .anchors import to_feature_units
 from .atomic import atomic_path
 from .config import Config, check_choice
 from .errors import CryoError
@@ -260,7 +261,7 @@ class Trainer:
         y_class = np.concatenate([y_class[idx], far_class])
         y_regr = np.concatenate([y_regr[idx], far_regr])
         ious = np.concatenate([ious[idx], far_iou])
-        rois_feat = (rois / float(cfg.rpn_stride)).astype(np.float32)
+        rois_feat = to_feature_units(rois, cfg).astype(np.float32)
         return (rois_feat[None], y_class.astype(np.float32)[None], y_regr.astype(np.float32)[None],
                 ious.astype(np.float32)[None, :, None], float(np.mean(y_class[:, -1] == 0)))
 

@@ -117,6 +117,19 @@ def test_configs_from_before_a_changed_default_keep_their_old_behaviour(tmp_path
     assert load_config(str(path)).roi_pool_mode == "bilinear"    # a stored value always wins
 
 
+def test_configs_from_before_the_feature_grid_field_keep_keras_frcnns_grid(tmp_path):
+    # models trained before feature_centre_px existed put anchors and pooling at stride / 2
+    cfg = Config(class_mapping={"mito": 0, "bg": 1})
+    del cfg.__dict__["feature_centre_px"]
+    path = tmp_path / "config.pickle"
+    path.write_bytes(pickle.dumps(cfg, protocol=4))
+    assert load_config(str(path)).feature_centre_px == 8.0
+    assert Config().feature_centre_px == 0.5
+    json_path = tmp_path / "config.json"
+    json_path.write_text(json.dumps({k: v for k, v in Config().to_dict().items() if k != "feature_centre_px"}))
+    assert load_config(str(json_path)).feature_centre_px == 8.0
+
+
 def test_overrides_by_field_name():
     from keras_frcnn_cryo.config import apply_overrides
     cfg = Config()

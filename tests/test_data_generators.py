@@ -41,7 +41,7 @@ def calc_rpn_reference(gt, img_width, img_height, cfg):
     for i in range(feat_h):
         for j in range(feat_w):
             for k, (width, height) in enumerate(shapes):
-                cx, cy = (j + 0.5) * stride, (i + 0.5) * stride
+                cx, cy = cfg.feature_centre_px + j * stride, cfg.feature_centre_px + i * stride
                 anchors[(i, j, k)] = (cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2)
 
     def inside(box):
@@ -138,11 +138,12 @@ def test_calc_rpn_matches_loop_reference(gt, width, height, ignore):
 
 
 def test_calc_rpn_forced_positive_ties():
-    # one 32-px anchor shape, stride 8: a 20x20 gt centred at (32, 28) lies inside exactly the two
-    # anchors centred at (28, 28) and (36, 28) -> they tie on best IoU (400/1024, no threshold
-    # reached) and both become positive; no other anchor does
+    # one 32-px anchor shape, stride 8 (cell centres at 0.5 + 8 k): a 20x20 gt centred at (28.5, 24.5)
+    # lies inside exactly the two anchors centred at (24.5, 24.5) and (32.5, 24.5) -> they tie on best
+    # IoU (400/1024, no threshold reached) and both become positive; no other anchor does
     cfg = small_cfg(anchor_box_scales=[32.0], anchor_box_ratios=[[1, 1]])
-    gt = np.array([[22.0, 18.0, 42.0, 38.0]])
+    assert cfg.feature_centre_px == 0.5
+    gt = np.array([[18.5, 14.5, 38.5, 34.5]])
     y_cls, _ = calc_rpn(gt, 64, 64, cfg, np.random.default_rng(0))
     _, positive = labels_from_output(y_cls, cfg)
     assert np.argwhere(positive).tolist() == [[3, 3, 0], [3, 4, 0]]

@@ -32,10 +32,10 @@ def test_rpn_to_roi_zero_regression_returns_anchor_centred_on_cell():
     cfg = small_cfg(rpn_max_proposals=1)
     feat_h, feat_w = 4, 5
     rpn_cls = np.zeros((feat_h, feat_w, 1))
-    rpn_cls[1, 2, 0] = 0.9  # row 1, column 2 -> centre ((2 + 0.5) * 16, (1 + 0.5) * 16) = (40, 24)
+    rpn_cls[1, 2, 0] = 0.9  # row 1, column 2 -> centre (2 * 16 + 0.5, 1 * 16 + 0.5) = (32.5, 16.5)
     rpn_regr = np.zeros((feat_h, feat_w, 4))
     rois, scores = rpn_to_roi(rpn_cls, rpn_regr, cfg, img_width=80, img_height=64)
-    np.testing.assert_allclose(rois, [[24.0, 8.0, 56.0, 40.0]])
+    np.testing.assert_allclose(rois, [[16.5, 0.5, 48.5, 32.5]])
     np.testing.assert_allclose(scores, [0.9])
 
 
@@ -45,11 +45,11 @@ def test_rpn_to_roi_decodes_scaled_regression_and_clips():
     rpn_cls[0, 0, 0, 0] = 0.8
     rpn_cls[0, 1, 1, 0] = 0.6
     rpn_regr = np.zeros((1, 2, 2, 4))
-    # anchor (0, 0) centred (8, 8), 32 x 32: move by +0.25 w in x, widen by e^0.5
-    rpn_regr[0, 0, 0] = np.array([0.25, 0.0, 0.5, 0.0]) * cfg.std_scaling
+    # anchor (0, 0) centred (0.5, 0.5), 32 x 32: move by +0.25 w in x, widen by e^0.1
+    rpn_regr[0, 0, 0] = np.array([0.25, 0.0, 0.1, 0.0]) * cfg.std_scaling
     rois, scores = rpn_to_roi(rpn_cls, rpn_regr, cfg, img_width=32, img_height=32)
-    width = 32 * math.exp(0.5)
-    expected_first = [max(0.0, 16 - width / 2), 0.0, min(32.0, 16 + width / 2), 24.0]
+    width, centre = 32 * math.exp(0.1), 0.5 + 0.25 * 32
+    expected_first = [max(0.0, centre - width / 2), 0.0, min(32.0, centre + width / 2), 16.5]
     np.testing.assert_allclose(rois[0], expected_first)
     assert rois.min() >= 0 and rois[:, [0, 2]].max() <= 32 and rois[:, [1, 3]].max() <= 32
     assert np.all(np.diff(scores) <= 0)
@@ -73,10 +73,11 @@ def test_rpn_to_roi_nms_and_empty():
     cfg = small_cfg(rpn_nms_overlap=0.4)
     rpn_cls = np.full((2, 2, 1), 0.5)
     rpn_regr = np.zeros((2, 2, 4))
-    # clipped anchors [0,0,24,24] [8,0,32,24] [0,8,24,32] [8,8,32,32]; equal scores keep cell order.
-    # The first suppresses its edge neighbours (IoU 0.5 > 0.4), not the diagonal one (IoU 2/7).
+    # anchors centred at 0.5 and 16.5, clipped: [0,0,16.5,16.5] [0.5,0,32,16.5] [0,0.5,16.5,32]
+    # [0.5,0.5,32,32]; equal scores keep cell order. The first suppresses its edge neighbours
+    # (IoU 0.5 > 0.4), not the diagonal one (IoU 0.25).
     rois, _ = rpn_to_roi(rpn_cls, rpn_regr, cfg, img_width=32, img_height=32)
-    np.testing.assert_allclose(rois, [[0, 0, 24, 24], [8, 8, 32, 32]])
+    np.testing.assert_allclose(rois, [[0, 0, 16.5, 16.5], [0.5, 0.5, 32, 32]])
     cfg.rpn_min_box_size = 100.0
     rois, scores = rpn_to_roi(rpn_cls, rpn_regr, cfg, img_width=32, img_height=32)
     assert rois.shape == (0, 4) and scores.shape == (0,)

@@ -185,10 +185,11 @@ def bilinear_at(features: np.ndarray, y: float, x: float) -> np.ndarray:
 
 
 def reference_bilinear(features: np.ndarray, rois: np.ndarray, pool_size: int, samples: int) -> np.ndarray:
-    """RoIs clipped to the map, then the max over samples x samples interpolated points per window."""
+    """RoIs clipped to the map and half a cell around it, then the max over samples x samples
+    interpolated points per window."""
     height, width = features.shape[:2]
     out = np.full((len(rois), pool_size, pool_size, features.shape[2]), -np.inf)
-    clipped = np.clip(rois.astype(np.float64), 0.0, [width, height, width, height])
+    clipped = np.clip(rois.astype(np.float64), -0.5, [width + 0.5, height + 0.5, width + 0.5, height + 0.5])
     for r, (x1, y1, x2, y2) in enumerate(clipped):
         for i in range(pool_size):
             for j in range(pool_size):

@@ -121,7 +121,7 @@ def test_classifier_batch_labels_every_sampled_roi_as_numpy_does():
         rpn_cls, rpn_regr, tf.constant(gts, tf.float32), tf.constant(labels), tf.constant([1, 2])))
     assert used == 1.0 and rois.shape == (8, 4)
     # each sampled RoI carries exactly the labels numpy's calc_iou gives it
-    ref = roi_helpers.calc_iou(rois * cfg.rpn_stride, gts, labels, cfg, cfg.num_classes)
+    ref = roi_helpers.calc_iou(anchors.from_feature_units(rois, cfg), gts, labels, cfg, cfg.num_classes)
     assert ref[0].shape[0] == 8
     np.testing.assert_allclose(y_class, ref[1], atol=1e-6)
     np.testing.assert_allclose(y_regr, ref[2], rtol=1e-3, atol=1e-3)
@@ -154,10 +154,10 @@ def test_classifier_batch_appends_the_hard_negatives():
     assert rois.shape == (8, 4) and out[4] == 1.0
     proposals, _ = targets_tf.rpn_to_roi(tf.constant(rpn_cls), tf.constant(rpn_regr), cfg, 160, 160)
     want, _ = roi_helpers.far_negatives(proposals.numpy(), gts, cfg)
-    np.testing.assert_allclose(rois[-3:] * cfg.rpn_stride, want, atol=1e-3)     # the last rows, best first
+    np.testing.assert_allclose(anchors.from_feature_units(rois[-3:], cfg), want, atol=1e-3)     # the last rows, best first
     assert np.all(y_class[-3:, -1] == 1.0) and not y_regr[-3:].any()
     assert np.all(y_iou[-3:, 0] < cfg.classifier_min_overlap)
-    assert np.all(iou_matrix(rois[:5] * cfg.rpn_stride, gts).max(axis=1) >= cfg.classifier_min_overlap - 1e-6)
+    assert np.all(iou_matrix(anchors.from_feature_units(rois[:5], cfg), gts).max(axis=1) >= cfg.classifier_min_overlap - 1e-6)
 
 
 def test_classifier_batch_without_labelled_rois_is_unused():

@@ -9,6 +9,7 @@ import pytest
 from conftest import RESNET50, TOY_ANCHORS, toy_config
 
 from keras_frcnn_cryo import annotations, data_generators, metrics, preprocessing, targets_tf, tomo_io
+from keras_frcnn_cryo.anchors import from_feature_units
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.model import Detector
 from keras_frcnn_cryo.simple_parser import get_data
@@ -207,7 +208,7 @@ def test_alternating_targets_end_with_the_hard_negatives():
     proposals, _ = roi_helpers.rpn_to_roi(p_cls[0], p_regr[0], cfg, shape[1], shape[0])
     far, far_iou = roi_helpers.far_negatives(proposals, boxes, cfg)
     assert far.shape[0] == 3
-    np.testing.assert_allclose(rois[0, -3:] * cfg.rpn_stride, far, rtol=1e-5)
+    np.testing.assert_allclose(from_feature_units(rois[0, -3:], cfg), far, rtol=1e-5)
     np.testing.assert_allclose(y_iou[0, -3:, 0], far_iou, atol=1e-6)
     assert np.all(y_class[0, -3:, -1] == 1.0) and not y_regr[0, -3:].any()
 
