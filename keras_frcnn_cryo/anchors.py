@@ -6,9 +6,10 @@ p spans ``[p, p + 1)``; boxes ``[x1, y1, x2, y2]``, x right, y down): ResNet-50'
 put c at 0.5. :func:`cell_centres` is the only place that says so: anchors are centred there (training
 targets in data_generators.calc_rpn and targets_tf, decoding in roi_helpers.rpn_to_roi), and
 :func:`to_feature_units` maps pixel boxes to the RoI pooling's units so that it reads each cell at the
-same place (keras-frcnn trained at ``stride * (i + 0.5)`` and decoded at ``stride * i``, both 7.5 or
-8 px away from where the features look). The paper's k = 9 anchors are 128, 256 and 512 px times the
-ratios 1:1, 1:2 and 2:1 (Config defaults).
+same place. keras-frcnn trained its RPN with anchors at ``stride * (i + 0.5)``, 7.5 px from where the
+features look, decoded proposals at ``stride * i`` and pooled cells as if centred at
+``stride * (i + 0.5)``; configs from before ``feature_centre_px`` existed keep ``stride / 2``. The
+paper's k = 9 anchors are 128, 256 and 512 px times the ratios 1:1, 1:2 and 2:1 (Config defaults).
 """
 from __future__ import annotations
 

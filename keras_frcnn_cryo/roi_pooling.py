@@ -14,8 +14,9 @@ pooling); this module computes max pooling for all RoIs at once, in one of two m
 * ``"cells"``: each window is widened outward to whole feature cells and max-pooled exactly (Fast
   R-CNN's RoI pooling), described below; the mode of models trained before version 0.2.
 
-Coordinates: RoIs are float ``[x1, y1, x2, y2]`` in FEATURE-MAP units (image pixels / stride),
-x right, y down; feature cell ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``.
+Coordinates: RoIs are float ``[x1, y1, x2, y2]`` in FEATURE-MAP units (image pixels mapped by
+anchors.to_feature_units, so that each cell's centre is where the backbone centres it), x right, y
+down; feature cell ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``.
 
 Bin definition of ``"cells"`` (for pool size P, along x; y is the same with H):
 
