@@ -149,16 +149,10 @@ def time_detection(cfg: Config, paths: list[str]) -> float:
     from .model import Detector
     started = time.time()
     detector = Detector(cfg)
-    source = tomo_io.image_source(cfg)
-    try:
-        image = source(paths[0])
-        pixel_size = tomo_io.image_pixel_size(paths[0])
-        detector.detect(image, min_score=cfg.eval_min_score, pixel_size_a=pixel_size)
-        first = time.time()
-        detector.detect(image, min_score=cfg.eval_min_score, pixel_size_a=pixel_size)
-        per_image = time.time() - first
-    finally:
-        source.close()
+    predict.detect_images(detector, paths[:1], cfg.eval_min_score, desc="timing detection")
+    first = time.time()
+    predict.detect_images(detector, paths[:1], cfg.eval_min_score, desc="timing detection")
+    per_image = time.time() - first
     return (first - started) + per_image * len(paths)
 
 
