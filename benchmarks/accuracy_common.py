@@ -38,6 +38,7 @@ VARIANTS = {
     "conv5-1": ["--set", "resnet_blocks=[3,4,6,1]"],                # one residual block in the RoI head, not 3
     "zero-gamma": ["--set", "residual_zero_init=true"],             # residual blocks start as identities
     "old-grid": ["--set", "feature_centre_px=8.0"],                # anchors and pooling at keras-frcnn's grid
+    "context": ["--set", "roi_context=1.2"],                       # RoIs pooled from their box x1.2
 }
 # test-time options evaluated on the default model with --test-time: name -> measure_map --set values
 TEST_TIME = {
@@ -171,6 +172,13 @@ def score(dets: list[dict], records: list[dict], classes: list[str], label: str,
     print(f"[{label}] {len(records)} images, {sum(len(v) for v in gt.values())} objects: {aps}  "
           f"COCO AP {result['mean']['coco_ap']:.3f}  F1@0.7 {result['mean']['f1'][0.7]:.3f}  "
           f"mIoU {result['mean']['miou']:.3f}", flush=True)
+    lost = {}
+    for name in classes:
+        err = result["per_class"][name]["errors"][0.7]
+        lost[name] = {**err["dap"], "missed": err["missed"]}
+        print(f"[{label}]   {name}: AP@0.7 gained by fixing localisation {err['dap']['localisation']:+.3f}, "
+              f"duplicates {err['dap']['duplicate']:+.3f}, background {err['dap']['background']:+.3f}; "
+              f"{err['missed']} objects with no box near", flush=True)
     for group in sorted(per_group):
         row = per_group[group]
         note = group_note(group) if group_note else ""
@@ -178,4 +186,4 @@ def score(dets: list[dict], records: list[dict], classes: list[str], label: str,
               flush=True)
     return {"ap": {str(t): result["mAP"][t] for t in IOUS}, "coco_ap": result["mean"]["coco_ap"],
             "f1@0.7": result["mean"]["f1"][0.7], "miou": result["mean"]["miou"],
-            "per_group": {g: per_group[g]["ap"] for g in per_group}}
+            "per_group": {g: per_group[g]["ap"] for g in per_group}, "lost@0.7": lost}

@@ -90,6 +90,7 @@ _RULES = {
     "[0,1)": (lambda v: 0.0 <= float(v) < 1.0, "must lie in [0, 1)"),
     "[0,0.5)": (lambda v: 0.0 <= float(v) < 0.5, "must lie in [0, 0.5)"),
     ">=0": (_non_negative, "must be a number >= 0"),
+    ">=1": (lambda v: _non_negative(v) and float(v) >= 1.0, "must be a number >= 1"),
 }
 FIELD_RULES: dict[str, str] = {
     **{name: "whole>=1" for name in (
@@ -103,6 +104,7 @@ FIELD_RULES: dict[str, str] = {
     **{name: ">=0" for name in (
         "track_max_centre_distance_frac", "aug_noise_max", "aug_blur_max_sigma", "aug_scale_range")},
     "track_extent_quantile": "[0,0.5)",
+    "roi_context": ">=1",
     "classifier_hard_negative_fraction": "[0,1)",
     **{name: ">0" for name in (
         "learning_rate", "std_scaling", "bilateral_sigma_r", "bilateral_sigma_d", "loss_epsilon")},
@@ -270,6 +272,10 @@ class Config:
     # RoI pooling; configs written before this field existed load with it).
     roi_pool_mode: str = "bilinear"
     roi_samples_per_bin: int = 2
+    # Each proposal is pooled from its box scaled by this factor about its centre (not in the
+    # paper, 1.0: the box itself): with 1.2 the 7x7 windows also cover a tenth of the box beyond
+    # each side, so the head sees an edge the proposal fell short of (roi_pooling.enlarge_rois).
+    roi_context: float = 1.0
     num_rois: int = 32                        # RoIs per classifier step (keras-frcnn -n)
     classifier_min_overlap: float = 0.1       # RoIs with IoU in [0.1, 0.5) are background
     classifier_max_overlap: float = 0.5       # RoIs with IoU >= 0.5 are positive

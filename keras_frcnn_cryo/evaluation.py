@@ -441,6 +441,8 @@ class Evaluation:
                              + reports.format_summary(run.results, iou, markdown=True)
                              + f"\n\n### {reports.box_errors_title(run.results)}\n\n"
                              + reports.format_box_errors(run.results, markdown=True)
+                             + f"\n\n### {reports.error_breakdown_title(run.results, iou)}\n\n"
+                             + reports.format_error_breakdown(run.results, iou, markdown=True)
                              + f"\n\n### Per tomogram (image group), IoU {iou:g}\n\n"
                              + reports.format_group_table(run.by_group, iou, markdown=True))
             else:
@@ -448,6 +450,8 @@ class Evaluation:
                              + reports.format_summary(run.results, iou)
                              + f"\n\n{reports.box_errors_title(run.results)}\n"
                              + reports.format_box_errors(run.results)
+                             + f"\n\n{reports.error_breakdown_title(run.results, iou)}\n"
+                             + reports.format_error_breakdown(run.results, iou)
                              + f"\n\nPer tomogram (image group), IoU {iou:g}\n"
                              + reports.format_group_table(run.by_group, iou))
         if len(self.runs) > 1:

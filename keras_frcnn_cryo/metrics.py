@@ -34,6 +34,12 @@ Definitions (the ancestors' code got two of them wrong, fixes 7 and 12 in docs/f
   with the highest IoU >= t, preferring non-difficult boxes (difficult ones play COCO's "ignore"
   role: a detection matched to one is ignored); precision interpolated at 101 recall points,
   averaged over IoU 0.50:0.05:0.95 (``coco_ap``), and reported at 0.5 (``ap50``) and 0.75 (``ap75``).
+* **Where AP is lost** (``errors``, :func:`error_breakdown`, after Bolya et al.'s TIDE, 2020): at each
+  IoU threshold t every false positive is *localisation* (its nearest box, IoU in [0.1, t)),
+  *duplicate* (IoU >= t with a box already taken) or *background* (IoU < 0.1 with every box); each
+  kind's ``dap`` is the AP gained when those errors are fixed (localisation: boxes that reach IoU 0.1
+  count as placed right; duplicates and background: those detections are dropped), counted at the
+  best-F1 score cut too, with the objects no detection comes near (``missed``).
 * **Means over classes** (the ``"mAP"``/``"mean"`` rows): the unweighted mean of the class values
   over the classes that have ground truth (a class's ``nan`` values are skipped).
 """
@@ -57,6 +63,7 @@ __all__ = [
     "coco_evaluate_class",
     "evaluate",
     "evaluate_by_group",
+    "error_breakdown",
     "threshold_key",
 ]
 
@@ -68,6 +75,8 @@ COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) 
 COCO_RECALL_POINTS = np.linspace(0.0, 1.0, int(np.round((1.0 - 0.0) / 0.01)) + 1, endpoint=True)
 _COCO_MAX_DETECTIONS = 100
 _BOX_KEYS = ("x1", "y1", "x2", "y2")
+# Below this IoU with every object a false positive is "background" (TIDE's background threshold).
+ERROR_IOU_FLOOR = 0.1
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,6 +248,54 @@ def match_detections(gt: GroundTruth, detections: Detections, class_name: str, i
     ``n_gt`` (non-difficult boxes of the class) and ``iou_threshold``.
     """
     return _VocPrepared(gt, detections, class_name).match(iou_threshold)
+
+
+def _ap_without(match: dict[str, Any], drop: np.ndarray) -> float:
+    """VOC AP of ``match`` (a :meth:`_VocPrepared.match` dict) with the detections in ``drop`` left out."""
+    kept = {key: match[key][~drop] for key in ("scores", "tp", "fp", "ignored")}
+    _, _, _, precision, recall = _pr_curve({**kept, "n_gt": match["n_gt"]})
+    return voc_ap(recall, precision)
+
+
+def error_breakdown(prepared: _VocPrepared, iou_threshold: float, floor: float = ERROR_IOU_FLOOR) -> dict[str, Any]:
+    """What keeps one class's AP at ``iou_threshold`` below 1 (see the module docstring).
+
+    Returns ``{"ap": AP, "dap": {"localisation", "duplicate", "background": AP gained by fixing that
+    kind}, "missed": objects that no detection (any score) has as its nearest box at IoU >= floor,
+    "at_best_f1": {"score_threshold", "tp", "localisation", "duplicate", "background": detection
+    counts at the best-F1 score cut, "missed": objects left without a TP there}}`` (nan AP and
+    dAPs without ground truth).
+    """
+    match = prepared.match(iou_threshold)
+    n_gt = match["n_gt"]
+    near = (prepared.best_gt >= 0) & (prepared.best_iou >= floor)
+    duplicate = match["fp"] & near & (prepared.best_iou >= iou_threshold)
+    background = match["fp"] & ~near
+    localisation = match["fp"] & near & ~duplicate
+    scores, ctp, cfp, precision, recall = _pr_curve(match)
+    best = _best_f1(scores, ctp, cfp, n_gt)
+    cut = best["best_threshold"]
+    at_cut = (match["scores"] >= cut) if math.isfinite(cut) else np.zeros(len(match["scores"]), bool)
+    reached = np.zeros(prepared.n_gt_boxes, dtype=bool)
+    reached[prepared.best_gt[near & ~prepared.best_difficult]] = True
+    if n_gt > 0:
+        ap = voc_ap(recall, precision)
+        loose = _pr_curve(prepared.match(floor))
+        dap = {"localisation": voc_ap(loose[4], loose[3]) - ap,
+               "duplicate": _ap_without(match, duplicate) - ap,
+               "background": _ap_without(match, background) - ap}
+    else:
+        ap, dap = math.nan, {key: math.nan for key in ("localisation", "duplicate", "background")}
+    return {
+        "ap": ap,
+        "dap": dap,
+        "missed": int(n_gt - int(reached.sum())),
+        "at_best_f1": {"score_threshold": cut, "tp": int((match["tp"] & at_cut).sum()),
+                       "localisation": int((localisation & at_cut).sum()),
+                       "duplicate": int((duplicate & at_cut).sum()),
+                       "background": int((background & at_cut).sum()),
+                       "missed": int(n_gt - int((match["tp"] & at_cut).sum()))},
+    }
 
 
 def voc_ap(recall: Sequence[float] | np.ndarray, precision: Sequence[float] | np.ndarray) -> float:
@@ -443,7 +500,7 @@ def evaluate(gt: GroundTruth, detections: Detections,
          "score_threshold": float | None,
          "per_class": {name: {"n_gt": int, "miou": float, "n_miou": int, "box_error": dict,
                               "coco_ap", "ap50", "ap75": float, "coco_ap_per_threshold": float64 (10,),
-                              "thresholds": {t: entry}}},
+                              "thresholds": {t: entry}, "errors": {t: error_breakdown(...)}}},
          "mAP": {t: float},
          "mean": {"ap", "f1", "precision", "recall": {t: float}, "miou", "coco_ap", "ap50", "ap75": float}}
 
@@ -498,6 +555,7 @@ def evaluate(gt: GroundTruth, detections: Detections,
             "coco_ap_per_threshold": coco["ap"],
             **_coco_summary(coco["ap"], coco["iou_thresholds"]),
             "thresholds": entries,
+            "errors": {t: error_breakdown(prepared, t) for t in thresholds},
         }
     valid = [name for name in class_names if per_class[name]["n_gt"] > 0]
 

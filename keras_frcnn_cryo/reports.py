@@ -94,6 +94,34 @@ def format_box_errors(results: Mapping[str, Any], markdown: bool = False) -> str
     return render_table(header, rows, markdown)
 
 
+def format_error_breakdown(results: Mapping[str, Any], table_iou: float = PAPER_TABLE_IOU,
+                           markdown: bool = False) -> str:
+    """Where each class loses AP at ``table_iou`` (:func:`metrics.error_breakdown`): AP, the AP gained
+    by fixing localisation, duplicate and background errors, the objects no detection came near, and
+    the same kinds counted among the detections kept at the best-F1 score cut."""
+    t = threshold_key(results, table_iou)
+    header = ["class", f"AP@{t:g}", "+loc", "+dup", "+bg", "missed", "score cut", "TP", "loc", "dup", "bg",
+              "not found"]
+    rows = []
+    for name in results["classes"]:
+        err = results["per_class"][name].get("errors", {}).get(t)
+        if err is None or results["per_class"][name]["n_gt"] == 0:
+            continue
+        cut = err["at_best_f1"]
+        rows.append([name, _num(err["ap"]), *(f"{err['dap'][k]:+.3f}" for k in ("localisation", "duplicate", "background")),
+                     str(err["missed"]), _num(cut["score_threshold"]),
+                     *(str(cut[k]) for k in ("tp", "localisation", "duplicate", "background", "missed"))])
+    return render_table(header, rows, markdown)
+
+
+def error_breakdown_title(results: Mapping[str, Any], table_iou: float = PAPER_TABLE_IOU) -> str:
+    """Heading of the :func:`format_error_breakdown` table."""
+    t = threshold_key(results, table_iou)
+    return (f"Where AP@{t:g} is lost: AP gained by fixing each kind of false positive (loc: nearest object at IoU "
+            f"0.1-{t:g}; dup: a second box on an object; bg: IoU < 0.1 with every object); objects no detection came "
+            "near; the kinds counted at the best-F1 score cut (not found: objects without a TP there)")
+
+
 def box_errors_title(results: Mapping[str, Any]) -> str:
     """Heading of the :func:`format_box_errors` table."""
     return (f"Box errors of the true positives at IoU {results['miou_iou_threshold']:g} (detection minus truth, "
@@ -156,7 +184,8 @@ def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
     ``{"iou_thresholds", "miou_iou_threshold", "score_threshold", "classes": {name: row}, "mAP": row}``
     where a row has ``"ap"``, ``"f1"``, ``"precision"``, ``"recall"``, ``"best_threshold"``,
     ``"n_tp"``, ``"n_fp"`` keyed by the IoU thresholds as strings ("0.5" ... "0.9"), and ``"miou"``,
-    ``"coco_ap"``, ``"ap50"``, ``"ap75"``, ``"n_gt"`` and ``"box_error"`` (:func:`metrics.box_error_summary`).
+    ``"coco_ap"``, ``"ap50"``, ``"ap75"``, ``"n_gt"``, ``"box_error"`` (:func:`metrics.box_error_summary`)
+    and ``"errors"`` (:func:`metrics.error_breakdown` per threshold).
     The "mAP" row holds the means over classes with ground truth; its ``best_threshold``, ``n_tp`` and
     ``n_fp`` are None (no common score cut).
     """
@@ -172,6 +201,8 @@ def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
         if results.get("score_threshold") is not None:
             row["at_score"] = {t: cls["thresholds"][t]["at_score"] for t in thresholds}
         row.update({key: cls[key] for key in ("miou", "n_miou", "coco_ap", "ap50", "ap75", "n_gt", "box_error")})
+        if "errors" in cls:
+            row["errors"] = {t: cls["errors"][t] for t in thresholds}
         classes[name] = row
     mean = results["mean"]
     mean_row: dict[str, Any] = {key: dict(mean[key]) for key in ("ap", "f1", "precision", "recall")}

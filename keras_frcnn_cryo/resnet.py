@@ -264,19 +264,19 @@ class UnfoldRois(keras.layers.Layer):
 def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, norm: str = "group",
                groups: int = 32, trainable: bool = True, pool_mode: str = "bilinear",
                pool_samples: int = 2, iou_head: bool = False, zero_init_residual: bool = False,
-               blocks: int = RESNET50_BLOCKS[3]) -> list[Any]:
+               blocks: int = RESNET50_BLOCKS[3], pool_context: float = 1.0) -> list[Any]:
     """Detection head: RoI max pooling, conv5_x on all RoIs as one batch, two dense outputs.
 
     base: (1, h, w, 1024) feature map; input_rois: (1, R, 4) float ``[x1, y1, x2, y2]`` in
     feature-map units (R may be None); nb_classes includes the background (last); pool_mode and
-    pool_samples: see roi_pooling.RoiPoolingConv; blocks: residual blocks in conv5_x.
+    pool_samples and pool_context: see roi_pooling.RoiPoolingConv; blocks: residual blocks in conv5_x.
     Returns [out_class (1, R, nb_classes) softmax, out_regr (1, R, 4 * (nb_classes - 1)) linear],
     layers "dense_class_{nb_classes}" and "dense_regress_{nb_classes}", both computing in float32
     whatever the dtype policy (see OUTPUT_DTYPE); with ``iou_head`` a third output out_iou (1, R, 1),
     sigmoid, layer "dense_iou": the predicted IoU of each RoI with the object it lies on (0 on
     background), which ranks detections by how well they are placed (Config.classifier_iou_head).
     """
-    pooled = RoiPoolingConv(pool_size, mode=pool_mode, samples=pool_samples,
+    pooled = RoiPoolingConv(pool_size, mode=pool_mode, samples=pool_samples, context=pool_context,
                             name="roi_pooling_conv")([base, input_rois])                # (1, R, P, P, C)
     crops = FoldRois(name="fold_rois")(pooled)                                         # (R, P, P, C)
     features = classifier_layers(crops, norm=norm, groups=groups, trainable=trainable,

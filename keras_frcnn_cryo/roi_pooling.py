@@ -298,6 +298,20 @@ def roi_bilinear_max_pool(features: Any, rois: Any, pool_size: int, samples: int
 POOL_MODES = ("bilinear", "cells")
 
 
+def enlarge_rois(rois: Any, context: float) -> tf.Tensor:
+    """RoIs (R, 4) float ``[x1, y1, x2, y2]`` scaled by ``context`` about their centres (same units).
+
+    ``context`` 1 returns them unchanged; 1.2 widens each side by a tenth of the RoI's width or
+    height, so the pooled windows also cover what lies just outside the proposal (Config.roi_context).
+    """
+    rois = tf.convert_to_tensor(rois)
+    if context == 1.0:
+        return rois
+    centre = 0.5 * (rois[..., :2] + rois[..., 2:])
+    half = (0.5 * float(context)) * (rois[..., 2:] - rois[..., :2])
+    return tf.concat([centre - half, centre + half], axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
 class RoiPoolingConv(keras.layers.Layer):
     """RoI max pooling layer (name kept from keras-frcnn).
@@ -307,12 +321,16 @@ class RoiPoolingConv(keras.layers.Layer):
     layer's compute dtype (float32, or bfloat16 under "mixed_bfloat16"; the RoIs stay float32).
     ``mode`` is one of :data:`POOL_MODES` ("bilinear": :func:`roi_bilinear_max_pool` with
     ``samples`` x ``samples`` points per window; "cells": :func:`roi_max_pool`). Only batch size 1 is
-    supported (one image per step, as in keras-frcnn). Neither mode compiles with XLA on a CPU
+    supported (one image per step, as in keras-frcnn). With ``context`` c > 1 each RoI is first
+    scaled by c about its centre (:func:`enlarge_rois`): the head then sees the proposal's
+    surroundings too, where an edge the proposal missed lies (regression targets stay relative to the
+    RoI as given). Neither mode compiles with XLA on a CPU
     ("cells" has data-dependent shapes, "bilinear" uses CropAndResize, which XLA's CPU backend
     lacks), so the layer opts out of it (``supports_jit`` False).
     """
 
-    def __init__(self, pool_size: int, mode: str = "bilinear", samples: int = 2, **kwargs: Any) -> None:
+    def __init__(self, pool_size: int, mode: str = "bilinear", samples: int = 2, context: float = 1.0,
+                 **kwargs: Any) -> None:
         # no autocast: under a mixed-precision policy the RoI coordinates stay float32
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
@@ -320,14 +338,18 @@ class RoiPoolingConv(keras.layers.Layer):
             raise ValueError(f"unknown RoI pooling mode {mode!r} (use one of {', '.join(POOL_MODES)})")
         if int(samples) < 1:
             raise ValueError(f"samples per window must be >= 1, got {samples}")
+        if not float(context) >= 1.0:
+            raise ValueError(f"RoI context must be >= 1, got {context}")
         self.pool_size = int(pool_size)
         self.mode = mode
         self.samples = int(samples)
+        self.context = float(context)
         self.supports_jit = False
 
     def call(self, inputs: list[Any]) -> tf.Tensor:  # noqa: D102
         features, rois = inputs
         features = tf.cast(features, self.compute_dtype)
+        rois = enlarge_rois(tf.cast(rois, tf.float32), self.context)
         if self.mode == "cells":
             return roi_max_pool(features[0], rois[0], self.pool_size)[None]
         return roi_bilinear_max_pool(features[0], rois[0], self.pool_size, self.samples)[None]
@@ -338,5 +360,5 @@ class RoiPoolingConv(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:  # noqa: D102
         config = super().get_config()
-        config.update({"pool_size": self.pool_size, "mode": self.mode, "samples": self.samples})
+        config.update({"pool_size": self.pool_size, "mode": self.mode, "samples": self.samples, "context": self.context})
         return config

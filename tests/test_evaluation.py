@@ -111,6 +111,8 @@ def test_per_group_table(data, capsys):
     printed = capsys.readouterr().out
     assert "Per tomogram" in printed and "tomoA" in printed and "tomoB" in printed
     assert "Box errors of the true positives at IoU 0.5" in printed
+    assert "Where AP@0.7 is lost" in printed
+    assert payload["classes"]["mito"]["errors"]["0.7"]["ap"] == pytest.approx(payload["classes"]["mito"]["ap"]["0.7"])
     assert payload["classes"]["mito"]["box_error"]["n"] == payload["classes"]["mito"]["n_miou"]
 
 

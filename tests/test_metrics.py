@@ -194,6 +194,31 @@ def test_box_errors_of_true_positives_only():
     assert none["n"] == 0 and all(math.isnan(v) for v in none["bias"] + none["size_bias"])
 
 
+def test_error_breakdown_hand_example():
+    """Each kind of false positive and the AP its fix gains, computed by hand at IoU 0.7."""
+    gt = {"a": [obj(0, 0, 10, 10), obj(20, 20, 30, 30)], "b": [obj(0, 0, 10, 10)], "c": [obj(0, 0, 10, 10)]}
+    dets = [det("a", 0, 0, 10, 10, 0.9),       # TP
+            det("a", 0, 0, 10, 9, 0.8),        # IoU 0.9 with the taken box: duplicate
+            det("b", 0, 0, 10, 5, 0.7),        # IoU 0.5: localisation
+            det("a", 20, 20, 30, 30, 0.65),    # TP
+            det("a", 50, 50, 60, 60, 0.6),     # background
+            det("z", 0, 0, 10, 10, 0.1)]       # an image without objects: background
+    err = evaluate(gt, dets, THRESHOLDS)["per_class"]["mito"]["errors"][0.7]
+    # 4 objects; TP FP FP TP FP FP: AP = 1/4 * 1 + 1/4 * 1/2
+    assert err["ap"] == pytest.approx(0.375)
+    # localisation fixed (matched at 0.1): TP FP TP TP FP FP -> 1/4 + 1/4 * 3/4 + 1/4 * 3/4
+    assert err["dap"]["localisation"] == pytest.approx(0.625 - 0.375)
+    # duplicate dropped: TP FP TP FP FP -> 1/4 + 1/4 * 2/3
+    assert err["dap"]["duplicate"] == pytest.approx(0.25 + 0.25 * 2 / 3 - 0.375)
+    assert err["dap"]["background"] == pytest.approx(0.0)   # both come after the last TP
+    assert err["missed"] == 1                               # image c: nothing near its object
+    # best F1 at the cut 0.65 (P 2/4, R 2/4): the duplicate and the loose box are kept, the background not
+    assert err["at_best_f1"] == {"score_threshold": pytest.approx(0.65), "tp": 2, "localisation": 1,
+                                 "duplicate": 1, "background": 0, "missed": 2}
+    none = evaluate({}, [det("a", 0, 0, 5, 5, 0.5)], THRESHOLDS)["per_class"]["mito"]["errors"][0.5]
+    assert math.isnan(none["ap"]) and none["at_best_f1"]["background"] == 0
+
+
 def test_best_f1_never_splits_tied_scores():
     gt = {"a": [obj(0, 0, 10, 10)]}
     dets = [det("a", 0, 0, 10, 10, 0.5), det("a", 40, 40, 50, 50, 0.5)]  # TP listed first, same score

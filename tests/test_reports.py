@@ -11,6 +11,7 @@ from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.metrics import evaluate
 from keras_frcnn_cryo.reports import (
     format_box_errors,
+    format_error_breakdown,
     format_summary,
     plot_pr_curves,
     render_table,
@@ -65,6 +66,18 @@ def test_box_error_table_one_row_per_class():
     empty = format_box_errors(_small_results()).splitlines()
     assert any(line.split()[:3] == ["membrane", "0", "-"] for line in empty)   # no ground truth, no TP
     assert json.loads(json.dumps(results_to_json(res)))["classes"]["mito"]["box_error"]["n"] == 1
+
+
+def test_error_breakdown_table_one_row_per_class_with_objects():
+    res = _small_results()
+    lines = format_error_breakdown(res, table_iou=0.5).splitlines()
+    assert lines[0].split() == ["class", "AP@0.5", "+loc", "+dup", "+bg", "missed", "score", "cut", "TP", "loc",
+                                "dup", "bg", "not", "found"]
+    # mito: TP, background FP, TP; dropping the FP gives AP 1
+    assert lines[2].split() == ["mito", "0.833", "+0.000", "+0.000", "+0.167", "0", "0.700", "2", "0", "0", "1", "0"]
+    assert not any(line.startswith("membrane") for line in lines)      # no objects: no row
+    errors = json.loads(json.dumps(results_to_json(res)))["classes"]["mito"]["errors"]["0.5"]
+    assert errors["dap"]["background"] == pytest.approx(1.0 / 6.0)
 
 
 def test_render_table_aligns_numbers_right():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_frcnn_cryo.roi_pooling import RoiPoolingConv, roi_bilinear_max_pool, roi_max_pool
+from keras_frcnn_cryo.roi_pooling import RoiPoolingConv, enlarge_rois, roi_bilinear_max_pool, roi_max_pool
 
 
 def reference_bins(low: float, high: float, size: int, pool_size: int) -> list[tuple[int, int]]:
@@ -284,3 +284,24 @@ def test_bilinear_layer_handles_border_and_empty_rois() -> None:
     np.testing.assert_allclose(in_graph(features[0], rois[0]).numpy(), out[0], atol=1e-5)
     with pytest.raises(ValueError, match="unknown RoI pooling mode"):
         RoiPoolingConv(3, mode="average")
+
+
+def test_context_pools_the_box_scaled_about_its_centre() -> None:
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(1, 12, 14, 4)).astype(np.float32)
+    rois = np.array([[[3.0, 2.0, 8.0, 7.0], [1.0, 4.0, 11.0, 6.0]]], np.float32)
+    # x 3..8 (centre 5.5, width 5) scaled by 1.2 -> 2.5..8.5; y 2..7 -> 1.5..7.5; likewise the second
+    by_hand = np.array([[2.5, 1.5, 8.5, 7.5], [0.0, 3.8, 12.0, 6.2]], np.float32)
+    np.testing.assert_allclose(enlarge_rois(rois[0], 1.2).numpy(), by_hand, atol=1e-6)
+    for mode in ("bilinear", "cells"):
+        layer = RoiPoolingConv(3, mode=mode, context=1.2)
+        clone = RoiPoolingConv.from_config(layer.get_config())
+        assert clone.context == 1.2
+        plain = RoiPoolingConv(3, mode=mode)
+        np.testing.assert_allclose(clone([features, rois]).numpy(), plain([features, by_hand[None]]).numpy(),
+                                   atol=1e-5)
+        # the wider window sees more: it differs from pooling the box itself
+        assert not np.allclose(layer([features, rois]).numpy(), plain([features, rois]).numpy())
+    np.testing.assert_array_equal(enlarge_rois(rois[0], 1.0).numpy(), rois[0])
+    with pytest.raises(ValueError, match="RoI context must be >= 1"):
+        RoiPoolingConv(3, context=0.9)
