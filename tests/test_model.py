@@ -189,3 +189,19 @@ def test_imagenet_weights_come_from_the_cache_or_stop_offline(tmp_path, monkeypa
     cached.parent.mkdir()
     cached.write_bytes(b"h5")
     assert model_mod.fetch_imagenet_weights() == str(cached)
+
+
+def test_roi_context_reaches_the_head(models):
+    """Config.roi_context: the head of a model built with 1.2 scores each RoI as the plain head (same
+    weights) scores that RoI scaled by 1.2 about its centre."""
+    cfg = toy_config()
+    cfg.roi_context = 1.2
+    wide = model_mod.build_models(cfg)
+    wide.model_all.set_weights(models.model_all.get_weights())
+    feats = np.random.default_rng(1).normal(size=(1, 6, 5, 1024)).astype(np.float32)
+    rois = np.array([[[1, 1, 3, 4], [0.5, 2, 4.5, 3]]], np.float32)
+    scaled = np.array([[[0.8, 0.7, 3.2, 4.3], [0.1, 1.9, 4.9, 3.1]]], np.float32)
+    for got, want in zip(wide.classifier_head([feats, rois]), models.classifier_head([feats, scaled])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+    plain = models.classifier_head([feats, rois])[1]
+    assert not np.allclose(np.asarray(wide.classifier_head([feats, rois])[1]), np.asarray(plain))
