@@ -1,7 +1,7 @@
 """Per-image training-iteration time and prediction time at given input sizes, on this machine.
 
     python benchmarks/speed_train_predict.py --sizes 600 300 --steps 8 --predict 10 \
-        [--modes alternating joint] [--norms group frozen_bn] [--adam fused keras]
+        [--modes alternating joint] [--norms group frozen_bn] [--adam fused keras] [--groupnorm ours keras]
 
 For each size: a synthetic cryo-ET slice (from keras_frcnn_cryo.synthetic) resized to that shorter
 side; the detector's first training iteration (which traces the compiled steps) and its training
@@ -12,7 +12,9 @@ normalisation (group: from scratch; frozen_bn: as with ImageNet weights); predic
 300 proposals through the conv5 head, NMS) timed over ``--predict`` calls after warm-up; and, as a
 reference measured in the same run, one Adam training step of a bare keras.applications ResNet-50
 (include_top=False, weights=None) at the same size. Medians are printed in seconds.
-``--adam keras`` also times the detector's training with stock keras.optimizers.Adam in place of the
+``--groupnorm keras`` also times the GroupNorm rows with keras.layers.GroupNormalization in place of
+the package's resnet.GroupNormalization (same weights and values, statistics per channel): the peer
+in the same run. ``--adam keras`` also times the detector's training with stock keras.optimizers.Adam in place of the
 package's optimizer.FusedAdam (same formula, one fused kernel per variable): the peer in the same run.
 """
 from __future__ import annotations
@@ -70,11 +72,14 @@ def main() -> None:
     parser.add_argument("--norms", nargs="+", default=["group", "frozen_bn"], choices=["group", "frozen_bn", "batch", "ws"])
     parser.add_argument("--adam", nargs="+", default=["fused"], choices=["fused", "keras"],
                         help="optimiser of the timed training: the package's FusedAdam and/or stock Keras Adam")
+    parser.add_argument("--groupnorm", nargs="+", default=["ours"], choices=["ours", "keras"],
+                        help="GroupNorm layer of the group rows: the package's and/or keras.layers.GroupNormalization")
     args = parser.parse_args()
     set_seed(0)
     import keras
 
     from keras_frcnn_cryo.hardware import cpu_description
+    from keras_frcnn_cryo import resnet
     from keras_frcnn_cryo.model import Detector
     from keras_frcnn_cryo.train import Trainer
 
@@ -95,11 +100,15 @@ def main() -> None:
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load {os.getloadavg()}; image {image.shape[1]}x{image.shape[0]} "
           f"float32 with {len(boxes)} mitochondria")
     print(cpu_description())
-    print(f"{'size':>5} {'mode':>12} {'norm':>10} {'adam':>6} {'first iter (s)':>15} {'train iter (s)':>15} "
+    ours_gn = resnet.GroupNormalization
+    print(f"{'size':>5} {'mode':>12} {'norm':>16} {'adam':>6} {'first iter (s)':>15} {'train iter (s)':>15} "
           f"{'bare ResNet-50 step (s)':>24} {'ratio':>6} {'predict (s)':>12}")
     for size in args.sizes:
         bare_s = float("nan") if args.no_bare else median_time(bare_resnet_step(size), args.steps)
-        for norm in args.norms:
+        rows = [(norm, gn) for norm in args.norms for gn in (args.groupnorm if norm == "group" else ["ours"])]
+        for norm, gn in rows:
+            resnet.GroupNormalization = ours_gn if gn == "ours" else keras.layers.GroupNormalization
+            label = f"{norm} ({gn})" if norm == "group" else norm
             for mode, adam in [(mode, adam) for mode in args.modes for adam in args.adam]:
                 cfg = Config(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=size, train_mode=mode,
                              backbone_norm=norm)
@@ -113,8 +122,9 @@ def main() -> None:
                 train_s = median_time(lambda: trainer.train_on_sample(next(gen), rng), args.steps)
                 detector = Detector(cfg, models=trainer.models)
                 predict_s = median_time(lambda: detector.detect(image, min_score=0.0), args.predict)
-                print(f"{size:>5} {mode:>12} {norm:>10} {adam:>6} {first_s:>15.2f} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
+                print(f"{size:>5} {mode:>12} {label:>16} {adam:>6} {first_s:>15.2f} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
                       f"{predict_s:>12.3f}", flush=True)
+    resnet.GroupNormalization = ours_gn
     print(f"load average at the end: {os.getloadavg()}")
 
 

@@ -324,3 +324,60 @@ def test_fewer_blocks_keep_the_layout_and_names() -> None:
     assert not {name for name in names if "block2" in name}
     trunk, head = model.predict(np.zeros((1, 64, 48, 3), np.float32), verbose=0)
     assert trunk.shape == (1, 4, 3, resnet.BACKBONE_CHANNELS) and head.shape == (1, resnet.HEAD_CHANNELS)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_group_norm_is_keras_group_normalization(policy: str) -> None:
+    """resnet.GroupNormalization computes what keras.layers.GroupNormalization computes (values and gradients
+    for the input, gamma and beta), from the same weights, with the same config."""
+    rng = np.random.default_rng(0)
+    x = tf.constant((rng.normal(size=(3, 9, 7, 64)) * 3.0 + 5.0).astype(np.float32))   # far from zero mean
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        ours = resnet.GroupNormalization(groups=32, epsilon=resnet.BN_EPSILON)
+        theirs = keras.layers.GroupNormalization(groups=32, epsilon=resnet.BN_EPSILON)
+        for layer in (ours, theirs):
+            layer.build(x.shape)
+        ours.set_weights([rng.normal(size=64).astype(np.float32) for _ in range(2)])
+        theirs.set_weights(ours.get_weights())
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            out = [tf.cast(layer(x), tf.float32) for layer in (ours, theirs)]
+            losses = [tf.reduce_sum(tf.sin(y)) for y in out]
+        tol = 1e-5 if policy == "float32" else 2e-2
+        assert out[0].dtype == out[1].dtype
+        np.testing.assert_allclose(out[0].numpy(), out[1].numpy(), atol=tol * 4, rtol=tol)
+        grads = [tape.gradient(loss, [x, *layer.trainable_weights]) for loss, layer in zip(losses, (ours, theirs))]
+        for mine, ref in zip(*grads):
+            np.testing.assert_allclose(mine.numpy(), ref.numpy(), atol=tol * 10, rtol=tol * 10)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert resnet.GroupNormalization.from_config(ours.get_config()).groups == 32
+
+
+def test_group_norm_checkpoints_load_both_ways(tmp_path) -> None:
+    """A backbone saved with keras' GroupNormalization layers loads into one built with ours (models
+    trained before it existed) and predicts the same, and the other way round."""
+    keras.utils.set_random_seed(5)
+    image = keras.Input((None, None, 3))
+    ours = keras.Model(image, resnet.nn_base(image, norm="group", groups=32, blocks=(1, 1, 1)))
+    original = resnet.GroupNormalization
+    try:
+        resnet.GroupNormalization = keras.layers.GroupNormalization        # the layer of earlier versions
+        image2 = keras.Input((None, None, 3))
+        theirs = keras.Model(image2, resnet.nn_base(image2, norm="group", groups=32, blocks=(1, 1, 1)))
+    finally:
+        resnet.GroupNormalization = original
+    assert not any(isinstance(layer, resnet.GroupNormalization) for layer in theirs.layers)
+    assert any(isinstance(layer, resnet.GroupNormalization) for layer in ours.layers)
+    rng = np.random.default_rng(6)
+    theirs.set_weights([w + rng.normal(scale=0.1, size=w.shape).astype(w.dtype) for w in theirs.get_weights()])
+    theirs.save_weights(str(tmp_path / "old.weights.h5"))
+    ours.load_weights(str(tmp_path / "old.weights.h5"))
+    x = rng.normal(size=(1, 48, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), atol=1e-4, rtol=1e-4)
+    ours.set_weights([w * 0.5 for w in ours.get_weights()])
+    ours.save_weights(str(tmp_path / "new.weights.h5"))
+    theirs.load_weights(str(tmp_path / "new.weights.h5"))
+    np.testing.assert_allclose(theirs(x).numpy(), ours(x).numpy(), atol=1e-4, rtol=1e-4)
