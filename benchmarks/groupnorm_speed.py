@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -34,6 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_frcnn_cryo import resnet  # noqa: E402
+from speed_train_predict import median_time  # noqa: E402  (benchmarks/ is the script's folder)
 
 GROUPS = 32
 
@@ -51,14 +51,7 @@ def layer_shapes(im_size: int) -> list[tuple[str, tuple[int, ...]]]:
 
 def median_ms(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` in ms after two warm-up calls."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_time(fn, repeats)
 
 
 def timed_pair(make, x: tf.Tensor, repeats: int) -> dict[str, float]:
