@@ -13,8 +13,8 @@ Normalisation (``norm``):
   choice for ImageNet weights;
 * ``"batch"``: trainable BatchNormalization (batch statistics while training);
 * ``"group"``: GroupNormalization under the same layer names (our :class:`GroupNormalization`:
-  Keras' weights and arithmetic, from per-channel statistics, faster on a CPU); for training from scratch with
-  one image per step, where BatchNorm statistics cannot be learned;
+  Keras' weights and values, computed from per-channel statistics, faster on a CPU); for training
+  from scratch with one image per step, where BatchNorm statistics cannot be learned;
 * ``"ws"``: no normalisation of the activations at all (from scratch, one image per step). Every
   convolution standardises its own kernel (:class:`WSConv2D`: zero mean, unit norm per filter, then
   a learnt gain per filter), each residual branch is scaled by a learnt scalar that starts at 0
