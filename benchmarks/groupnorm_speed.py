@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_frcnn_cryo import resnet  # noqa: E402
-from speed_train_predict import median_time  # noqa: E402  (benchmarks/ is the script's folder)
+from speed_train_predict import group_norm_layer, median_time  # noqa: E402  (benchmarks/ is the script's folder)
 
 GROUPS = 32
 
@@ -69,16 +69,12 @@ def timed_pair(make, x: tf.Tensor, repeats: int) -> dict[str, float]:
     return {"forward": median_ms(forward, repeats), "forward+backward": median_ms(with_gradient, repeats)}
 
 
-def backbone(layer_class) -> keras.Model:
-    """nn_base in GroupNorm mode built with ``layer_class`` as its GroupNormalization layer."""
-    keep = resnet.GroupNormalization
-    resnet.GroupNormalization = layer_class
-    try:
+def backbone(which: str) -> keras.Model:
+    """nn_base in GroupNorm mode built with the package's layer ("ours") or keras' ("keras")."""
+    with group_norm_layer(which):
         keras.utils.set_random_seed(0)
         image = keras.Input((None, None, 3))
         return keras.Model(image, resnet.nn_base(image, norm="group", groups=GROUPS))
-    finally:
-        resnet.GroupNormalization = keep
 
 
 def main() -> None:
@@ -113,7 +109,7 @@ def main() -> None:
               f"{k['forward+backward'] / o['forward+backward']:6.2f}", flush=True)
     x = tf.constant(rng.normal(size=(1, args.im_size, args.im_size, 3)).astype(np.float32))
     print(f"\nbackbone conv1-conv4 (nn_base, GroupNorm), one {args.im_size} x {args.im_size} image, ms")
-    whole = {name: timed_pair(lambda cls=cls: backbone(cls), x, max(3, args.repeats // 4)) for name, cls in peers}
+    whole = {name: timed_pair(lambda name=name: backbone(name), x, max(3, args.repeats // 4)) for name, _ in peers}
     for kind in ("forward", "forward+backward"):
         k, o = whole["keras"][kind], whole["ours"][kind]
         print(f"{kind:18s} keras {k:8.1f}  ours {o:8.1f}  ratio {k / o:5.2f}", flush=True)

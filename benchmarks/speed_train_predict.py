@@ -20,6 +20,7 @@ package's optimizer.FusedAdam (same formula, one fused kernel per variable): the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -31,6 +32,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_frcnn_cryo import data_generators, preprocessing, synthetic  # noqa: E402
 from keras_frcnn_cryo.cli import set_seed  # noqa: E402
 from keras_frcnn_cryo.config import Config  # noqa: E402
+
+
+@contextlib.contextmanager
+def group_norm_layer(which: str):
+    """Models built inside use keras.layers.GroupNormalization for the "group" backbone when ``which``
+    is "keras" (the peer), the package's resnet.GroupNormalization when "ours"."""
+    from keras_frcnn_cryo import resnet
+    ours = resnet.GroupNormalization
+    if which == "keras":
+        import keras
+        resnet.GroupNormalization = keras.layers.GroupNormalization
+    try:
+        yield
+    finally:
+        resnet.GroupNormalization = ours
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -79,7 +95,6 @@ def main() -> None:
     import keras
 
     from keras_frcnn_cryo.hardware import cpu_description
-    from keras_frcnn_cryo import resnet
     from keras_frcnn_cryo.model import Detector
     from keras_frcnn_cryo.train import Trainer
 
@@ -100,31 +115,29 @@ def main() -> None:
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load {os.getloadavg()}; image {image.shape[1]}x{image.shape[0]} "
           f"float32 with {len(boxes)} mitochondria")
     print(cpu_description())
-    ours_gn = resnet.GroupNormalization
     print(f"{'size':>5} {'mode':>12} {'norm':>16} {'adam':>6} {'first iter (s)':>15} {'train iter (s)':>15} "
           f"{'bare ResNet-50 step (s)':>24} {'ratio':>6} {'predict (s)':>12}")
     for size in args.sizes:
         bare_s = float("nan") if args.no_bare else median_time(bare_resnet_step(size), args.steps)
         rows = [(norm, gn) for norm in args.norms for gn in (args.groupnorm if norm == "group" else ["ours"])]
         for norm, gn in rows:
-            resnet.GroupNormalization = ours_gn if gn == "ours" else keras.layers.GroupNormalization
             label = f"{norm} ({gn})" if norm == "group" else norm
-            for mode, adam in [(mode, adam) for mode in args.modes for adam in args.adam]:
-                cfg = Config(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=size, train_mode=mode,
-                             backbone_norm=norm)
-                trainer = (Trainer if adam == "fused" else KerasAdamTrainer)(cfg)
-                rng = np.random.default_rng(0)
-                gen = data_generators.iter_training_samples([record], cfg, rng, lambda _: image,
-                                                            preprocessing.prepare_image, augment_images=False)
-                started = time.perf_counter()
-                trainer.train_on_sample(next(gen), rng)       # the first step traces the compiled steps
-                first_s = time.perf_counter() - started
-                train_s = median_time(lambda: trainer.train_on_sample(next(gen), rng), args.steps)
-                detector = Detector(cfg, models=trainer.models)
-                predict_s = median_time(lambda: detector.detect(image, min_score=0.0), args.predict)
-                print(f"{size:>5} {mode:>12} {label:>16} {adam:>6} {first_s:>15.2f} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
-                      f"{predict_s:>12.3f}", flush=True)
-    resnet.GroupNormalization = ours_gn
+            with group_norm_layer(gn):
+                for mode, adam in [(mode, adam) for mode in args.modes for adam in args.adam]:
+                    cfg = Config(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=size, train_mode=mode,
+                                 backbone_norm=norm)
+                    trainer = (Trainer if adam == "fused" else KerasAdamTrainer)(cfg)
+                    rng = np.random.default_rng(0)
+                    gen = data_generators.iter_training_samples([record], cfg, rng, lambda _: image,
+                                                                preprocessing.prepare_image, augment_images=False)
+                    started = time.perf_counter()
+                    trainer.train_on_sample(next(gen), rng)       # the first step traces the compiled steps
+                    first_s = time.perf_counter() - started
+                    train_s = median_time(lambda: trainer.train_on_sample(next(gen), rng), args.steps)
+                    detector = Detector(cfg, models=trainer.models)
+                    predict_s = median_time(lambda: detector.detect(image, min_score=0.0), args.predict)
+                    print(f"{size:>5} {mode:>12} {label:>16} {adam:>6} {first_s:>15.2f} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
+                          f"{predict_s:>12.3f}", flush=True)
     print(f"load average at the end: {os.getloadavg()}")
 
 

@@ -250,47 +250,46 @@ def match_detections(gt: GroundTruth, detections: Detections, class_name: str, i
     return _VocPrepared(gt, detections, class_name).match(iou_threshold)
 
 
-def _ap_without(match: dict[str, Any], drop: np.ndarray) -> float:
-    """VOC AP of ``match`` (a :meth:`_VocPrepared.match` dict) with the detections in ``drop`` left out."""
-    kept = {key: match[key][~drop] for key in ("scores", "tp", "fp", "ignored")}
-    _, _, _, precision, recall = _pr_curve({**kept, "n_gt": match["n_gt"]})
+def _ap_without(match: dict[str, Any], drop: np.ndarray | None = None) -> float:
+    """VOC AP of ``match`` (a :meth:`_VocPrepared.match` dict), with the detections in ``drop`` left out."""
+    if drop is not None:
+        match = {**{key: match[key][~drop] for key in ("scores", "tp", "fp", "ignored")}, "n_gt": match["n_gt"]}
+    _, _, _, precision, recall = _pr_curve(match)
     return voc_ap(recall, precision)
 
 
-def error_breakdown(prepared: _VocPrepared, iou_threshold: float, floor: float = ERROR_IOU_FLOOR) -> dict[str, Any]:
-    """What keeps one class's AP at ``iou_threshold`` below 1 (see the module docstring).
+def error_breakdown(prepared: _VocPrepared, match: dict[str, Any], entry: Mapping[str, Any],
+                    loose_ap: float, floor: float = ERROR_IOU_FLOOR) -> dict[str, Any]:
+    """What keeps one class's AP at ``match``'s IoU threshold below 1 (see the module docstring).
 
+    ``match`` is ``prepared.match(t)``, ``entry`` :func:`evaluate`'s figures at t (its ``ap`` and its
+    best-F1 score cut ``best_threshold``, nan without one) and ``loose_ap`` the AP of
+    ``prepared.match(floor)`` (every box reaching IoU ``floor`` placed right).
     Returns ``{"ap": AP, "dap": {"localisation", "duplicate", "background": AP gained by fixing that
     kind}, "missed": objects that no detection (any score) has as its nearest box at IoU >= floor,
     "at_best_f1": {"score_threshold", "tp", "localisation", "duplicate", "background": detection
     counts at the best-F1 score cut, "missed": objects left without a TP there}}`` (nan AP and
     dAPs without ground truth).
     """
-    match = prepared.match(iou_threshold)
-    n_gt = match["n_gt"]
+    n_gt, ap, best_threshold = match["n_gt"], entry["ap"], entry["best_threshold"]
     near = (prepared.best_gt >= 0) & (prepared.best_iou >= floor)
-    duplicate = match["fp"] & near & (prepared.best_iou >= iou_threshold)
+    duplicate = match["fp"] & near & (prepared.best_iou >= match["iou_threshold"])
     background = match["fp"] & ~near
     localisation = match["fp"] & near & ~duplicate
-    scores, ctp, cfp, precision, recall = _pr_curve(match)
-    best = _best_f1(scores, ctp, cfp, n_gt)
-    cut = best["best_threshold"]
-    at_cut = (match["scores"] >= cut) if math.isfinite(cut) else np.zeros(len(match["scores"]), bool)
+    at_cut = (match["scores"] >= best_threshold if math.isfinite(best_threshold)
+              else np.zeros(len(match["scores"]), bool))
     reached = np.zeros(prepared.n_gt_boxes, dtype=bool)
     reached[prepared.best_gt[near & ~prepared.best_difficult]] = True
     if n_gt > 0:
-        ap = voc_ap(recall, precision)
-        loose = _pr_curve(prepared.match(floor))
-        dap = {"localisation": voc_ap(loose[4], loose[3]) - ap,
-               "duplicate": _ap_without(match, duplicate) - ap,
+        dap = {"localisation": loose_ap - ap, "duplicate": _ap_without(match, duplicate) - ap,
                "background": _ap_without(match, background) - ap}
     else:
-        ap, dap = math.nan, {key: math.nan for key in ("localisation", "duplicate", "background")}
+        dap = {key: math.nan for key in ("localisation", "duplicate", "background")}
     return {
         "ap": ap,
         "dap": dap,
         "missed": int(n_gt - int(reached.sum())),
-        "at_best_f1": {"score_threshold": cut, "tp": int((match["tp"] & at_cut).sum()),
+        "at_best_f1": {"score_threshold": best_threshold, "tp": int((match["tp"] & at_cut).sum()),
                        "localisation": int((localisation & at_cut).sum()),
                        "duplicate": int((duplicate & at_cut).sum()),
                        "background": int((background & at_cut).sum()),
@@ -500,7 +499,7 @@ def evaluate(gt: GroundTruth, detections: Detections,
          "score_threshold": float | None,
          "per_class": {name: {"n_gt": int, "miou": float, "n_miou": int, "box_error": dict,
                               "coco_ap", "ap50", "ap75": float, "coco_ap_per_threshold": float64 (10,),
-                              "thresholds": {t: entry}, "errors": {t: error_breakdown(...)}}},
+                              "thresholds": {t: entry}, "errors": {t: error_breakdown(..., t)}}},
          "mAP": {t: float},
          "mean": {"ap", "f1", "precision", "recall": {t: float}, "miou", "coco_ap", "ap50", "ap75": float}}
 
@@ -524,6 +523,8 @@ def evaluate(gt: GroundTruth, detections: Detections,
     for name in class_names:
         prepared = _VocPrepared(gt, detections, name)
         entries: dict[float, dict[str, Any]] = {}
+        errors: dict[float, dict[str, Any]] = {}
+        loose_ap = _ap_without(prepared.match(ERROR_IOU_FLOOR))
         for t in thresholds:
             match = prepared.match(t)
             scores, ctp, cfp, precision, recall = _pr_curve(match)
@@ -543,6 +544,7 @@ def evaluate(gt: GroundTruth, detections: Detections,
             if score_threshold is not None:
                 entry["at_score"] = _at_score(scores, ctp, cfp, n_gt, score_threshold)
             entries[t] = entry
+            errors[t] = error_breakdown(prepared, match, entry, loose_ap)
         miou_key = next((t for t in thresholds if math.isclose(t, miou_iou_threshold, abs_tol=1e-9)), None)
         miou_match = prepared.match(miou_iou_threshold if miou_key is None else miou_key)
         matched_iou = miou_match["matched_iou"]
@@ -555,7 +557,7 @@ def evaluate(gt: GroundTruth, detections: Detections,
             "coco_ap_per_threshold": coco["ap"],
             **_coco_summary(coco["ap"], coco["iou_thresholds"]),
             "thresholds": entries,
-            "errors": {t: error_breakdown(prepared, t) for t in thresholds},
+            "errors": errors,
         }
     valid = [name for name in class_names if per_class[name]["n_gt"] > 0]
 

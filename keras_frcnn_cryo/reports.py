@@ -104,9 +104,9 @@ def format_error_breakdown(results: Mapping[str, Any], table_iou: float = PAPER_
               "not found"]
     rows = []
     for name in results["classes"]:
-        err = results["per_class"][name].get("errors", {}).get(t)
-        if err is None or results["per_class"][name]["n_gt"] == 0:
+        if results["per_class"][name]["n_gt"] == 0:
             continue
+        err = results["per_class"][name]["errors"][t]
         cut = err["at_best_f1"]
         rows.append([name, _num(err["ap"]), *(f"{err['dap'][k]:+.3f}" for k in ("localisation", "duplicate", "background")),
                      str(err["missed"]), _num(cut["score_threshold"]),
@@ -200,9 +200,7 @@ def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
         }
         if results.get("score_threshold") is not None:
             row["at_score"] = {t: cls["thresholds"][t]["at_score"] for t in thresholds}
-        row.update({key: cls[key] for key in ("miou", "n_miou", "coco_ap", "ap50", "ap75", "n_gt", "box_error")})
-        if "errors" in cls:
-            row["errors"] = {t: cls["errors"][t] for t in thresholds}
+        row.update({key: cls[key] for key in ("miou", "n_miou", "coco_ap", "ap50", "ap75", "n_gt", "box_error", "errors")})
         classes[name] = row
     mean = results["mean"]
     mean_row: dict[str, Any] = {key: dict(mean[key]) for key in ("ap", "f1", "precision", "recall")}
