@@ -1,7 +1,8 @@
 """Per-image training-iteration time and prediction time at given input sizes, on this machine.
 
     python benchmarks/speed_train_predict.py --sizes 600 300 --steps 8 --predict 10 \
-        [--modes alternating joint] [--norms group frozen_bn] [--adam fused keras] [--groupnorm ours keras]
+        [--modes alternating joint] [--norms group frozen_bn] [--adam fused keras] [--groupnorm ours keras] \
+        [--variant "" "pool_size=14 num_rois=16"]
 
 For each size: a synthetic cryo-ET slice (from keras_frcnn_cryo.synthetic) resized to that shorter
 side; the detector's first training iteration (which traces the compiled steps) and its training
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_frcnn_cryo import data_generators, preprocessing, synthetic  # noqa: E402
 from keras_frcnn_cryo.cli import set_seed  # noqa: E402
-from keras_frcnn_cryo.config import Config  # noqa: E402
+from keras_frcnn_cryo.config import Config, apply_overrides  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -90,6 +91,8 @@ def main() -> None:
                         help="optimiser of the timed training: the package's FusedAdam and/or stock Keras Adam")
     parser.add_argument("--groupnorm", nargs="+", default=["ours"], choices=["ours", "keras"],
                         help="GroupNorm layer of the group rows: the package's and/or keras.layers.GroupNormalization")
+    parser.add_argument("--variant", nargs="+", default=[""], metavar="'FIELD=VALUE ...'",
+                        help="Config settings timed as separate rows (space-separated FIELD=VALUE, as --set; '' = defaults)")
     args = parser.parse_args()
     set_seed(0)
     import keras
@@ -116,16 +119,17 @@ def main() -> None:
           f"float32 with {len(boxes)} mitochondria")
     print(cpu_description())
     print(f"{'size':>5} {'mode':>12} {'norm':>16} {'adam':>6} {'first iter (s)':>15} {'train iter (s)':>15} "
-          f"{'bare ResNet-50 step (s)':>24} {'ratio':>6} {'predict (s)':>12}")
+          f"{'bare ResNet-50 step (s)':>24} {'ratio':>6} {'predict (s)':>12}  variant")
     for size in args.sizes:
         bare_s = float("nan") if args.no_bare else median_time(bare_resnet_step(size), args.steps)
         rows = [(norm, gn) for norm in args.norms for gn in (args.groupnorm if norm == "group" else ["ours"])]
         for norm, gn in rows:
             label = f"{norm} ({gn})" if norm == "group" else norm
             with group_norm_layer(gn):
-                for mode, adam in [(mode, adam) for mode in args.modes for adam in args.adam]:
+                for mode, adam, variant in [(m, a, v) for m in args.modes for a in args.adam for v in args.variant]:
                     cfg = Config(class_mapping={"mitochondrion": 0, "bg": 1}, im_size=size, train_mode=mode,
                                  backbone_norm=norm)
+                    apply_overrides(cfg, variant.split())
                     trainer = (Trainer if adam == "fused" else KerasAdamTrainer)(cfg)
                     rng = np.random.default_rng(0)
                     gen = data_generators.iter_training_samples([record], cfg, rng, lambda _: image,
@@ -137,7 +141,7 @@ def main() -> None:
                     detector = Detector(cfg, models=trainer.models)
                     predict_s = median_time(lambda: detector.detect(image, min_score=0.0), args.predict)
                     print(f"{size:>5} {mode:>12} {label:>16} {adam:>6} {first_s:>15.2f} {train_s:>15.3f} {bare_s:>24.3f} {train_s / bare_s:>6.2f} "
-                          f"{predict_s:>12.3f}", flush=True)
+                          f"{predict_s:>12.3f}  {variant or 'defaults'}", flush=True)
     print(f"load average at the end: {os.getloadavg()}")
 
 

@@ -102,7 +102,8 @@ FIELD_RULES: dict[str, str] = {
         "im_max_size", "lr_warmup_steps", "detection_refine_steps", "cpu_replicas", "track_refine_window",
         "prefetch_images", "track_max_gap")},
     **{name: ">=0" for name in (
-        "track_max_centre_distance_frac", "aug_noise_max", "aug_blur_max_sigma", "aug_scale_range")},
+        "track_max_centre_distance_frac", "aug_noise_max", "aug_blur_max_sigma", "aug_scale_range",
+        "rpn_smooth_l1_beta", "classifier_smooth_l1_beta")},
     "track_extent_quantile": "[0,0.5)",
     "roi_context": ">=1",
     "classifier_hard_negative_fraction": "[0,1)",
@@ -331,6 +332,13 @@ class Config:
     lambda_cls_regr: float = 1.0              # paper: lambda = 1
     lambda_cls_iou: float = 1.0               # weight of the IoU head's loss (classifier_iou_head)
     loss_epsilon: float = 1e-4                # normaliser guard in the losses (keras-frcnn)
+    # Where the box losses turn from quadratic to linear, in units of the scaled deltas (std_scaling,
+    # classifier_regr_std): smooth L1 = 0.5 x^2 / beta for |x| < beta, |x| - 0.5 beta beyond; 0 = L1.
+    # Paper / keras-frcnn / Fast R-CNN: 1 for both. With the head's scaling of 8, beta 1 keeps every
+    # centre error under 1/8 of the box width in the quadratic part, where the gradient fades with
+    # the error; a smaller beta keeps pulling boxes that are almost right (torchvision's head: 1/9).
+    rpn_smooth_l1_beta: float = 1.0
+    classifier_smooth_l1_beta: float = 1.0
     # Step decay of the learning rate (not in the paper, whose rate is constant: 0 = off). Once
     # this fraction of the run has passed (of num_epochs, or of --time-budget when one is given),
     # both Adams continue at learning_rate * lr_drop_factor. A short low-rate phase at the end

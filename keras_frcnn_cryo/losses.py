@@ -27,32 +27,37 @@ from keras import ops
 LossFn = Callable[[Any, Any], Any]
 
 
-def _smooth_l1(difference: Any) -> Any:
-    """Huber / smooth L1 with beta 1: 0.5 x^2 for |x| < 1, |x| - 0.5 otherwise (elementwise)."""
+def _smooth_l1(difference: Any, beta: float = 1.0) -> Any:
+    """Smooth L1 (elementwise): 0.5 x^2 / beta for |x| < beta, |x| - 0.5 beta otherwise; beta 0 is L1.
+    beta 1 (Fast R-CNN, keras-frcnn) is the Huber loss with delta 1."""
     magnitude = ops.abs(difference)
-    return ops.where(magnitude < 1.0, 0.5 * magnitude * magnitude, magnitude - 0.5)
+    if beta <= 0.0:
+        return magnitude
+    return ops.where(magnitude < beta, (0.5 / beta) * magnitude * magnitude, magnitude - 0.5 * beta)
 
 
-def _masked_smooth_l1(width: int, weight: float, epsilon: float, name: str) -> LossFn:
+def _masked_smooth_l1(width: int, weight: float, epsilon: float, name: str, beta: float) -> LossFn:
     def loss(y_true: Any, y_pred: Any) -> Any:
         y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.cast(y_true, y_pred.dtype)
         mask = y_true[..., :width]
         target = y_true[..., width:]
-        total = ops.sum(mask * _smooth_l1(target - y_pred))
+        total = ops.sum(mask * _smooth_l1(target - y_pred, beta))
         return weight * total / (epsilon + ops.sum(mask))
 
     loss.__name__ = name
     return loss
 
 
-def rpn_loss_regr(num_anchors: int, lambda_rpn_regr: float = 1.0, epsilon: float = 1e-4) -> LossFn:
+def rpn_loss_regr(num_anchors: int, lambda_rpn_regr: float = 1.0, epsilon: float = 1e-4,
+                  beta: float = 1.0) -> LossFn:
     """RPN box regression loss: fn(y_true (B, h, w, 8K), y_pred (B, h, w, 4K)) -> scalar.
 
-    Smooth L1 over the slots masked by ``y_true[..., :4K]`` against ``y_true[..., 4K:]``, divided by
-    ``epsilon + sum(mask)``, times ``lambda_rpn_regr``.
+    Smooth L1 (turning linear at ``beta``, Config.rpn_smooth_l1_beta) over the slots masked by
+    ``y_true[..., :4K]`` against ``y_true[..., 4K:]``, divided by ``epsilon + sum(mask)``, times
+    ``lambda_rpn_regr``.
     """
-    return _masked_smooth_l1(4 * num_anchors, lambda_rpn_regr, epsilon, "rpn_loss_regr")
+    return _masked_smooth_l1(4 * num_anchors, lambda_rpn_regr, epsilon, "rpn_loss_regr", beta)
 
 
 def rpn_loss_cls(num_anchors: int, lambda_rpn_class: float = 1.0, epsilon: float = 1e-4) -> LossFn:
@@ -74,12 +79,14 @@ def rpn_loss_cls(num_anchors: int, lambda_rpn_class: float = 1.0, epsilon: float
     return loss
 
 
-def class_loss_regr(num_classes_fg: int, lambda_cls_regr: float = 1.0, epsilon: float = 1e-4) -> LossFn:
+def class_loss_regr(num_classes_fg: int, lambda_cls_regr: float = 1.0, epsilon: float = 1e-4,
+                    beta: float = 1.0) -> LossFn:
     """Classifier box regression loss: fn(y_true (1, R, 8C), y_pred (1, R, 4C)) -> scalar.
 
-    C = number of foreground classes. Same masked smooth-L1 form as :func:`rpn_loss_regr`.
+    C = number of foreground classes. Same masked smooth-L1 form as :func:`rpn_loss_regr` (``beta``:
+    Config.classifier_smooth_l1_beta).
     """
-    return _masked_smooth_l1(4 * num_classes_fg, lambda_cls_regr, epsilon, "class_loss_regr")
+    return _masked_smooth_l1(4 * num_classes_fg, lambda_cls_regr, epsilon, "class_loss_regr", beta)
 
 
 def class_loss_cls(lambda_cls_class: float = 1.0) -> LossFn:

@@ -85,9 +85,11 @@ class Trainer:
         k = cfg.num_anchors
         n_fg = cfg.num_classes - 1
         self.loss_rpn_cls = losses.rpn_loss_cls(k, cfg.lambda_rpn_class, cfg.loss_epsilon)
-        self.loss_rpn_regr = losses.rpn_loss_regr(k, cfg.lambda_rpn_regr, cfg.loss_epsilon)
+        self.loss_rpn_regr = losses.rpn_loss_regr(k, cfg.lambda_rpn_regr, cfg.loss_epsilon,
+                                                   cfg.rpn_smooth_l1_beta)
         self.loss_cls_cls = losses.class_loss_cls(cfg.lambda_cls_class)
-        self.loss_cls_regr = losses.class_loss_regr(n_fg, cfg.lambda_cls_regr, cfg.loss_epsilon)
+        self.loss_cls_regr = losses.class_loss_regr(n_fg, cfg.lambda_cls_regr, cfg.loss_epsilon,
+                                                     cfg.classifier_smooth_l1_beta)
         self.loss_cls_iou = losses.class_loss_iou(cfg.lambda_cls_iou)
         self.iou_head = cfg.classifier_iou_head
         m = self.models
