@@ -40,6 +40,8 @@ VARIANTS = {
     "old-grid": ["--set", "feature_centre_px=8.0"],                # anchors and pooling at keras-frcnn's grid
     "context": ["--set", "roi_context=1.2"],                       # RoIs pooled from their box x1.2
     "l1-head": ["--set", "classifier_smooth_l1_beta=0.111"],       # head's box loss linear beyond 1/9
+    "l1": ["--set", "classifier_smooth_l1_beta=0.111", "--set", "rpn_smooth_l1_beta=0.111"],  # ... and the RPN's
+    "cross-boundary": ["--set", "rpn_ignore_cross_boundary=false"],  # anchors over the image edge trained on
 }
 # test-time options evaluated on the default model with --test-time: name -> measure_map --set values
 TEST_TIME = {

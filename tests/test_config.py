@@ -167,6 +167,8 @@ def test_validate_accepts_the_defaults_and_the_recipes():
     ("learning_rate", 0.0, "> 0"),
     ("roi_context", 0.8, "number >= 1"),
     ("roi_context", "wide", "number >= 1"),
+    ("classifier_smooth_l1_beta", -0.1, "number >= 0"),
+    ("rpn_smooth_l1_beta", "l1", "number >= 0"),
     ("rpn_nms_overlap", 1.5, "[0, 1]"),
     ("classifier_min_overlap", 0.6, "must not exceed classifier_max_overlap"),
     ("anchor_box_scales", [], "sizes > 0"),

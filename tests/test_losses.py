@@ -9,9 +9,11 @@ from keras_frcnn_cryo.losses import class_loss_cls, class_loss_regr, rpn_loss_cl
 EPS = 1e-4
 
 
-def smooth_l1(x: np.ndarray) -> np.ndarray:
+def smooth_l1(x: np.ndarray, beta: float = 1.0) -> np.ndarray:
     x = np.abs(x)
-    return np.where(x < 1.0, 0.5 * x ** 2, x - 0.5)
+    if beta == 0.0:
+        return x
+    return np.where(x < beta, 0.5 * x ** 2 / beta, x - 0.5 * beta)
 
 
 def test_rpn_loss_regr_by_hand() -> None:
@@ -104,3 +106,31 @@ def test_losses_as_keras_compile_targets() -> None:
     y_regr = np.concatenate([np.ones((1, 2, 2, 4)), np.zeros((1, 2, 2, 4))], axis=-1).astype(np.float32)
     total, cls_loss, regr_loss = model.train_on_batch(x, [y_cls, y_regr])
     assert np.isfinite(total) and total == pytest.approx(cls_loss + regr_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("beta", [1.0, 1.0 / 9.0, 0.0])
+def test_box_losses_turn_linear_at_beta(beta: float) -> None:
+    # one RoI of one class, 4 slots with errors on both sides of 1/9 and of 1
+    y_pred = np.array([[[0.05, -0.3, 0.0, 2.0]]], np.float32)
+    y_true = np.concatenate([np.ones((1, 1, 4), np.float32), np.zeros((1, 1, 4), np.float32)], axis=-1)
+    by_hand = {1.0: 0.00125 + 0.045 + 0.0 + 1.5,                  # 0.5 x^2, 0.5 x^2, 0, |x| - 0.5
+               1.0 / 9.0: 0.01125 + (0.3 - 0.5 / 9) + 0.0 + (2.0 - 0.5 / 9),  # 4.5 x^2, then |x| - 1/18
+               0.0: 0.05 + 0.3 + 0.0 + 2.0}[beta]                # L1
+    assert float(np.sum(smooth_l1(y_pred[0, 0], beta))) == pytest.approx(by_hand, rel=1e-6)
+    assert float(class_loss_regr(1, beta=beta)(y_true, y_pred)) == pytest.approx(by_hand / (EPS + 4.0), rel=1e-5)
+    rpn_true = y_true.reshape(1, 1, 1, 8)
+    assert float(rpn_loss_regr(1, beta=beta)(rpn_true, y_pred.reshape(1, 1, 1, 4))) == pytest.approx(
+        by_hand / (EPS + 4.0), rel=1e-5)
+
+
+def test_smaller_beta_pulls_harder_on_boxes_that_are_almost_right() -> None:
+    # the gradient of a 0.2 error: 0.2 with beta 1 (quadratic part), 1 with beta 1/9 (linear part)
+    import tensorflow as tf
+    y_true = tf.constant(np.concatenate([np.ones((1, 1, 4)), np.zeros((1, 1, 4))], axis=-1), tf.float32)
+    grads = []
+    for beta in (1.0, 1.0 / 9.0):
+        y_pred = tf.Variable(np.full((1, 1, 4), 0.2, np.float32))
+        with tf.GradientTape() as tape:
+            loss = class_loss_regr(1, beta=beta)(y_true, y_pred)
+        grads.append(float(tape.gradient(loss, y_pred)[0, 0, 0]) * (EPS + 4.0))
+    assert grads == pytest.approx([0.2, 1.0], rel=1e-4)

@@ -218,6 +218,22 @@ def test_unknown_train_mode_is_refused():
         Trainer(toy_config(class_mapping={"mitochondrion": 0, "bg": 1}, train_mode="sometimes"))
 
 
+def test_box_loss_transitions_reach_the_trainer():
+    """Config.rpn_smooth_l1_beta / classifier_smooth_l1_beta set the trainer's two box losses."""
+    cfg = toy_config(class_mapping={"mitochondrion": 0, "bg": 1}, classifier_smooth_l1_beta=0.0, rpn_smooth_l1_beta=0.5)
+    trainer = Trainer(cfg)
+    error = np.array([0.2, -0.1, 0.0, 0.4], np.float32)        # all below both betas: L1 vs 0.5 x^2 / 0.5
+    head_true = np.concatenate([np.ones(4), np.zeros(4)]).astype(np.float32)[None, None]
+    assert float(trainer.loss_cls_regr(head_true, error[None, None])) == pytest.approx(0.7 / (1e-4 + 4), rel=1e-5)
+    k = cfg.num_anchors
+    rpn_true = np.zeros((1, 1, 1, 8 * k), np.float32)
+    rpn_true[..., :4] = 1.0
+    rpn_pred = np.zeros((1, 1, 1, 4 * k), np.float32)
+    rpn_pred[..., :4] = error
+    assert float(trainer.loss_rpn_regr(rpn_true, rpn_pred)) == pytest.approx(
+        float(np.sum(error ** 2)) / (1e-4 + 4), rel=1e-5)
+
+
 def test_training_generators_are_seeded_and_independent():
     steps, data = training_generators(7)
     again_steps, again_data = training_generators(7)
