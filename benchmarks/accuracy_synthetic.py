@@ -7,7 +7,10 @@
    ``--seed``; SNR 0.06-0.12, distractors, mitochondria cut by the border; PNG slices with sidecars
    naming their tomogram), split by tomogram (1/6 held out), and a separate test set of
    ``--test-tomograms`` tomograms from generator seed ``--test-seed`` (never used while tuning the
-   recipe; half of them at SNR 0.06-0.08, the paper's failing range).
+   recipe; half of them at SNR 0.06-0.08, the paper's failing range). ``--train-slice-step N`` labels
+   every N-th slice of the training tomograms only (default: ``--slice-step``, as the test sets), so
+   that ``--tomograms 24 --train-slice-step 4`` spreads the same number of labelled slices over twice
+   the tomograms, with the same test sets.
 2. Trains each variant from scratch for ``--budget-min`` minutes of wall time with
    ``train_frcnn.py -p annotations.txt --time-budget B`` plus the variant's flags (VARIANTS below, which
    adds this data's own to accuracy_common.VARIANTS;
@@ -112,8 +115,9 @@ def evaluate_tomogram_path(detector, records: list[dict], label: str) -> dict[st
 def make_data(args: argparse.Namespace) -> tuple[dict, dict]:
     """The training set (its split holds out 1/6 of the tomograms) and the separate test set."""
     shape = (args.slices, args.size, args.size)
+    train_step = args.train_slice_step or args.slice_step
     train_data = synthetic.write_dataset(os.path.join(args.out, "data"), args.tomograms, seed=args.seed, shape=shape,
-                                         pixel_size_a=args.apix, slice_step=args.slice_step, snr_range=(0.06, 0.12))
+                                         pixel_size_a=args.apix, slice_step=train_step, snr_range=(0.06, 0.12))
     half = args.test_tomograms // 2
     low = synthetic.write_dataset(os.path.join(args.out, "test_low"), half, seed=args.test_seed, shape=shape,
                                   pixel_size_a=args.apix, slice_step=args.slice_step, snr_range=(0.06, 0.08))
@@ -172,7 +176,9 @@ def main() -> None:
     parser.add_argument("--test-seed", type=int, default=303, help="generator seed of the separate test set")
     parser.add_argument("--size", type=int, default=384, help="slice size (px)")
     parser.add_argument("--slices", type=int, default=40)
-    parser.add_argument("--slice-step", type=int, default=2)
+    parser.add_argument("--slice-step", type=int, default=2, help="label every n-th slice")
+    parser.add_argument("--train-slice-step", type=int, default=None,
+                        help="label every n-th slice of the training tomograms (default: --slice-step)")
     parser.add_argument("--apix", type=float, default=40.0)
     parser.add_argument("--tilt-step", type=int, default=4, help="evaluate every n-th tilt image")
     parser.add_argument("--z-refine", action="store_true",
