@@ -253,7 +253,7 @@ class Config:
     rpn_max_overlap: float = 0.7              # anchor IoU above this: positive
     rpn_num_regions: int = 256                # anchors sampled per image for the RPN loss
     rpn_max_positive_fraction: float = 0.5    # at most half of them positive
-    rpn_ignore_cross_boundary: bool = True    # anchors crossing the image edge are not trained on
+    rpn_ignore_cross_boundary: bool = True    # anchors crossing the image edge are not trained on (paper; the scratch recipe trains on them)
     std_scaling: float = 4.0                  # RPN regression target scaling (keras-frcnn)
     rpn_pre_nms_top_n: int = 6000             # proposals kept by score before NMS
     rpn_nms_overlap: float = 0.7              # paper: NMS at IoU 0.7

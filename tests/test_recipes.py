@@ -148,6 +148,12 @@ def test_scratch_models_refine_tomogram_boxes_along_z_and_the_paper_does_not():
     assert (paper.track_refine_window, paper.track_rescore, paper.track_untracked_weight) == (0, False, 1.0)
 
 
+def test_scratch_models_train_the_rpn_on_anchors_over_the_edge_and_the_paper_does_not():
+    assert recipes.config_for("scratch").rpn_ignore_cross_boundary is False
+    assert recipes.config_for("paper").rpn_ignore_cross_boundary is True
+    assert config_for("--set", "rpn_ignore_cross_boundary=true").rpn_ignore_cross_boundary is True
+
+
 def test_scratch_models_skip_proposals_the_rpn_rejects_and_the_paper_does_not():
     assert recipes.config_for("scratch").rpn_min_score_test == 0.05
     assert recipes.config_for("paper").rpn_min_score_test == 0.0
