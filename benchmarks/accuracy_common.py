@@ -42,6 +42,7 @@ VARIANTS = {
     "l1-head": ["--set", "classifier_smooth_l1_beta=0.111"],       # head's box loss linear beyond 1/9
     "l1": ["--set", "classifier_smooth_l1_beta=0.111", "--set", "rpn_smooth_l1_beta=0.111"],  # ... and the RPN's
     "inside-anchors": ["--set", "rpn_ignore_cross_boundary=true"],  # RPN trained on anchors inside the image only (default until 2026-12-07)
+    "ema": ["--set", "weight_ema_decay=0.999"],                     # weights' moving average saved (and the raw ones)
     "other-seed": ["--seed", "4242"],                               # the default, another training seed: run-to-run spread
 }
 # test-time options evaluated on the default model with --test-time: name -> measure_map --set values
@@ -62,12 +63,24 @@ TEST_TIME = {
 }
 
 
-def test_time_runs(chosen: list[str] | None, variant: str = "default") -> list[tuple[str, str, list[str]]]:
-    """(label, variant, overrides) of the ``variant`` model under the ``--test-time`` options chosen
+WEIGHTS = "model_frcnn.weights.h5"          # what train_frcnn.py saves (the averages, with weight_ema_decay)
+RAW_WEIGHTS = "model_frcnn_raw.weights.h5"  # the step's own weights beside them (weight_ema_decay > 0)
+
+
+def model_runs(args: argparse.Namespace) -> list[tuple[str, str, list[str] | None, str]]:
+    """(label, variant, overrides, weights file) of every evaluation: each ``--variants`` model, its
+    raw weights where it averaged them (label "VARIANT, raw weights": the same run without the
+    average, a paired comparison), then the first model under the ``--test-time`` options chosen
     (None: the flag was not given; []: every option of TEST_TIME)."""
-    if chosen is None:
-        return []
-    return [(f"{variant}, {name}", variant, TEST_TIME[name]) for name in (chosen or list(TEST_TIME))]
+    runs: list[tuple[str, str, list[str] | None, str]] = []
+    for variant in args.variants:
+        runs.append((variant, variant, None, WEIGHTS))
+        if os.path.isfile(os.path.join(args.out, variant, RAW_WEIGHTS)):
+            runs.append((f"{variant}, raw weights", variant, None, RAW_WEIGHTS))
+    if args.test_time is not None:
+        runs += [(f"{args.variants[0]}, {name}", args.variants[0], TEST_TIME[name], WEIGHTS)
+                 for name in (args.test_time or list(TEST_TIME))]
+    return runs
 
 
 def add_run_options(parser: argparse.ArgumentParser, variants: Mapping[str, list[str]], out: str) -> None:
@@ -139,10 +152,10 @@ def write_results(out_dir: str, results: Mapping[str, dict]) -> None:
     print(f"results -> {path}")
 
 
-def load_run(run_dir: str, overrides: list[str] | None = None):
-    """The Detector of a trained variant (config.pickle + model_frcnn.weights.h5 in run_dir)."""
-    return predict.load_detector(os.path.join(run_dir, "config.pickle"),
-                                 os.path.join(run_dir, "model_frcnn.weights.h5"), overrides=overrides)
+def load_run(run_dir: str, overrides: list[str] | None = None, weights: str = WEIGHTS):
+    """The Detector of a trained variant (config.pickle + the ``weights`` file in run_dir)."""
+    return predict.load_detector(os.path.join(run_dir, "config.pickle"), os.path.join(run_dir, weights),
+                                 overrides=overrides)
 
 
 def records_of(annotation_path: str, split: str, seed: int, test_fraction: float = Config().test_fraction) -> list[dict]:

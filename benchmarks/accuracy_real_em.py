@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import accuracy_common as common  # noqa: E402
-from accuracy_common import evaluate, load_run, records_of, test_time_runs  # noqa: E402
+from accuracy_common import evaluate, load_run, model_runs, records_of  # noqa: E402
 from keras_frcnn_cryo import masks_to_boxes  # noqa: E402
 
 TEST_FRACTION = round(1.0 / 3.0, 6)  # as written to the split file
@@ -57,10 +57,9 @@ def main() -> None:
           f"(median {sizes[len(sizes) // 2]:.0f})", flush=True)
     common.train_all(args, __file__, annotations, flags)
     test = records_of(annotations, "test", args.seed, TEST_FRACTION)
-    runs = [(variant, variant, None) for variant in args.variants]
-    runs += test_time_runs(args.test_time, args.variants[0])          # test-time options on the first model
-    results = {label: evaluate(load_run(os.path.join(args.out, variant), overrides), test, f"{label} | last third")
-               for label, variant, overrides in runs}
+    results = {label: evaluate(load_run(os.path.join(args.out, variant), overrides, weights), test,
+                               f"{label} | last third")
+               for label, variant, overrides, weights in model_runs(args)}
     common.write_results(args.out, results)
 
 

@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tqdm import tqdm  # noqa: E402
 
 import accuracy_common as common  # noqa: E402
-from accuracy_common import IOUS, evaluate, load_run, records_of, score, test_time_runs  # noqa: E402
+from accuracy_common import IOUS, evaluate, load_run, model_runs, records_of, score  # noqa: E402
 from keras_frcnn_cryo import annotations, metrics, predict, preprocessing, splits, synthetic, tomo_io, tracking  # noqa: E402
 
 # the shared variants (accuracy_common.VARIANTS) and those of this data
@@ -197,11 +197,9 @@ def main() -> None:
     for name, data in test_sets.items():
         sets[f"test set, {name} SNR"] = (data, records_of(data["annotations"], "all", args.seed))
     notes = {name: snr_notes(data, records) for name, (data, records) in sets.items()}
-    runs = [(variant, variant, None) for variant in args.variants]
-    runs += test_time_runs(args.test_time, args.variants[0])          # test-time options on the first model
     results = {}
-    for label, variant, overrides in runs:
-        detector = load_run(os.path.join(args.out, variant), overrides)
+    for label, variant, overrides, weights in model_runs(args):
+        detector = load_run(os.path.join(args.out, variant), overrides, weights)
         results[label] = {name: evaluate(detector, records, f"{label} | {name}", notes[name])
                           for name, (_, records) in sets.items()}
         if overrides is None:

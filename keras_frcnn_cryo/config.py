@@ -97,7 +97,7 @@ FIELD_RULES: dict[str, str] = {
         "im_size", "rpn_stride", "rpn_num_regions", "rpn_pre_nms_top_n", "rpn_max_proposals",
         "rpn_max_proposals_test", "pool_size", "roi_samples_per_bin", "num_rois", "max_detections",
         "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices", "batch_size",
-        "track_min_length")},
+        "track_min_length", "weight_ema_interval")},
     **{name: "whole>=0" for name in (
         "im_max_size", "lr_warmup_steps", "detection_refine_steps", "cpu_replicas", "track_refine_window",
         "prefetch_images", "track_max_gap")},
@@ -105,6 +105,7 @@ FIELD_RULES: dict[str, str] = {
         "track_max_centre_distance_frac", "aug_noise_max", "aug_blur_max_sigma", "aug_scale_range",
         "rpn_smooth_l1_beta", "classifier_smooth_l1_beta")},
     "track_extent_quantile": "[0,0.5)",
+    "weight_ema_decay": "[0,1)",
     "roi_context": ">=1",
     "classifier_hard_negative_fraction": "[0,1)",
     **{name: ">0" for name in (
@@ -124,7 +125,7 @@ RESNET50_BLOCKS = (3, 4, 6, 3)
 # Fields whose 0 turns their feature off: their messages say so.
 OFF_AT_ZERO = frozenset({"aug_noise_max", "aug_blur_max_sigma", "aug_scale_range", "classifier_hard_negative_fraction",
                          "detection_refine_steps", "detection_box_voting_iou", "track_refine_window",
-                         "lr_warmup_steps", "prefetch_images"})
+                         "lr_warmup_steps", "prefetch_images", "weight_ema_decay"})
 
 
 def check_field(name: str, value: Any) -> Any:
@@ -349,6 +350,16 @@ class Config:
     # ... ending by this fraction of the run at the latest (0 = no cap): a short --time-budget run
     # on a slow CPU would otherwise spend much of its time in the ramp.
     lr_warmup_max_fraction: float = 0.0
+    # Exponential moving average of the weights (not in the paper: 0 = off). After every training
+    # step each weight's average moves toward it, avg <- d avg + (1 - d) w, with
+    # d = min(weight_ema_decay, (1 + n) / (10 + n)) after n steps (tf.train.ExponentialMovingAverage's
+    # ramp, so that the average does not hold on to the random start). The averages are what is saved
+    # as the model and what validation scores; the step's own weights are saved beside them
+    # (*_raw.weights.h5). One image per step makes the weights noisy; their average is steadier.
+    weight_ema_decay: float = 0.0
+    # ... updated every this many steps, with the decay raised to that power (an update reads and
+    # writes every weight: 36 ms for ResNet-50's 28 M values on one core, 5 % of a 384-px step)
+    weight_ema_interval: int = 4
 
     # --- training schedule ---------------------------------------------------------------
     # "alternating" (paper, keras-frcnn): an RPN step, then a classifier step that runs the backbone

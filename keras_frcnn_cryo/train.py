@@ -6,6 +6,8 @@ An epoch is ``epoch_length`` images. After each epoch the summed mean loss is co
 so far; the weights are written (atomically) only when it improves (the paper's rule). With a
 validation split the validation loss and AP are reported every epoch and the best model on
 validation AP at ``Config.val_selection_iou`` (0.7) is kept as well (``*_bestval.weights.h5``).
+With ``Config.weight_ema_decay`` > 0 both files hold the weights' moving averages (validation
+scores those too) and ``*_raw.weights.h5`` the step's own weights, saved with them.
 
 Library use (what train_frcnn.py and the demo run)::
 
@@ -295,6 +297,11 @@ def bestval_path(model_path: str) -> str:
     return model_path[: -len(".weights.h5")] + "_bestval.weights.h5"
 
 
+def raw_path(model_path: str) -> str:
+    """Where the step's own weights go beside their moving averages (Config.weight_ema_decay > 0)."""
+    return model_path[: -len(".weights.h5")] + "_raw.weights.h5"
+
+
 def main(args: argparse.Namespace) -> int:
     """train_frcnn.py: parse annotations, split by tomogram, fit the recipe to the boxes, train, save."""
     cfg = config_from_args(args)
@@ -388,7 +395,8 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
     """
     started = time.time()
     trainer = Trainer(cfg)
-    for target in (cfg.model_path, bestval_path(cfg.model_path), state_path(cfg.model_path), config_path):
+    for target in (cfg.model_path, bestval_path(cfg.model_path), raw_path(cfg.model_path), state_path(cfg.model_path),
+                   config_path):
         for name in (remove_stale_temporaries(target) if trainer.chief else []):
             print(f"removed {name}, a partial file left by an interrupted run")
     # two random streams: the images (order, augmentation, RPN anchor sampling; owned by the sample
@@ -463,14 +471,20 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
                 if trainer.chief:
                     print(f"total loss decreased from {best_loss:.4f} to {curr:.4f}, saving weights to "
                           f"{cfg.model_path}")
-                    save_weights_atomic(trainer.models.model_all, cfg.model_path)
+                    with trainer.averaged_weights():
+                        save_weights_atomic(trainer.models.model_all, cfg.model_path)
+                    if trainer.averages:
+                        save_weights_atomic(trainer.models.model_all, raw_path(cfg.model_path))
                     if not config_saved:
                         save_config(cfg, config_path)
                         config_saved = True
                         print(f"config written to {config_path}")
                 best_loss = curr
             if val_records:
-                val = validate(trainer, val_records, cfg.seed)
+                with trainer.averaged_weights():     # the weights that would be saved
+                    val = validate(trainer, val_records, cfg.seed)
+                    if val[f"val_ap@{cfg.val_selection_iou:g}"] > best_val and trainer.chief:
+                        save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
                 row.update(val)
                 ap_text = ", ".join(f"AP@{t:g} {val[f'val_ap@{t:g}']:.3f}" for t in cfg.eval_iou_thresholds)
                 print(f"  validation: loss {val['val_loss']:.4f}, {ap_text}")
@@ -478,7 +492,6 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
                 if score > best_val:
                     best_val = score
                     if trainer.chief:
-                        save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
                         print(f"  best validation AP@{cfg.val_selection_iou:g} so far ({score:.3f}): "
                               f"saved {bestval_path(cfg.model_path)}")
             log_rows.append(row)

@@ -18,9 +18,11 @@ strategy (``distribute``; see distribute.py): the step is then the mean over the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +38,8 @@ from .optimizer import FusedAdam
 import keras  # noqa: E402  (after .model, which silences TensorFlow's start-up notices)
 import tensorflow as tf  # noqa: E402
 
+# Config.weight_ema_decay's ramp: the n-th update uses decay min(weight_ema_decay, (1 + n) / (EMA_RAMP + n))
+EMA_RAMP = 10.0
 
 @dataclass
 class EpochStats:
@@ -125,12 +129,47 @@ class Trainer:
                                           autograph=False)
         else:                          # per-replica values: shapes are relaxed after the second trace
             self.joint_step = tf.function(self._joint_step, reduce_retracing=True, autograph=False)
+        # Config.weight_ema_decay: one average per weight of model_all (same order as get_weights)
+        self.averages: list[tf.Variable] = []
+        if cfg.weight_ema_decay > 0:
+            self.averages = [tf.Variable(tf.identity(w.value), trainable=False, name=f"average_{i}")
+                             for i, w in enumerate(self.models.model_all.weights)]
+            self.average_updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="average_updates")
+            self._average_step = tf.function(self._update_averages, autograph=False)
+            self._steps_unaveraged = 0
         self.rpn_train_step = tf.function(self._rpn_train, input_signature=rpn_specs, autograph=False)
         self.cls_train_step = tf.function(self._cls_train, input_signature=cls_specs, autograph=False)
         self.rpn_eval_step = tf.function(lambda x, c, r: self._rpn_forward(x, c, r, False),
                                          input_signature=rpn_specs, autograph=False)
         self.cls_eval_step = tf.function(lambda x, r, c, g, u: self._cls_forward(x, r, c, g, u, False),
                                          input_signature=cls_specs, autograph=False)
+
+    def _update_averages(self) -> None:
+        """avg <- D avg + (1 - D) w for every weight, once per ``k = weight_ema_interval`` steps:
+        D = d^k, d = min(weight_ema_decay, (1 + n) / (EMA_RAMP + n)) after n = k x (earlier updates)
+        steps (tf.train.ExponentialMovingAverage's ramp, per step)."""
+        k = float(self.cfg.weight_ema_interval)
+        n = tf.cast(self.average_updates, tf.float32) * k
+        decay = tf.minimum(tf.constant(self.cfg.weight_ema_decay, tf.float32), (1.0 + n) / (EMA_RAMP + n)) ** k
+        for average, weight in zip(self.averages, self.models.model_all.weights):
+            d = tf.cast(decay, average.dtype)
+            average.assign(d * average + (1.0 - d) * tf.cast(weight.value, average.dtype))
+        self.average_updates.assign_add(1)
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Inside the block the models hold the weights' moving averages (Config.weight_ema_decay),
+        the step's own weights again after it; without averaging, the weights as they are."""
+        if not self.averages:
+            yield
+            return
+        model = self.models.model_all
+        own = model.get_weights()
+        model.set_weights([np.asarray(average) for average in self.averages])
+        try:
+            yield
+        finally:
+            model.set_weights(own)
 
     def _adam(self) -> keras.optimizers.Optimizer:
         """Adam with the config's rate and betas (paper: 1e-5, 0.9, 0.999), one fused kernel per variable
@@ -270,8 +309,10 @@ class Trainer:
     def train_on_sample(self, sample: dict, rng: np.random.Generator) -> dict[str, float]:
         """One training iteration on one image (both modes); the losses (nan where the head was skipped,
         and for ``cls_iou`` without the IoU head)."""
-        if self.joint:
-            return self.train_on_batch([sample], rng)[0]
+        return self.train_on_batch([sample], rng)[0]
+
+    def _train_on_sample(self, sample: dict, rng: np.random.Generator) -> dict[str, float]:
+        """One alternating iteration: an RPN step, then a classifier step on its proposals."""
         l_rpn_cls, l_rpn_regr, p_cls, p_regr = self.rpn_train_step(
             sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"])
         out = {"rpn_cls": float(l_rpn_cls), "rpn_regr": float(l_rpn_regr), **_HEAD_SKIPPED}
@@ -285,9 +326,20 @@ class Trainer:
 
     def train_on_batch(self, samples: list[dict], rng: np.random.Generator) -> list[dict[str, float]]:
         """One training step on ``cfg.batch_size`` images (one, in the alternating mode), split across
-        the replicas in order; the losses of each image, as :meth:`train_on_sample` gives them."""
+        the replicas in order, then the weights' moving averages (Config.weight_ema_decay) at every
+        ``weight_ema_interval``-th step;
+        the losses of each image, as :meth:`train_on_sample` gives them."""
+        results = self._train_on_batch(samples, rng)
+        if self.averages:
+            self._steps_unaveraged += 1
+            if self._steps_unaveraged == self.cfg.weight_ema_interval:
+                self._average_step()
+                self._steps_unaveraged = 0
+        return results
+
+    def _train_on_batch(self, samples: list[dict], rng: np.random.Generator) -> list[dict[str, float]]:
         if not self.joint:
-            return [self.train_on_sample(sample, rng) for sample in samples]
+            return [self._train_on_sample(sample, rng) for sample in samples]
         if len(samples) != self.cfg.batch_size:
             raise ValueError(f"a step takes {self.cfg.batch_size} images, got {len(samples)}")
         images = [(sample["x_img"], sample["y_rpn_cls"], sample["y_rpn_regr"],
@@ -370,10 +422,12 @@ def save_training_state(path: str, trainer: Trainer, epoch: int, best_loss: floa
     arrays = {f"w{i}": w for i, w in enumerate(trainer.models.model_all.get_weights())}
     for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls)):
         arrays.update({f"{name}{i}": np.asarray(v) for i, v in enumerate(opt.variables)})
+    arrays.update({f"a{i}": np.asarray(v) for i, v in enumerate(trainer.averages)})
     meta = {"epoch": epoch, "best_loss": best_loss, "best_val": best_val, "rng": rng.bit_generator.state,
             "data_rng": data_rng_state,
             "log_rows": log_rows, "class_mapping": trainer.cfg.class_mapping, "train_mode": trainer.cfg.train_mode,
-            "n_weights": len(trainer.models.model_all.get_weights())}
+            "n_weights": len(trainer.models.model_all.get_weights()), "n_averages": len(trainer.averages),
+            "average_updates": int(trainer.average_updates.numpy()) if trainer.averages else 0}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
@@ -399,6 +453,7 @@ def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator,
             weights = [data[f"w{i}"] for i in range(meta["n_weights"])]
             slots = {name: [data[f"{name}{i}"] for i in range(len(opt.variables))]
                      for name, opt in (("rpn", trainer.opt_rpn), ("cls", trainer.opt_cls))}
+            averages = [data[f"a{i}"] for i in range(meta.get("n_averages", 0))]
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise CryoError(f"training state is unreadable ({exc.__class__.__name__})", path) from None
     try:
@@ -407,9 +462,25 @@ def load_training_state(path: str, trainer: Trainer, rng: np.random.Generator,
             for var, value in zip(opt.variables, slots[name]):
                 var.assign(value)
         trainer.set_learning_rate(trainer.cfg.learning_rate)  # this run's --learning-rate, not the saved one
+        if trainer.averages:
+            restore_averages(trainer, averages, meta.get("average_updates", 0), path)
     except ValueError as exc:
         raise CryoError(f"training state does not fit this model ({str(exc).splitlines()[0][:150]})", path) from None
     rng.bit_generator.state = meta["rng"]
     if data_rng is not None:
         data_rng.bit_generator.state = meta.get("data_rng") or meta["rng"]
     return meta
+
+
+def restore_averages(trainer: Trainer, averages: list[np.ndarray], updates: int, path: str) -> None:
+    """Put a training state's weight averages back (Config.weight_ema_decay); a state saved without
+    them (averaging newly switched on) starts them from the weights just restored, ramp included."""
+    if len(averages) != len(trainer.averages):
+        if averages:
+            raise CryoError(f"training state holds {len(averages)} weight averages, this model "
+                            f"{len(trainer.averages)}", path)
+        print(f"{path}: no weight averages in this training state: they start from its weights")
+        averages, updates = trainer.models.model_all.get_weights(), 0
+    for variable, value in zip(trainer.averages, averages):
+        variable.assign(value)
+    trainer.average_updates.assign(int(updates))

@@ -141,3 +141,35 @@ def test_lr_drop_reaches_the_optimisers(toy_dataset, tmp_path, capsys):
         train.main(train.build_parser().parse_args(base + ["--num_epochs", "1", "--lr-drop", "1.5"]))
 
 
+
+
+
+def test_weight_averages_are_saved_validated_and_resumed(toy_dataset, tmp_path, capsys):
+    """With Config.weight_ema_decay the model file and the best-on-validation file hold the weights'
+    averages, *_raw.weights.h5 the step's own weights, the training state both; resume goes on with them."""
+    from keras_frcnn_cryo import predict
+    base = ["-p", toy_dataset, "--epoch_length", "2", "--im-size", "96", *TOY_NET_ARGS, "--anchor-scales", "24", "48",
+            "-n", "8", "--config_filename", str(tmp_path / "config.pickle"), "--split-file", str(tmp_path / "split.json"),
+            "--output_weight_path", str(tmp_path / "model.weights.h5"), "--val-split", "0.3",
+            "--set", "weight_ema_decay=0.5", "--set", "weight_ema_interval=1"]
+    assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "1"])) == 0
+
+    def state():
+        with np.load(tmp_path / "model_state.npz") as saved:
+            meta = json.loads(bytes(saved["meta"]).decode())
+            return (meta, [saved[f"a{i}"] for i in range(meta["n_averages"])],
+                    [saved[f"w{i}"] for i in range(meta["n_weights"])])
+
+    def weights_of(name):
+        return predict.load_detector(str(tmp_path / "config.pickle"), str(tmp_path / name)).models.model_all.get_weights()
+
+    meta, averages, own = state()
+    assert meta["average_updates"] == 2 and len(averages) == len(own)
+    assert any(not np.allclose(a, w) for a, w in zip(averages, own))
+    for name, expected in (("model.weights.h5", averages), ("model_bestval.weights.h5", averages),
+                           ("model_raw.weights.h5", own)):
+        assert all(np.allclose(a, b) for a, b in zip(weights_of(name), expected)), name
+    capsys.readouterr()
+    assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "2", "--resume"])) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert state()[0]["average_updates"] == 4               # the averages went on from the state's

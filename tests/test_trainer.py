@@ -13,7 +13,7 @@ from keras_frcnn_cryo.anchors import from_feature_units
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.model import Detector
 from keras_frcnn_cryo.simple_parser import get_data
-from keras_frcnn_cryo.trainer import LOSS_KEYS, Trainer, training_generators
+from keras_frcnn_cryo.trainer import LOSS_KEYS, Trainer, restore_averages, training_generators
 
 # training steps of the trained fixture per mode (a joint step costs about 2/3 of an alternating one)
 STEPS = {"alternating": 90, "joint": 120}
@@ -242,3 +242,47 @@ def test_training_generators_are_seeded_and_independent():
     np.testing.assert_array_equal(draws[1], again_data.random(4))
     assert not np.allclose(draws[0], draws[1])
     assert not np.allclose(training_generators(8)[1].random(4), draws[1])
+
+
+def test_weight_averages_follow_the_ramp_and_swap_in(toy_dataset):
+    """Config.weight_ema_decay: after each step avg <- d avg + (1 - d) w with d = min(decay, (1 + n) / (10 + n));
+    averaged_weights() holds the averages inside its block and the step's own weights after it."""
+    records, _, mapping = get_data(toy_dataset)
+    cfg = toy_config(class_mapping=mapping, train_mode="joint", weight_ema_decay=0.15, weight_ema_interval=1)
+    trainer = Trainer(cfg)
+    assert not Trainer(toy_config(class_mapping=mapping)).averages           # off by default (the paper)
+    rng = np.random.default_rng(0)
+    gen = data_generators.iter_training_samples(records, cfg, rng, tomo_io.read_image, preprocessing.prepare_image)
+    model = trainer.models.model_all
+    expected = _weights(model)
+    for n in range(3):                          # d = 0.1, then 2/11 = 0.18 capped at 0.15, then 0.15
+        trainer.train_on_sample(next(gen), rng)
+        d = min(0.15, (1 + n) / (10 + n))
+        expected = [d * a + (1 - d) * w for a, w in zip(expected, _weights(model))]
+    own = _weights(model)
+    assert any(not np.allclose(a, w) for a, w in zip(expected, own))
+    for average, value in zip(trainer.averages, expected):
+        np.testing.assert_allclose(np.asarray(average), value, rtol=1e-5, atol=1e-6)
+    with trainer.averaged_weights():
+        for inside, value in zip(_weights(model), expected):
+            np.testing.assert_allclose(inside, value, rtol=1e-5, atol=1e-6)
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(model), own))
+    assert int(trainer.average_updates.numpy()) == 3
+    # a training state saved without averages (averaging newly switched on): they start from its weights
+    restore_averages(trainer, [], 7, "state.npz")
+    assert int(trainer.average_updates.numpy()) == 0
+    assert all(np.array_equal(np.asarray(a), w) for a, w in zip(trainer.averages, own))
+    with pytest.raises(CryoError, match="state.npz: training state holds 2 weight averages"):
+        restore_averages(trainer, own[:2], 0, "state.npz")
+    # every second step: the two steps' decays at once, d = min(0.15, (1 + 2 u) / (10 + 2 u))^2 at update u
+    trainer = Trainer(dataclasses.replace(cfg, weight_ema_interval=2))
+    model = trainer.models.model_all
+    expected = _weights(model)
+    for u in range(2):
+        trainer.train_on_sample(next(gen), rng)
+        assert int(trainer.average_updates.numpy()) == u
+        trainer.train_on_sample(next(gen), rng)
+        d = min(0.15, (1 + 2 * u) / (10 + 2 * u)) ** 2
+        expected = [d * a + (1 - d) * w for a, w in zip(expected, _weights(model))]
+    for average, value in zip(trainer.averages, expected):
+        np.testing.assert_allclose(np.asarray(average), value, rtol=1e-5, atol=1e-6)
