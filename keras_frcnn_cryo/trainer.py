@@ -38,8 +38,9 @@ from .optimizer import FusedAdam
 import keras  # noqa: E402  (after .model, which silences TensorFlow's start-up notices)
 import tensorflow as tf  # noqa: E402
 
-# Config.weight_ema_decay's ramp: the n-th update uses decay min(weight_ema_decay, (1 + n) / (EMA_RAMP + n))
+# Config.weight_ema_decay's ramp: after n steps the decay per step is min(weight_ema_decay, (1 + n) / (EMA_RAMP + n))
 EMA_RAMP = 10.0
+
 
 @dataclass
 class EpochStats:
@@ -326,9 +327,8 @@ class Trainer:
 
     def train_on_batch(self, samples: list[dict], rng: np.random.Generator) -> list[dict[str, float]]:
         """One training step on ``cfg.batch_size`` images (one, in the alternating mode), split across
-        the replicas in order, then the weights' moving averages (Config.weight_ema_decay) at every
-        ``weight_ema_interval``-th step;
-        the losses of each image, as :meth:`train_on_sample` gives them."""
+        the replicas in order (then, every ``weight_ema_interval``-th step, the weights' moving averages:
+        Config.weight_ema_decay); the losses of each image, as :meth:`train_on_sample` gives them."""
         results = self._train_on_batch(samples, rng)
         if self.averages:
             self._steps_unaveraged += 1
