@@ -154,6 +154,12 @@ def test_scratch_models_train_the_rpn_on_anchors_over_the_edge_and_the_paper_doe
     assert config_for("--set", "rpn_ignore_cross_boundary=true").rpn_ignore_cross_boundary is True
 
 
+def test_scratch_models_save_the_weights_moving_average_and_the_paper_does_not():
+    assert recipes.config_for("scratch").weight_ema_decay == 0.999
+    assert recipes.config_for("paper").weight_ema_decay == 0.0
+    assert config_for("--set", "weight_ema_decay=0").weight_ema_decay == 0.0
+
+
 def test_scratch_models_skip_proposals_the_rpn_rejects_and_the_paper_does_not():
     assert recipes.config_for("scratch").rpn_min_score_test == 0.05
     assert recipes.config_for("paper").rpn_min_score_test == 0.0
