@@ -42,7 +42,7 @@ VARIANTS = {
     "l1-head": ["--set", "classifier_smooth_l1_beta=0.111"],       # head's box loss linear beyond 1/9
     "l1": ["--set", "classifier_smooth_l1_beta=0.111", "--set", "rpn_smooth_l1_beta=0.111"],  # ... and the RPN's
     "inside-anchors": ["--set", "rpn_ignore_cross_boundary=true"],  # RPN trained on anchors inside the image only (default until 2026-12-07)
-    "ema": ["--set", "weight_ema_decay=0.999"],                     # weights' moving average saved (and the raw ones)
+    "no-average": ["--set", "weight_ema_decay=0"],                  # the last step's weights saved, not their average (default until 2026-12-07)
     "other-seed": ["--seed", "4242"],                               # the default, another training seed: run-to-run spread
 }
 # test-time options evaluated on the default model with --test-time: name -> measure_map --set values

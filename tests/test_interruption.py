@@ -118,10 +118,13 @@ def state_meta(path: Path) -> dict:
         return json.loads(bytes(data["meta"]).decode())
 
 
-def state_weights(path: Path) -> list[np.ndarray]:
+def state_weights(path: Path, key: str = "w") -> list[np.ndarray]:
+    """The state's weights (key "w"), or their moving averages (key "a": what the model file holds
+    under the scratch recipe's Config.weight_ema_decay)."""
     with np.load(path) as data:
         meta = json.loads(bytes(data["meta"]).decode())
-        return [data[f"w{i}"] for i in range(meta["n_weights"])]
+        count = meta["n_weights"] if key == "w" else meta["n_averages"]
+        return [data[f"{key}{i}"] for i in range(count)]
 
 
 def same_weights(first: list[np.ndarray], second: list[np.ndarray]) -> bool:
@@ -173,7 +176,8 @@ def test_training_survives_sigkill_and_stops_on_nan(mixed_type_dataset, tmp_path
 
     work = tmp_path
     weights, state, log = work / "model.weights.h5", work / "model_state.npz", work / "model_log.csv"
-    run_files = {"config.pickle", "config.json", "model.weights.h5", "model_log.csv", "model_state.npz", "split.json"}
+    run_files = {"config.pickle", "config.json", "model.weights.h5", "model_raw.weights.h5", "model_log.csv",
+                 "model_state.npz", "split.json"}
 
     def log_epochs() -> list[str]:
         return [row.split(",")[0] for row in log.read_text().splitlines()[1:]]
@@ -187,7 +191,9 @@ def test_training_survives_sigkill_and_stops_on_nan(mixed_type_dataset, tmp_path
     assert state_meta(state)["epoch"] == 1 and log_epochs() == ["1"]
     models = build_models(load_config(str(work / "config.pickle")))
     load_model_weights(models, str(weights))
-    assert same_weights(models.model_all.get_weights(), state_weights(state))   # the epoch-1 model, whole
+    assert same_weights(models.model_all.get_weights(), state_weights(state, "a"))   # the epoch-1 model, whole
+    load_model_weights(models, str(work / "model_raw.weights.h5"))
+    assert same_weights(models.model_all.get_weights(), state_weights(state))        # and its raw weights
     epoch1_weights = sha256(weights)
 
     # 2. --resume, SIGKILL inside the weights save at the end of epoch 2
@@ -212,7 +218,7 @@ def test_training_survives_sigkill_and_stops_on_nan(mixed_type_dataset, tmp_path
     assert state_meta(state)["epoch"] == 2 and log_epochs() == ["1", "2"]
     load_model_weights(models, str(weights))
     if "saving weights" in run.stdout:
-        assert same_weights(models.model_all.get_weights(), state_weights(state))
+        assert same_weights(models.model_all.get_weights(), state_weights(state, "a"))
     else:
         assert sha256(weights) == epoch1_weights
     good = {name: sha256(work / name) for name in ("model.weights.h5", "config.pickle", "config.json")}
