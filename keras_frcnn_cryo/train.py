@@ -483,17 +483,16 @@ def fit(cfg: Config, train_records: list[dict], val_records: list[dict], config_
             if val_records:
                 with trainer.averaged_weights():     # the weights that would be saved
                     val = validate(trainer, val_records, cfg.seed)
-                    if val[f"val_ap@{cfg.val_selection_iou:g}"] > best_val and trainer.chief:
-                        save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
-                row.update(val)
-                ap_text = ", ".join(f"AP@{t:g} {val[f'val_ap@{t:g}']:.3f}" for t in cfg.eval_iou_thresholds)
-                print(f"  validation: loss {val['val_loss']:.4f}, {ap_text}")
-                score = val[f"val_ap@{cfg.val_selection_iou:g}"]
-                if score > best_val:
-                    best_val = score
-                    if trainer.chief:
-                        print(f"  best validation AP@{cfg.val_selection_iou:g} so far ({score:.3f}): "
-                              f"saved {bestval_path(cfg.model_path)}")
+                    row.update(val)
+                    ap_text = ", ".join(f"AP@{t:g} {val[f'val_ap@{t:g}']:.3f}" for t in cfg.eval_iou_thresholds)
+                    print(f"  validation: loss {val['val_loss']:.4f}, {ap_text}")
+                    score = val[f"val_ap@{cfg.val_selection_iou:g}"]
+                    if score > best_val:
+                        best_val = score
+                        if trainer.chief:
+                            save_weights_atomic(trainer.models.model_all, bestval_path(cfg.model_path))
+                            print(f"  best validation AP@{cfg.val_selection_iou:g} so far ({score:.3f}): "
+                                  f"saved {bestval_path(cfg.model_path)}")
             log_rows.append(row)
             if trainer.chief:
                 _write_log(_log_path(cfg.model_path), log_rows)

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny generated data set and a Config sized for it."""
 import hashlib
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,6 +56,20 @@ def sha256(path) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def state_meta(path) -> dict:
+    """The metadata of a training state file (trainer.save_training_state's ``meta``)."""
+    with np.load(path) as data:
+        return json.loads(bytes(data["meta"]).decode())
+
+
+def state_weights(path, key: str = "w") -> list[np.ndarray]:
+    """A training state's weights (key "w"), or their moving averages (key "a": what the model file
+    holds under the scratch recipe's Config.weight_ema_decay), in model_all.get_weights() order."""
+    meta = state_meta(path)
+    with np.load(path) as data:
+        return [data[f"{key}{i}"] for i in range(meta["n_weights"] if key == "w" else meta["n_averages"])]
 
 
 def toy_config(**overrides) -> Config:

@@ -17,7 +17,6 @@ checkpoint of the last completed epoch (``*_state.npz``): the file on disk is al
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import TOY_ANCHORS, TOY_NET_ARGS, TOY_SIZE, sha256
+from conftest import TOY_ANCHORS, TOY_NET_ARGS, TOY_SIZE, sha256, state_meta, state_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
@@ -111,20 +110,6 @@ class Watched:
 
 def visible_files(folder: Path) -> set[str]:
     return {name for name in os.listdir(folder) if not name.startswith(".")}
-
-
-def state_meta(path: Path) -> dict:
-    with np.load(path) as data:
-        return json.loads(bytes(data["meta"]).decode())
-
-
-def state_weights(path: Path, key: str = "w") -> list[np.ndarray]:
-    """The state's weights (key "w"), or their moving averages (key "a": what the model file holds
-    under the scratch recipe's Config.weight_ema_decay)."""
-    with np.load(path) as data:
-        meta = json.loads(bytes(data["meta"]).decode())
-        count = meta["n_weights"] if key == "w" else meta["n_averages"]
-        return [data[f"{key}{i}"] for i in range(count)]
 
 
 def same_weights(first: list[np.ndarray], second: list[np.ndarray]) -> bool:

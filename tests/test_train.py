@@ -1,11 +1,10 @@
 """Training (train.py): train_frcnn.py's loop, its options, outputs, resume, time budget and learning-rate schedule."""
-import json
 import os
 
 import cv2
 import numpy as np
 import pytest
-from conftest import TOY_NET_ARGS, toy_config
+from conftest import TOY_NET_ARGS, state_meta, state_weights, toy_config
 
 from keras_frcnn_cryo import tomo_io, train
 from keras_frcnn_cryo.config import load_config
@@ -74,8 +73,7 @@ def test_resume_continues_from_the_last_epoch(toy_dataset, tmp_path, capsys):
         train.main(train.build_parser().parse_args(base + ["--num_epochs", "1", "--resume"]))
     assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "1"])) == 0
     assert (tmp_path / "model_state.npz").is_file()
-    with np.load(tmp_path / "model_state.npz") as saved:   # both random streams are in the state
-        meta = json.loads(bytes(saved["meta"]).decode())
+    meta = state_meta(tmp_path / "model_state.npz")          # both random streams are in the state
     steps_rng, data_rng = training_generators(load_config(str(tmp_path / "config.pickle")).seed)
     assert meta["data_rng"]["bit_generator"] == "PCG64" and meta["rng"] != meta["data_rng"]
     assert meta["data_rng"] != data_rng.bit_generator.state      # the stream drew from it ...
@@ -141,9 +139,6 @@ def test_lr_drop_reaches_the_optimisers(toy_dataset, tmp_path, capsys):
         train.main(train.build_parser().parse_args(base + ["--num_epochs", "1", "--lr-drop", "1.5"]))
 
 
-
-
-
 def test_weight_averages_are_saved_validated_and_resumed(toy_dataset, tmp_path, capsys):
     """With Config.weight_ema_decay the model file and the best-on-validation file hold the weights'
     averages, *_raw.weights.h5 the step's own weights, the training state both; resume goes on with them."""
@@ -153,18 +148,13 @@ def test_weight_averages_are_saved_validated_and_resumed(toy_dataset, tmp_path, 
             "--output_weight_path", str(tmp_path / "model.weights.h5"), "--val-split", "0.3",
             "--set", "weight_ema_decay=0.5", "--set", "weight_ema_interval=1"]
     assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "1"])) == 0
-
-    def state():
-        with np.load(tmp_path / "model_state.npz") as saved:
-            meta = json.loads(bytes(saved["meta"]).decode())
-            return (meta, [saved[f"a{i}"] for i in range(meta["n_averages"])],
-                    [saved[f"w{i}"] for i in range(meta["n_weights"])])
+    state = tmp_path / "model_state.npz"
 
     def weights_of(name):
         return predict.load_detector(str(tmp_path / "config.pickle"), str(tmp_path / name)).models.model_all.get_weights()
 
-    meta, averages, own = state()
-    assert meta["average_updates"] == 2 and len(averages) == len(own)
+    averages, own = state_weights(state, "a"), state_weights(state)
+    assert state_meta(state)["average_updates"] == 2 and len(averages) == len(own)
     assert any(not np.allclose(a, w) for a, w in zip(averages, own))
     for name, expected in (("model.weights.h5", averages), ("model_bestval.weights.h5", averages),
                            ("model_raw.weights.h5", own)):
@@ -172,4 +162,4 @@ def test_weight_averages_are_saved_validated_and_resumed(toy_dataset, tmp_path, 
     capsys.readouterr()
     assert train.main(train.build_parser().parse_args(base + ["--num_epochs", "2", "--resume"])) == 0
     assert "resuming after epoch 1" in capsys.readouterr().out
-    assert state()[0]["average_updates"] == 4               # the averages went on from the state's
+    assert state_meta(state)["average_updates"] == 4        # the averages went on from the state's
