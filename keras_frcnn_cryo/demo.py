@@ -15,9 +15,11 @@ else. M is what is left of the five minutes once the data are generated and the 
 evaluation take on this machine is reserved (:func:`time_detection`; ``--minutes`` sets M instead).
 From scratch the detector needs several hundred images: the 4.3 minutes a fast 2-core CPU trains
 see about 680 and gave AP@0.5 0.48-0.80 (median 0.76) on the held-out tomograms of seeds 0-4; a slow
-CPU sees fewer (the slowest we have seen trains 0.9 images per second), and there ``--minutes 12``
-(about 670 images) is the run to judge the method by. Real data needs hours and a few hundred
-labelled slices (README.md, "Training"). BENCHMARKS.md, "The demo's learning curve", has the measured figures.
+CPU sees fewer (the slowest we have seen, an AVX2-only EPYC, trains 0.7 images per second: 141 images
+in its five minutes, AP@0.5 0.36), so a run that saw fewer than WANTED_IMAGES ends by naming the
+``--minutes`` that reach them on this machine (:func:`slow_machine_advice`; 18 there: 773 images,
+AP@0.5 0.80). Real data needs hours and a few hundred labelled slices (README.md, "Training").
+BENCHMARKS.md, "The demo's learning curve" and "On an AVX2-only EPYC", has the measured figures.
 """
 from __future__ import annotations
 
@@ -46,6 +48,10 @@ MONTAGE_IOU = "0.5"    # the IoU whose best-F1 score threshold the montage is dr
 DEMO_MINUTES = 5.0
 RESERVE_FACTOR = 1.25
 MIN_TRAIN_MINUTES = 1.0
+# Training images the detector needs from scratch before the demo's AP says much: the five minutes of
+# fast 2-core CPUs saw 650-810 and gave AP@0.5 0.48-0.80 on seeds 0-4, 330 images gave 0.43 and 150
+# about 0.3 (BENCHMARKS.md). A run that sees fewer says how many minutes this machine would need.
+WANTED_IMAGES = 700
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None,
                    help=f"training wall-time budget (train_frcnn.py --time-budget); default: what is left of "
                         f"{DEMO_MINUTES:g} min for the whole demo after the data are generated and the time that "
-                        f"detection and evaluation are measured to need is reserved; 12 (670-830 images on 2 "
-                        f"cores) gave AP@0.5 0.82-0.96")
+                        f"detection and evaluation are measured to need is reserved; a run that saw fewer than "
+                        f"{WANTED_IMAGES} images ends by naming the minutes that reach them on this machine")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -111,6 +117,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"      training budget {minutes:g} min (--minutes)")
     fitted = train.fit(cfg, train_records, val_records, config_path, time_budget_min=minutes)
     print(f"      {fitted.images_seen} training images seen in {fitted.epochs} epoch(s)")
+    advice = slow_machine_advice(fitted.images_seen, minutes)
+    if advice:
+        print(f"      {advice}")
 
     print("[3/5] detecting on the held-out tomograms' slices")
     cfg = load_config(config_path)
@@ -135,6 +144,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"  picture: {montage_path} (true boxes green, predicted magenta, score >= {threshold:.2f}: the best F1)")
     print(f"  model:   {config_path} and {weights}")
     print(f"  try it:  python test_frcnn.py -p {os.path.join(data_dir, 'tomograms')} --config_filename {config_path}")
+    if advice:
+        print(f"  note:    {advice}")
     return 0
 
 
@@ -160,6 +171,24 @@ def training_minutes(total_minutes: float, elapsed_s: float, reserve_s: float) -
     """Training budget (min) that fills what is left of ``total_minutes`` after ``elapsed_s`` seconds
     spent and ``reserve_s`` seconds kept for the steps after training; at least MIN_TRAIN_MINUTES."""
     return max(MIN_TRAIN_MINUTES, total_minutes - (elapsed_s + reserve_s) / 60.0)
+
+
+def minutes_for_images(images_seen: int, train_minutes: float, wanted: int = WANTED_IMAGES) -> int:
+    """Whole minutes of training (``--minutes``) that would show ``wanted`` images on this machine,
+    at the rate of a run that saw ``images_seen`` in ``train_minutes`` (its first, tracing step
+    included, so the estimate errs long)."""
+    return int(np.ceil(wanted * train_minutes / max(images_seen, 1)))
+
+
+def slow_machine_advice(images_seen: int, train_minutes: float) -> str:
+    """One line for a run that saw fewer than WANTED_IMAGES training images (empty otherwise): its
+    rate on this CPU and the ``--minutes`` that would reach WANTED_IMAGES."""
+    if images_seen >= WANTED_IMAGES:
+        return ""
+    rate = images_seen / max(train_minutes * 60.0, 1e-9)
+    return (f"this CPU trained {rate:.2f} images/s, {images_seen} in {train_minutes:.1f} min: from scratch the "
+            f"detector needs about {WANTED_IMAGES} before its AP says much; `--minutes "
+            f"{minutes_for_images(images_seen, train_minutes)}` gives that many here")
 
 
 def held_out_summary(summary: dict, records: list[dict]) -> str:

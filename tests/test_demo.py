@@ -24,6 +24,11 @@ def test_demo_writes_everything_it_promises(tmp_path, capsys, monkeypatch):
                        r"([0-9.]+) min reserved for detection on the 6 held-out slices", printed)
     assert budget and float(budget.group(1)) == 0.05 and float(budget.group(2)) > 0, printed
     assert "done in" in printed and "montage.png" in printed
+    # a few seconds of training see far fewer images than the detector needs: the last lines say so
+    # and name the --minutes that would reach them on this machine
+    note = re.search(r"note: +this CPU trained [0-9.]+ images/s, ([0-9]+) in [0-9.]+ min: .*`--minutes ([0-9]+)`",
+                     printed)
+    assert note and int(note.group(1)) < demo.WANTED_IMAGES and int(note.group(2)) >= 1, printed
     for name in ("model/config.pickle", "model/model_frcnn.weights.h5", "predictions/detections.csv",
                  "evaluation/metrics.json", "evaluation/metrics.md", "montage.png"):
         assert (out / name).is_file(), name
@@ -50,6 +55,15 @@ def test_demo_refuses_a_held_out_share_that_leaves_nothing_to_train(tmp_path, ca
 def test_training_fills_what_the_allowance_leaves():
     assert demo.training_minutes(5.0, 30.0, 30.0) == pytest.approx(4.0)
     assert demo.training_minutes(5.0, 200.0, 100.0) == demo.MIN_TRAIN_MINUTES     # a slow machine: the floor
+
+
+def test_a_slow_run_is_told_the_minutes_that_reach_the_wanted_images():
+    # 141 images in 3.5 min (an AVX2-only CPU's demo): 700 images need 17.4 min, rounded up
+    assert demo.minutes_for_images(141, 3.5, 700) == 18
+    assert demo.minutes_for_images(0, 3.5, 700) == 2450          # no image seen: no division by zero
+    advice = demo.slow_machine_advice(141, 3.5)
+    assert "0.67 images/s" in advice and "`--minutes 18`" in advice
+    assert demo.slow_machine_advice(demo.WANTED_IMAGES, 4.3) == ""   # enough images: nothing to say
 
 
 def test_detection_time_of_no_images_is_zero():
