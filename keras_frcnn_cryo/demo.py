@@ -49,7 +49,7 @@ DEMO_MINUTES = 5.0
 RESERVE_FACTOR = 1.25
 MIN_TRAIN_MINUTES = 1.0
 # Training images the detector needs from scratch before the demo's AP says much: the five minutes of
-# fast 2-core CPUs saw 650-810 and gave AP@0.5 0.48-0.80 on seeds 0-4, 330 images gave 0.43 and 150
+# fast 2-core CPUs saw 650-850 and gave AP@0.5 0.48-0.97 over seeds 0-4, 330 images gave 0.43 and 150
 # about 0.3 (BENCHMARKS.md). A run that sees fewer says how many minutes this machine would need.
 WANTED_IMAGES = 700
 
