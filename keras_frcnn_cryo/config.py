@@ -97,13 +97,13 @@ FIELD_RULES: dict[str, str] = {
         "im_size", "rpn_stride", "rpn_num_regions", "rpn_pre_nms_top_n", "rpn_max_proposals",
         "rpn_max_proposals_test", "pool_size", "roi_samples_per_bin", "num_rois", "max_detections",
         "num_epochs", "epoch_length", "input_slab", "group_norm_groups", "snr_sample_slices", "batch_size",
-        "track_min_length", "weight_ema_interval")},
+        "track_min_length", "weight_ema_interval", "specimen_profile_size", "specimen_min_vacuum_slices")},
     **{name: "whole>=0" for name in (
         "im_max_size", "lr_warmup_steps", "detection_refine_steps", "cpu_replicas", "track_refine_window",
         "prefetch_images", "track_max_gap")},
     **{name: ">=0" for name in (
         "track_max_centre_distance_frac", "aug_noise_max", "aug_blur_max_sigma", "aug_scale_range",
-        "rpn_smooth_l1_beta", "classifier_smooth_l1_beta")},
+        "rpn_smooth_l1_beta", "classifier_smooth_l1_beta", "specimen_profile_sigma")},
     "track_extent_quantile": "[0,0.5)",
     "weight_ema_decay": "[0,1)",
     "roi_context": ">=1",
@@ -116,7 +116,8 @@ FIELD_RULES: dict[str, str] = {
         "lr_drop_fraction", "lr_drop_factor", "lr_warmup_max_fraction", "rpn_nms_overlap", "detection_nms_overlap",
         "detection_threshold", "eval_min_score", "rpn_min_score_test", "detection_iou_weight",
         "detection_rpn_weight", "detection_box_voting_iou", "detection_view_match_iou",
-        "detection_view_agreement_weight", "tilt_consistency_min_iou", "track_untracked_weight", "track_min_iou")},
+        "detection_view_agreement_weight", "tilt_consistency_min_iou", "track_untracked_weight", "track_min_iou",
+        "specimen_vacuum_slope")},
     **{name: "choice" for name in CHOICES},
 }
 # Residual blocks of ResNet-50 in conv2_x .. conv5_x (He et al. 2016, Table 1): Config.resnet_blocks'
@@ -430,6 +431,19 @@ class Config:
     track_refine_window: int = 0
     track_rescore: bool = False
     track_untracked_weight: float = 1.0
+    # Tomograms: detections on slices outside the specimen are dropped before linking (not in the
+    # paper; False = off). A tomogram reconstructed thicker than its lamella holds above and below it
+    # only the missing wedge's ghosts of the objects its surfaces cut, and histogram equalisation
+    # makes them look like objects. tracking.specimen_z_range finds the lamella's faces where the
+    # slices' structure (preprocessing.structure_level: each slice shrunk to at most
+    # specimen_profile_size px, blurred by specimen_profile_sigma px, its robust spread) rises
+    # steepest from a floor of at least specimen_min_vacuum_slices slices whose mean slope is at most
+    # specimen_vacuum_slope x the rise's; a volume filled by its specimen has no such floor, keeps all.
+    track_clip_to_specimen: bool = False
+    specimen_profile_size: int = 256
+    specimen_profile_sigma: float = 2.0
+    specimen_min_vacuum_slices: int = 4
+    specimen_vacuum_slope: float = 0.75
     tilt_consistency_min_iou: float = 0.3     # tilt series: a box needs a neighbour-tilt box at this IoU
 
     # ---------------------------------------------------------------------------------------

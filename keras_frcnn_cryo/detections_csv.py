@@ -36,6 +36,7 @@ CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "class", "score")
 DETECTIONS_CSV = "detections.csv"
 SHARD_CSV = re.compile(r"^detections\.shard-(\d+)-of-(\d+)\.csv$")
 TOMOGRAM_CSV_SUFFIX = "_boxes2d.csv"   # test_frcnn.py's per-tomogram boxes: NAME_boxes2d.csv
+OBJECTS3D_CSV_SUFFIX = "_objects3d.csv"  # ... and its 3D objects: NAME_objects3d.csv
 SCORE_FLOOR_SLACK = 0.01   # lowest score this far above eval_min_score: the file was cut at a higher threshold
 
 

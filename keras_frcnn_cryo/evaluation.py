@@ -27,7 +27,8 @@ arithmetic lives in :mod:`keras_frcnn_cryo.metrics`.
 ``class,score,x1,y1,z1,x2,y2,z2`` (writers.write_objects3d_csv's file qualifies; ``#`` lines are
 skipped). Boxes are voxels, 0-based, with exclusive upper edges (z2 = last slice + 1). When the
 ground truth holds several tomograms, the predictions need a ``tomogram`` column, or the file must
-be named after its tomogram (``tomo_03.csv``); with one tomogram neither is needed. Objects are
+be named after its tomogram (``tomo_03.csv``, or test_frcnn.py's ``tomo_03_objects3d.csv``); with one
+tomogram neither is needed. ``--objects3d FOLDER`` reads every NAME_objects3d.csv in it. Objects are
 matched per tomogram and class with :func:`keras_frcnn_cryo.tracking.match_objects_3d`.
 
 Library: :func:`evaluate` (what measure_map.py computes; prints notes, writes nothing) returns an
@@ -57,7 +58,7 @@ from .annotations import detections_to_dicts, load_annotations, records_to_groun
 from .atomic import check_output_dir, write_text_atomic
 from .config import BG_CLASS, PAPER_TABLE_IOU, Config, load_config
 from .errors import CryoError
-from .detections_csv import ImageIndex, load_detections
+from .detections_csv import OBJECTS3D_CSV_SUFFIX, ImageIndex, load_detections
 from .predict import add_detector_options, detect_images, load_detector
 from .textio import read_csv_rows, write_json
 from .tomo_io import natural_sort_key
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IoU of the F1 columns and of the per-tomogram table (paper: 0.7); "
                         "one of the config's eval_iou_thresholds")
     p.add_argument("--objects3d", default=None, metavar="CSV",
-                   help="3D objects found (class,score,x1,y1,z1,x2,y2,z2[,tomogram]) for object-level scores")
+                   help="3D objects found (class,score,x1,y1,z1,x2,y2,z2[,tomogram]) for object-level scores, "
+                        "or test_frcnn.py's output folder (every NAME_objects3d.csv in it)")
     p.add_argument("--gt3d", default=None, metavar="CSV",
                    help="3D ground truth (annotations_3d.csv: tomogram,class,x1,y1,z1,x2,y2,z2,incomplete)")
     return p
@@ -284,19 +286,41 @@ def read_gt3d_csv(path: str) -> list[dict]:
     return objects
 
 
+def _objects3d_stem(path: str) -> str:
+    """``tomo_03`` for ``.../tomo_03_objects3d.csv`` (test_frcnn.py's name) or ``.../tomo_03.csv``."""
+    name = os.path.basename(path)
+    return name[:-len(OBJECTS3D_CSV_SUFFIX)] if name.endswith(OBJECTS3D_CSV_SUFFIX) else os.path.splitext(name)[0]
+
+
 def predicted_objects3d(path: str, tomograms: Sequence[str]) -> list[dict]:
     """3D predictions (writers.read_objects3d_csv) -> dicts as :func:`read_gt3d_csv` (without
     ``incomplete``) plus ``"score"``, each with the ground-truth tomogram it belongs to.
 
-    The tomogram of a row is its ``tomogram`` column; without that column, the file name stem when it
-    is one of ``tomograms`` (``tomo_03.csv`` for tomogram ``tomo_03``), else the only tomogram when the
-    ground truth has one. Otherwise CryoError naming the file.
+    ``path``: one CSV, or a folder: every NAME_objects3d.csv test_frcnn.py wrote there whose NAME is
+    one of ``tomograms`` (the others are listed in a printed note and left out). The tomogram of a
+    row is its ``tomogram`` column; without that column, the file name stem when it is one of
+    ``tomograms`` (``tomo_03_objects3d.csv`` or ``tomo_03.csv`` for tomogram ``tomo_03``), else the
+    only tomogram when the ground truth has one. Otherwise CryoError naming the file.
     """
-    rows = writers.read_objects3d_csv(path)
     known = sorted(set(tomograms))
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(OBJECTS3D_CSV_SUFFIX))
+        if not files:
+            raise CryoError(f"no NAME{OBJECTS3D_CSV_SUFFIX} in the folder (test_frcnn.py writes one per tomogram)",
+                            path)
+        used = [f for f in files if _objects3d_stem(f) in known]
+        left = [_objects3d_stem(f) for f in files if _objects3d_stem(f) not in known]
+        if not used:
+            raise CryoError(f"none of its {len(files)} NAME{OBJECTS3D_CSV_SUFFIX} names a tomogram of the 3D "
+                            f"ground truth ({', '.join(known[:3])}, ...)", path)
+        if left:
+            print(f"note: {path}: {len(left)} tomogram(s) without 3D ground truth left out of the 3D scores "
+                  f"({', '.join(left[:5])}{', ...' if len(left) > 5 else ''})")
+        return [obj for f in used for obj in predicted_objects3d(f, known)]
+    rows = writers.read_objects3d_csv(path)
     default_tomogram = None
     if rows and "tomogram" not in rows[0]:
-        stem = os.path.splitext(os.path.basename(path))[0]
+        stem = _objects3d_stem(path)
         if stem in known:
             default_tomogram = stem
         elif len(known) == 1:

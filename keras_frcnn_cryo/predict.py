@@ -26,7 +26,8 @@ from tqdm import tqdm
 from . import pictures, preprocessing, tomo_io, tracking, writers
 from .atomic import check_output_dir
 from .config import CHOICES, apply_overrides, load_config
-from .detections_csv import DETECTIONS_CSV, shard_csv_name, write_detections_csv
+from .detections_csv import (DETECTIONS_CSV, OBJECTS3D_CSV_SUFFIX, TOMOGRAM_CSV_SUFFIX, shard_csv_name,
+                             write_detections_csv)
 from .errors import CryoError
 
 if TYPE_CHECKING:  # the model module imports Keras and TensorFlow: only load_detector needs it at run time,
@@ -288,6 +289,7 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
                   f"seen at {cfg.network_pixel_size_angstrom:g} A per network pixel: slices resized x{scale:.3g} "
                   "(--no-pixel-size-match: resize by the config's im_size instead)")
         per_slice: dict[int, Detections] = {}
+        levels: dict[int, float] = {}                  # slice -> its structure level (specimen_z_range)
         overlays: dict[int, np.ndarray] = {}           # slice -> its grey image, drawn once boxes are final
         projection = None
         bar = tqdm(total=len(indices), desc=name, unit="slice" if volume.kind == "tomogram" else "tilt")
@@ -295,6 +297,9 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
                                                                       options.batch_size)):
             image = image if image.ndim == 2 else image[:, :, 1]                # the slab at the slice
             per_slice[index] = dets
+            if cfg.track_clip_to_specimen and volume.kind == "tomogram":     # the slice itself, no slab
+                levels[index] = preprocessing.structure_level(volume.slice(index), cfg.specimen_profile_size,
+                                                              cfg.specimen_profile_sigma)
             projection = image.astype(np.float64) if projection is None else projection + image
             if position in overlay_at:
                 overlays[index] = image
@@ -303,7 +308,7 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
         kind, pixel_size, angles = volume.kind, volume.pixel_size_a, volume.angles
         snr = volume_snr(volume, indices, cfg.snr_sample_slices)
     return write_volume_outputs(path, out_dir, name, kind, per_slice, overlays, projection, pixel_size, angles,
-                                cfg, threshold, options, snr)
+                                cfg, threshold, options, snr, levels)
 
 
 def detect_volume(detector: Detector, volume: tomo_io.Volume, indices: Sequence[int], min_score: float,
@@ -344,26 +349,42 @@ def volume_reader(volume: tomo_io.Volume, cfg) -> Callable[[int], np.ndarray]:
 def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slice: dict[int, Detections],
                          overlays: dict[int, np.ndarray], projection: np.ndarray | None,
                          pixel_size: float | None, angles, cfg, threshold: float, options: VolumeOptions,
-                         snr: float = float("nan")) -> dict:
+                         snr: float = float("nan"), levels: dict[int, float] | None = None) -> dict:
     """Every output file of one volume (see :func:`predict_volume`); NAME.done.json last. ``overlays``:
-    slice index -> the (binned) grey slice, drawn here with the final boxes."""
+    slice index -> the (binned) grey slice, drawn here with the final boxes. ``levels``: slice index ->
+    preprocessing.structure_level, for ``cfg.track_clip_to_specimen`` (tomograms only)."""
     class_names = cfg.class_names
     binning = options.binning
     # boxes in the input file's pixels (undo binning); overlays are drawn in the binned slices
     full = {z: (d.boxes * binning, d.scores, d.labels) for z, d in per_slice.items()}
     base = os.path.join(out_dir, name)
     objects = []
+    specimen, outside = None, 0
+    if kind != "tilt_series" and cfg.track_clip_to_specimen and levels:
+        zs = sorted(levels)
+        specimen = tracking.specimen_z_range(zs, [levels[z] for z in zs], cfg.specimen_min_vacuum_slices,
+                                             cfg.specimen_vacuum_slope)
+        if specimen is not None:
+            for z, (boxes, scores, labels) in full.items():
+                if not specimen[0] <= z < specimen[1]:
+                    outside += len(boxes)
+                    full[z] = (boxes[:0], scores[:0], labels[:0])
+            print(f"{name}: the specimen fills slices {specimen[0]}..{specimen[1] - 1}; {outside} boxes on the "
+                  f"slices beyond its faces dropped (--set track_clip_to_specimen=false keeps them)")
     if kind != "tilt_series":
         objects = tracking.link_boxes(full, tracking.TrackingParams.from_config(cfg), class_names)
         if cfg.track_refine_window > 0 or cfg.track_rescore or cfg.track_untracked_weight < 1.0:
             full = tracking.refine_along_z(full, objects, cfg.track_refine_window, cfg.track_rescore,
                                            cfg.track_untracked_weight)
     rows = writers.boxes2d_rows(full, class_names)
-    writers.write_boxes2d_csv(base + "_boxes2d.csv", rows)
+    writers.write_boxes2d_csv(base + TOMOGRAM_CSV_SUFFIX, rows)
     summary = {"input": os.path.abspath(path), "kind": kind, "slices_processed": len(per_slice),
                "detections": len(rows), "threshold": threshold, "pixel_size_a": pixel_size,
                "binning": binning, "slab": options.slab, "coordinates": "pixels of the input file, 0-based",
                "snr_estimate": None if np.isnan(snr) else round(float(snr), 4)}
+    if kind != "tilt_series" and cfg.track_clip_to_specimen:
+        summary["specimen_slices"] = list(specimen) if specimen is not None else None
+        summary["boxes_outside_specimen"] = outside
     json_payload: dict = {"boxes": rows}
     if kind == "tilt_series":
         flags = tracking.flag_isolated_tilt_detections(full, cfg.tilt_consistency_min_iou)
@@ -374,7 +395,7 @@ def write_volume_outputs(path: str, out_dir: str, name: str, kind: str, per_slic
             print(f"{name}: {len(flags)} detections seen on one tilt but on neither neighbour "
                   f"(listed under 'isolated' in {name}_boxes2d.json)")
     else:
-        writers.write_objects3d_csv(base + "_objects3d.csv", objects)
+        writers.write_objects3d_csv(base + OBJECTS3D_CSV_SUFFIX, objects)
         writers.write_objects3d_json(base + "_objects3d.json", objects, pixel_size_a=pixel_size, source=path)
         writers.write_cbox(base + ".cbox", objects, pixel_size_a=pixel_size, source=path)
         writers.write_imod_coords(base + ".coords", objects)

@@ -331,6 +331,25 @@ def prepare_image(image: np.ndarray, cfg: Config,
     return net_input * np.float32(cfg.img_scaling_factor), scale_xy
 
 
+def structure_level(image: np.ndarray, max_side: int, sigma: float) -> float:
+    """How much low-pass structure a (H, W) slice holds: the slice shrunk (area average) to at most
+    ``max_side`` px on its longer side, blurred by ``sigma`` px, then its robust spread (interquartile
+    range / 1.349, so gold beads barely count). White noise averages away, specimen structure does
+    not: along z, the profile rises from a tomogram's vacuum into its lamella
+    (tracking.specimen_z_range). NaN when the slice holds NaN or infinite values."""
+    arr = _check_2d(image).astype(np.float32)
+    if not np.isfinite(arr).all():
+        return float("nan")
+    factor = max(arr.shape) / float(max_side)
+    if factor > 1.0:
+        size = (max(1, round(arr.shape[1] / factor)), max(1, round(arr.shape[0] / factor)))
+        arr = cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
+    if sigma > 0:
+        arr = cv2.GaussianBlur(arr, (0, 0), float(sigma))
+    q1, q3 = np.percentile(arr, [25.0, 75.0])
+    return float((q3 - q1) / 1.349)
+
+
 def median_snr(images: Iterable[np.ndarray]) -> float:
     """Median :func:`estimate_snr` of (H, W) images (NaN when there are none): one figure per
     tomogram or image group, as the paper relates its failures to SNR."""

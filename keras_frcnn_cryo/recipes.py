@@ -55,6 +55,9 @@ class ScratchRecipe:
     # the 2 slices either side, and scored by the object's mean score (tracking.refine_along_z)
     track_refine_window: int = 2
     track_rescore: bool = True
+    # Tomograms reconstructed thicker than their lamella: no detections on the slices beyond its faces
+    # (tracking.specimen_z_range), where the model fired on the missing wedge's ghosts (BENCHMARKS.md)
+    track_clip_to_specimen: bool = True
     # Prediction: proposals with RPN objectness below 0.05 skip the conv5 head (half of the 300 on a
     # synthetic slice): 1.5x faster per slice, AP within 0.006 on four test sets (BENCHMARKS.md)
     rpn_min_score_test: float = 0.05

@@ -40,6 +40,12 @@ Refinement along z (:func:`refine_along_z`, not in the paper): once linked, each
 replaced by the score-weighted mean of its object's boxes on neighbouring slices, and rescored by the
 object's mean score; test_frcnn.py does this for tomograms when the config asks
 (``Config.track_refine_window``, ``track_rescore``; the scratch recipe's default).
+
+The specimen's slices (:func:`specimen_z_range`, not in the paper): a tomogram reconstructed thicker
+than its lamella shows, beyond the lamella's faces, faint ghosts of the objects those faces cut (the
+missing wedge elongates everything along z), and a detector fires on them. test_frcnn.py drops the
+detections on slices outside the estimated specimen before linking when the config asks
+(``Config.track_clip_to_specimen``; the scratch recipe's default).
 """
 from __future__ import annotations
 
@@ -59,6 +65,7 @@ __all__ = [
     "Object3D",
     "link_boxes",
     "refine_along_z",
+    "specimen_z_range",
     "iou_3d",
     "iou_3d_matrix",
     "ObjectMatch",
@@ -349,6 +356,45 @@ def refine_along_z(per_slice: Mapping[int, SliceDetections], objects: Sequence[O
             boxes[index] = (obj.boxes[near] * weights[:, None]).sum(axis=0) / weights.sum()
         scores[index] = obj.score if rescore else obj.scores[row]
     return out
+
+
+def specimen_z_range(slices: Sequence[int], levels: Sequence[float], min_vacuum_slices: int = 4,
+                     max_vacuum_slope: float = 0.75) -> tuple[int, int] | None:
+    """The slices ``[first, stop)`` a tomogram's specimen fills, from the structure profile along z.
+
+    ``slices``: increasing slice indices; ``levels``: each one's preprocessing.structure_level.
+    The profile (scaled to its maximum, a 3-slice running mean) is differentiated along the slice
+    positions; the lower face is where it rises steepest in the first half, the upper where it falls
+    steepest in the second. A face counts only when at least ``min_vacuum_slices`` slices lie beyond
+    it and the profile there is flat, a floor of vacuum: their mean slope (the slices beyond it, the
+    one next to the face left out as part of the edge) at most ``max_vacuum_slope`` x the face's.
+    A volume its specimen fills (or one too short to tell) has no such floor on either side: None.
+    Otherwise the first slice at or beyond the lower face and the one after the upper face (the
+    volume's own ends where a side has no face).
+    """
+    zs = np.asarray(slices, dtype=np.int64).reshape(-1)
+    prof = np.asarray(levels, dtype=np.float64).reshape(-1)
+    if len(zs) != len(prof):
+        raise ValueError(f"{len(zs)} slices and {len(prof)} levels")
+    if len(zs) < 2 * min_vacuum_slices + 3 or not np.isfinite(prof).all() or prof.max() <= 0:
+        return None
+    prof = prof / prof.max()
+    smooth = np.convolve(np.pad(prof, 1, mode="edge"), np.ones(3) / 3.0, mode="valid")
+    slope = np.gradient(smooth)
+    half = len(zs) // 2
+    first, stop = int(zs[0]), int(zs[-1]) + 1
+    low = int(np.argmax(slope[:half]))
+    found = False
+    if low >= min_vacuum_slices and slope[low] > 0:
+        floor = slope[:low - 1]
+        if floor.mean() <= max_vacuum_slope * slope[low]:
+            first, found = int(zs[low]), True
+    high = half + int(np.argmin(slope[half:]))
+    if len(zs) - 1 - high >= min_vacuum_slices and slope[high] < 0:
+        floor = slope[high + 2:]
+        if -floor.mean() <= max_vacuum_slope * -slope[high]:
+            stop, found = int(zs[high]) + 1, True
+    return (first, stop) if found else None
 
 
 # ------------------------------------------------------------------------------------------

@@ -357,3 +357,27 @@ def test_tomogram_outputs_are_scored_on_their_labelled_slices(data, capsys):
     assert payload["n_detections"] == 4
     assert all(payload["mAP"]["ap"][t] == 1.0 for t in THRESHOLDS)
     assert "1 tomogram(s)" in capsys.readouterr().out
+
+
+def test_objects_3d_from_test_frcnn_output_folder(data, capsys):
+    """--objects3d FOLDER reads every NAME_objects3d.csv test_frcnn.py wrote (NAME = the tomogram);
+    a tomogram without 3D ground truth is named in a note and left out."""
+    (data / "gt3d.csv").write_text(GT3D)
+    out = data / "results"
+    out.mkdir()
+    lines = PRED3D.splitlines()[1:]
+    for name in ("tomo_00", "tomo_01"):
+        rows = [line.split(",", 1)[1] for line in lines if line.startswith(("tomogram", name))]
+        (out / f"{name}_objects3d.csv").write_text("\n".join(rows) + "\n")
+    (out / "tomo_09_objects3d.csv").write_text("class,score,x1,y1,z1,x2,y2,z2\nmito,0.9,0,0,0,10,10,10\n")
+    (out / "tomo_00_boxes2d.csv").write_text("slice,x1,y1,x2,y2,class,score\n")       # not read here
+    payload = run(data, "--objects3d", out, "--gt3d", data / "gt3d.csv")
+    at = payload["objects3d"]["classes"]["mito"]
+    assert (at["0.5"]["tp"], at["0.5"]["fp"], at["0.5"]["fn"]) == (2, 2, 1)       # as the one-file test
+    assert "tomo_09" in capsys.readouterr().out
+    single = run(data, "--objects3d", out / "tomo_01_objects3d.csv", "--gt3d", data / "gt3d.csv")
+    assert single["objects3d"]["all"]["0.5"]["tp"] == 1
+    empty = data / "empty"
+    empty.mkdir()
+    with pytest.raises(CryoError, match="objects3d.csv"):
+        run(data, "--objects3d", empty, "--gt3d", data / "gt3d.csv")

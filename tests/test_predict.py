@@ -271,3 +271,36 @@ def test_views_option_reaches_the_detector(detector, tmp_path):
             parser.parse_args(["-p", "x", "--views", "rot45"])
     assert predict.load_detector(config_path, weights, views="transpose").cfg.detection_views == "transpose"
     assert predict.load_detector(config_path, weights).cfg.detection_views == "none"
+
+
+def test_tomogram_boxes_beyond_the_lamella_are_dropped(detector, tmp_path, monkeypatch, capsys):
+    """With track_clip_to_specimen, boxes on the slices outside the specimen (white noise above and
+    below a lamella of structured slices 6..13) are dropped before linking; the summary says where
+    the specimen is and how many boxes went. Off, every slice keeps its box."""
+    import cv2
+    from keras_frcnn_cryo.model import Detections
+    rng = np.random.default_rng(3)
+    volume = rng.normal(size=(20, 64, 64)).astype(np.float32)
+    for z in range(6, 14):
+        volume[z] += 4.0 * cv2.GaussianBlur(rng.normal(size=(64, 64)).astype(np.float32), (0, 0), 4.0) * 8.0
+    path = str(tmp_path / "lamella.mrc")
+    tomo_io.write_volume(path, volume, pixel_size_a=20.0)
+
+    def fake_many(images, min_score=None, pixel_size_a=None):
+        return [Detections(np.array([[10.0, 10.0, 30.0, 30.0]]), np.array([0.9]), np.array([0]), ["m", "bg"])
+                for _ in images]
+    monkeypatch.setattr(detector, "detect_many", fake_many)
+    monkeypatch.setattr(detector.cfg, "track_clip_to_specimen", True)
+    out = str(tmp_path / "clipped")
+    summary = predict.predict_volume(detector, path, out, 0.5, volume_options())
+    rows = writers.read_boxes2d_csv(os.path.join(out, "lamella_boxes2d.csv"))
+    kept = sorted(r["slice"] for r in rows)
+    first, stop = summary["specimen_slices"]
+    assert abs(first - 6) <= 1 and abs(stop - 14) <= 1 and kept == list(range(first, stop))
+    assert summary["boxes_outside_specimen"] == 20 - len(kept)
+    objects = writers.read_objects3d_csv(os.path.join(out, "lamella_objects3d.csv"))
+    assert [(o["z1"], o["z2"]) for o in objects] == [(first, stop)]
+    assert "the specimen fills slices" in capsys.readouterr().out
+    monkeypatch.setattr(detector.cfg, "track_clip_to_specimen", False)
+    summary = predict.predict_volume(detector, path, str(tmp_path / "all"), 0.5, volume_options())
+    assert summary["detections"] == 20 and "specimen_slices" not in summary

@@ -353,3 +353,18 @@ def test_prepare_image_three_channels_are_prepared_one_by_one():
     assert not np.array_equal(grey[:, :, 0], grey[:, :, 1])     # three images, not one repeated
     with pytest.raises(ValueError, match="3 channels"):
         pp.prepare_image(np.zeros((8, 8, 2), np.float32), cfg)
+
+
+def test_structure_level_sees_structure_not_noise_or_beads():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(300, 400)).astype(np.float32)
+    texture = cv2.GaussianBlur(rng.normal(size=(300, 400)).astype(np.float32), (0, 0), 6.0) * 20.0
+    quiet, busy = pp.structure_level(noise, 256, 2.0), pp.structure_level(noise + texture, 256, 2.0)
+    assert busy > 3 * quiet
+    beads = noise.copy()
+    beads[rng.integers(0, 300, 40), rng.integers(0, 400, 40)] = 500.0       # a few gold beads
+    assert pp.structure_level(beads, 256, 2.0) < 1.5 * quiet
+    assert pp.structure_level(noise, 64, 0.0) > 0                          # shrunk, no blur
+    bad = noise.copy()
+    bad[0, 0] = np.nan
+    assert math.isnan(pp.structure_level(bad, 256, 2.0))

@@ -210,3 +210,9 @@ def test_prepare_fits_rois_unless_the_command_line_gave_them(toy_dataset, tmp_pa
         cfg = recipes.config_for(annotation_path=toy_dataset)
         train.prepare(cfg, split_file=str(tmp_path / "split.json"), fit_rois=fit_rois)
         assert cfg.num_rois == expected, fit_rois
+
+
+def test_scratch_models_drop_boxes_beyond_the_lamella_and_the_paper_does_not():
+    assert recipes.config_for("scratch").track_clip_to_specimen is True
+    assert recipes.config_for("paper").track_clip_to_specimen is False
+    assert config_for("--set", "track_clip_to_specimen=false").track_clip_to_specimen is False

@@ -312,3 +312,33 @@ def test_render_preview_shows_slices_smoothed_slices_and_tilts(tomo: dict) -> No
         colour = np.array(synthetic.CLASS_COLOURS[name], np.uint8)
         assert np.all(picture == colour, axis=2).any(), name
     assert synthetic.render_preview(tomo, n_slices=2, n_tilts=1, smooth_sigma=0).shape[0] == SHAPE[1] + 4 + tilt_h + 4
+
+
+def test_a_lamella_thinner_than_the_reconstruction_adds_vacuum_only() -> None:
+    """specimen_slices: the same tilt series as the thin volume of that depth (same seed), boxes and
+    masks shifted by the vacuum above; the extra slices hold no labels; the middle ones look alike."""
+    thin = synthetic.generate_tomogram(SHAPE, APIX, snr=0.1, n_mito=2, seed=5, return_masks=True, **TILTS)
+    thick = synthetic.generate_tomogram((SHAPE[0] + 8, *SHAPE[1:]), APIX, snr=0.1, n_mito=2, seed=5,
+                                        return_masks=True, specimen_slices=SHAPE[0], **TILTS)
+    assert np.array_equal(thin["tilts"], thick["tilts"])
+    assert thin["specimen_z"] == [0, SHAPE[0]] and thick["specimen_z"] == [4, 4 + SHAPE[0]]
+    assert thick["tomogram"].shape == (SHAPE[0] + 8, *SHAPE[1:])
+    assert len(thin["objects"]) == len(thick["objects"]) > 0
+    for a, b in zip(thin["objects"], thick["objects"]):
+        assert b["box3d"] == [a["box3d"][0], a["box3d"][1], a["box3d"][2] + 4,
+                              a["box3d"][3], a["box3d"][4], a["box3d"][5] + 4]
+        assert a["cut_z"] == b["cut_z"]                       # cut by the lamella's faces, not the volume's
+    for z in range(SHAPE[0]):
+        assert thin["slice_boxes"][z] == thick["slice_boxes"][z + 4]
+    assert all(not thick["slice_boxes"][z] for z in (0, 1, 2, 3, SHAPE[0] + 4, SHAPE[0] + 7))
+    assert thin["tilt_boxes"] == thick["tilt_boxes"]
+    assert [m["origin"][0] + 4 for m in thin["masks"]] == [m["origin"][0] for m in thick["masks"]]
+    # back-projection is slice by slice: the lamella's slices match up to the standardisation
+    corr = np.corrcoef(thin["tomogram"][SHAPE[0] // 2].ravel(), thick["tomogram"][SHAPE[0] // 2 + 4].ravel())[0, 1]
+    assert corr > 0.999
+
+
+@pytest.mark.parametrize("depth", [3, 15, 17, 40])
+def test_specimen_slices_must_fit_centred(depth: int) -> None:
+    with pytest.raises(CryoError, match="specimen slices"):
+        synthetic.generate_tomogram(SHAPE, APIX, snr=0.1, n_mito=1, seed=5, specimen_slices=depth, **TILTS)

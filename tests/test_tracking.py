@@ -9,6 +9,7 @@ import pytest
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.tracking import (
     refine_along_z,
+    specimen_z_range,
     Object3D,
     TrackingParams,
     flag_isolated_tilt_detections,
@@ -343,3 +344,38 @@ def test_flag_isolated_tilt_detections():
     assert flag_isolated_tilt_detections([per_tilt[k] for k in range(5)], min_iou=0.3) == flagged
     # a strict IoU flags the slightly shifted class-1 pair as well
     assert (2, 1) in flag_isolated_tilt_detections(per_tilt, min_iou=0.95)
+
+
+def _lamella_profile(n=44, first=7, stop=37, floor=0.6, width=2.0):
+    """Structure along z of a lamella on slices first..stop-1 with vacuum around it: a smooth step
+    up at each face from a slowly falling floor (the missing wedge's fading ghosts)."""
+    z = np.arange(n, dtype=float)
+    inside = 1.0 / (1.0 + np.exp(-(z - first + 0.5) / width)) * 1.0 / (1.0 + np.exp((z - stop + 0.5) / width))
+    ghosts = 0.01 * np.minimum(np.abs(z - first), np.abs(z - stop))
+    return floor - ghosts * (z < first) - ghosts * (z >= stop) + (1.0 - floor) * inside
+
+
+def test_specimen_z_range_finds_the_lamella_faces():
+    found = specimen_z_range(range(44), _lamella_profile())
+    assert found is not None and abs(found[0] - 7) <= 1 and abs(found[1] - 37) <= 1
+    # sparse slices (test_frcnn.py --step 2) and an offset z range
+    zs = np.arange(10, 54, 2)                                   # faces at positions 5 and 17 of 22
+    found = specimen_z_range(zs, _lamella_profile(n=22, first=5, stop=17))
+    assert found is not None and abs(found[0] - 20) <= 2 and abs(found[1] - 44) <= 2
+    # vacuum on one side only: the other side keeps the volume's own end
+    one_sided = _lamella_profile(n=30, first=8, stop=40)
+    found = specimen_z_range(range(30), one_sided)
+    assert found is not None and abs(found[0] - 8) <= 1 and found[1] == 30
+
+
+def test_specimen_z_range_keeps_a_volume_its_specimen_fills():
+    z = np.arange(30, dtype=float)
+    filled = 1.0 - 0.3 * ((z - 14.5) / 14.5) ** 2              # falls towards both ends, steepest at them
+    assert specimen_z_range(range(30), filled) is None
+    assert specimen_z_range(range(30), np.ones(30)) is None
+    assert specimen_z_range(range(8), _lamella_profile(n=8, first=3, stop=5)) is None     # too short to tell
+    profile = _lamella_profile()
+    profile[5] = np.nan
+    assert specimen_z_range(range(44), profile) is None
+    with pytest.raises(ValueError, match="levels"):
+        specimen_z_range(range(5), [1.0, 2.0])

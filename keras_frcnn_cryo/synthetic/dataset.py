@@ -41,18 +41,25 @@ def generate_tomogram(shape: Sequence[int] = DEFAULT_SHAPE, pixel_size_a: float 
                       snr: float = 0.1, n_mito: int | None = None, seed: int = 0,
                       tilt_range: tuple[float, float] = (-60.0, 60.0), tilt_step: float = 1.5,
                       second_class: bool = False, *, keep_clean: bool = False, return_masks: bool = False,
-                      params: SimulationParams = PARAMS) -> dict[str, Any]:
+                      params: SimulationParams = PARAMS, specimen_slices: int | None = None) -> dict[str, Any]:
     """Simulate one tomogram with its tilt series and ground truth (deterministic for a seed).
+
+    ``specimen_slices``: the specimen (the lamella) fills this many central slices of the ``shape[0]``
+    reconstructed ones, with vacuum above and below, as in a tomogram reconstructed thicker than its
+    lamella (None: all of them). Same parity as ``shape[0]``, so the lamella sits exactly centred: the
+    tilt series is then identical to that of ``shape`` with ``specimen_slices`` slices and the same
+    seed, and only the reconstruction is thicker (its extra slices hold the missing wedge's ghosts).
 
     Returns a dict: 'tomogram' float32 (z, y, x), standardised (mean 0, std 1), density dark;
     'tilts' float32 (n_tilts, y, x), density dark, scaled by the noisy series' std; 'angles' (degrees);
     'objects' [{'class', 'box3d': [x1, y1, z1, x2, y2, z2], 'incomplete', 'cut_z'}];
     'slice_boxes' {z: [{'class', 'x1', 'y1', 'x2', 'y2'}]}; 'tilt_boxes' {tilt index: [...]};
-    'pixel_size_a', 'snr'. keep_clean adds 'tilts_clean' (noise-free, same scale as 'tilts');
+    'pixel_size_a', 'snr', 'specimen_z' [first, last + 1] (the lamella's slices). keep_clean adds 'tilts_clean' (noise-free, same scale as 'tilts');
     return_masks adds 'masks' ([{'class', 'mask' bool (z, y, x), 'origin' (z, y, x) in field voxels}],
     the masks extend beyond the field in x where the object does).
     """
     nz, ny, nx = _check_shape(shape)
+    depth, pad = _specimen_extent(nz, specimen_slices)
     if not pixel_size_a > 0:
         raise CryoError(f"pixel size must be > 0 A, got {pixel_size_a}")
     if not snr > 0:
@@ -62,7 +69,7 @@ def generate_tomogram(shape: Sequence[int] = DEFAULT_SHAPE, pixel_size_a: float 
     angles = tilt_angles(tilt_range, tilt_step)
     rng = np.random.default_rng(seed)
     max_tilt = max(abs(a) for a in angles)
-    phantom = build_phantom((nz, ny, nx), pixel_size_a, rng, n_mito, second_class, max_tilt, params)
+    phantom = build_phantom((depth, ny, nx), pixel_size_a, rng, n_mito, second_class, max_tilt, params)
     projections = project_tilt_series(phantom.density, angles, nx)
     del phantom.density
     clean = apply_ctf(projections, pixel_size_a, params)
@@ -75,8 +82,12 @@ def generate_tomogram(shape: Sequence[int] = DEFAULT_SHAPE, pixel_size_a: float 
     tomogram /= max(float(tomogram.std()), 1e-12)
 
     min_area_px = params.min_area_nm2 / (pixel_size_a / 10.0) ** 2
-    summaries = object_summaries(phantom.objects, (nz, ny, nx))
+    summaries = object_summaries(phantom.objects, (depth, ny, nx))     # cut_z: by the lamella's surfaces
     kept = [(o, s) for o, s in zip(phantom.objects, summaries) if s is not None]
+    for obj, summary in kept:                                           # specimen -> reconstruction slices
+        obj["origin"] = (obj["origin"][0] + pad, *obj["origin"][1:])
+        summary["box3d"][2] += pad
+        summary["box3d"][5] += pad
     labelled = [o for o, _ in kept]
     result: dict[str, Any] = {
         "tomogram": tomogram,
@@ -87,6 +98,7 @@ def generate_tomogram(shape: Sequence[int] = DEFAULT_SHAPE, pixel_size_a: float 
         "tilt_boxes": tilt_boxes(labelled, (nz, ny, nx), angles, min_area_px),
         "pixel_size_a": float(pixel_size_a),
         "snr": float(snr),
+        "specimen_z": [pad, pad + depth],
     }
     if keep_clean:
         result["tilts_clean"] = clean * np.float32(scale)
@@ -94,6 +106,16 @@ def generate_tomogram(shape: Sequence[int] = DEFAULT_SHAPE, pixel_size_a: float 
         result["masks"] = [{"class": o["class"], "mask": o["mask"], "origin": o["origin"]} for o in labelled]
     return result
 
+
+def _specimen_extent(nz: int, specimen_slices: int | None) -> tuple[int, int]:
+    """(specimen depth, vacuum slices above it) for a reconstruction of ``nz`` slices."""
+    if specimen_slices is None:
+        return nz, 0
+    depth = int(specimen_slices)
+    if depth != specimen_slices or not 4 <= depth <= nz or (nz - depth) % 2:
+        raise CryoError(f"specimen slices must be an integer in 4..{nz} with the parity of the {nz} slices "
+                        f"(so the lamella sits centred), got {specimen_slices}")
+    return depth, (nz - depth) // 2
 
 
 CLASS_COLOURS = {MITO_CLASS: (40, 220, 40), DROPLET_CLASS: (0, 140, 255)}
@@ -139,8 +161,12 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
                   snr_range: tuple[float, float] = (0.06, 0.12), slice_step: int = DEFAULT_SLICE_STEP,
                   second_class: bool = False, pixel_size_a: float = DEFAULT_PIXEL_SIZE_A,
                   tilt_range: tuple[float, float] = (-60.0, 60.0), tilt_step: float = 1.5,
-                  progress: bool = True, test_fraction: float | None = None) -> dict[str, Any]:
+                  progress: bool = True, test_fraction: float | None = None,
+                  specimen_slices: int | None = None) -> dict[str, Any]:
     """Simulate ``n_tomograms`` tomograms and write a training set under ``out_dir``.
+
+    ``specimen_slices``: the lamella fills that many central slices, vacuum the rest
+    (:func:`generate_tomogram`); slices are written and labelled through the whole depth either way.
 
     Layout (paths in text files are relative to out_dir; slice numbers and tilt indices 0-based):
       tomograms/tomo_NN.mrc   float32 (z, y, x), voxel_size set; tilts/tomo_NN.mrc (+ .tlt, one angle per line)
@@ -155,6 +181,7 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
     Returns a summary dict (paths and counts).
     """
     nz, ny, nx = _check_shape(shape)
+    _specimen_extent(nz, specimen_slices)
     if n_tomograms < 1:
         raise CryoError(f"need at least one tomogram, got {n_tomograms}")
     if slice_step < 1:
@@ -172,7 +199,9 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
     csv_tilt = ["tomogram,tilt_index,angle,class,x1,y1,x2,y2"]
     meta: dict[str, Any] = {"generator": "keras_frcnn_cryo.synthetic", "seed": int(seed), "shape": [nz, ny, nx],
                             "pixel_size_a": float(pixel_size_a), "slice_step": int(slice_step),
-                            "polarity": "density dark", "slice_numbering": "0-based", "tomograms": {}}
+                            "polarity": "density dark", "slice_numbering": "0-based",
+                            "specimen_slices": int(specimen_slices if specimen_slices is not None else nz),
+                            "tomograms": {}}
     names, tomo_paths, tilt_paths = [], [], []
     n_images = n_boxes = 0
     class_counts: dict[str, int] = {}
@@ -181,7 +210,7 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
         name = f"tomo_{i:0{digits}d}"
         tomo_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
         result = generate_tomogram((nz, ny, nx), pixel_size_a, float(snrs[i]), None, tomo_seed, tilt_range,
-                                   tilt_step, second_class)
+                                   tilt_step, second_class, specimen_slices=specimen_slices)
         tomo_path = os.path.join(out_dir, "tomograms", name + ".mrc")
         tilt_path = os.path.join(out_dir, "tilts", name + ".mrc")
         write_mrc(tomo_path, result["tomogram"], pixel_size_a)
@@ -210,7 +239,7 @@ def write_dataset(out_dir: str, n_tomograms: int, seed: int = 0, shape: Sequence
                 csv_tilt.append(",".join([name, str(k), f"{result['angles'][k]:.2f}", box["class"],
                                           *(_fmt(box[c]) for c in ("x1", "y1", "x2", "y2"))]))
         meta["tomograms"][name] = {"seed": tomo_seed, "snr": float(snrs[i]), "n_tilts": len(result["angles"]),
-                                   "objects": result["objects"]}
+                                   "specimen_z": result["specimen_z"], "objects": result["objects"]}
         names.append(name)
         tomo_paths.append(tomo_path)
         tilt_paths.append(tilt_path)
@@ -250,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--snr-min", type=float, default=0.06, help="lowest tilt-image SNR")
     parser.add_argument("--snr-max", type=float, default=0.12, help="highest tilt-image SNR")
     parser.add_argument("--apix", type=float, default=DEFAULT_PIXEL_SIZE_A, help="pixel size (A/px)")
+    parser.add_argument("--specimen-slices", type=int, default=None,
+                        help="the lamella fills this many central slices, vacuum the rest, as in a tomogram "
+                             "reconstructed thicker than its lamella (same parity as --slices; default: all)")
     parser.add_argument("--slice-step", type=int, default=DEFAULT_SLICE_STEP, help="write every n-th slice as PNG")
     parser.add_argument("--tilt-step", type=float, default=1.5, help="tilt increment (degrees)")
     parser.add_argument("--max-tilt", type=float, default=60.0, help="tilt range is -max..+max (degrees)")
@@ -270,7 +302,7 @@ def main(args: argparse.Namespace) -> int:
                             snr_range=(args.snr_min, args.snr_max), slice_step=args.slice_step,
                             second_class=args.second_class, pixel_size_a=args.apix,
                             tilt_range=(-args.max_tilt, args.max_tilt), tilt_step=args.tilt_step,
-                            progress=not args.quiet)
+                            progress=not args.quiet, specimen_slices=args.specimen_slices)
     print(f"wrote {len(summary['names'])} tomograms, {summary['n_images']} images, {summary['n_boxes']} boxes "
           f"({summary['class_counts']}) to {args.out}; split {summary['split_counts']}")
     return 0
