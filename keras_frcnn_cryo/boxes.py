@@ -248,10 +248,13 @@ def fuse_views(boxes: np.ndarray, scores: np.ndarray, view_ids: np.ndarray, n_vi
     """One class's detections from ``n_views`` views of an image (boxes already mapped back) fused.
 
     boxes: (N, 4), scores: (N,), view_ids: (N,) int in [0, n_views). Greedy NMS at ``overlap_thresh``
-    over all views picks the clusters; each kept box gathers, from every view, that view's
-    best-scoring box overlapping it at IoU >= ``match_iou``; the fused box is those members'
-    score-weighted mean and its score their summed score / n_views, so a box every view agrees on
-    keeps its score and one a single view found gets a quarter (with 4 views). With
+    over all views picks the clusters; each kept box, best first, gathers from every other view
+    that view's best-scoring box overlapping it at IoU >= ``match_iou`` that no better cluster
+    took (a box joins one cluster at most, so a weak box beside an object cannot borrow the
+    object's strong boxes and come out as a strong duplicate; a kept box a better cluster took is
+    no cluster of its own); the fused box is those members' score-weighted mean and its score their
+    summed score / n_views, so a box every view agrees on keeps its score and one a single view
+    found gets a quarter (with 4 views). With
     ``agreement_weight`` a > 0 the score is also multiplied by the members' score-weighted mean IoU
     with the fused box ``^ a``: boxes the views place alike rank above boxes they place apart.
     Returns (K, 4) float64 boxes and (K,) scores, scores descending.
@@ -264,14 +267,23 @@ def fuse_views(boxes: np.ndarray, scores: np.ndarray, view_ids: np.ndarray, n_vi
     kept = nms(bxs, scr, overlap_thresh, max_boxes)
     overlap = iou_matrix(bxs[kept], bxs) >= match_iou                        # (K, N)
     weights = np.zeros((kept.shape[0], bxs.shape[0]))
-    for view in range(n_views):
-        in_view = np.flatnonzero(ids == view)
-        if in_view.size == 0:
+    used = np.zeros(bxs.shape[0], bool)
+    alive = np.ones(kept.shape[0], bool)
+    for k, seed in enumerate(kept):                       # best cluster first: it claims its members
+        if used[seed]:                                    # already a member of a better cluster
+            alive[k] = False
             continue
-        candidates = np.where(overlap[:, in_view], scr[in_view][None, :], -1.0)  # (K, n_view)
-        best = np.argmax(candidates, axis=1)
-        found = candidates[np.arange(kept.shape[0]), best] >= 0.0
-        weights[np.flatnonzero(found), in_view[best[found]]] = scr[in_view[best[found]]]
+        used[seed] = True
+        weights[k, seed] = scr[seed]
+        for view in range(n_views):
+            if view == ids[seed]:
+                continue
+            free = np.flatnonzero((ids == view) & overlap[k] & ~used)
+            if free.size:
+                best = free[np.argmax(scr[free])]
+                used[best] = True
+                weights[k, best] = scr[best]
+    kept, weights = kept[alive], weights[alive]
     total = weights.sum(axis=1)
     fused = weights @ bxs / np.where(total > 0, total, 1.0)[:, None]
     fused = np.where(total[:, None] > 0, fused, bxs[kept])

@@ -399,8 +399,8 @@ class Config:
     # flips and quarter turns ("dihedral": 8 views; boxes.VIEWS), the orientations the scratch recipe
     # trains with; the views' detections are fused (boxes.fuse_views): NMS at detection_nms_overlap
     # over all views picks each object, its box becomes the score-weighted mean of every view's best
-    # box overlapping it at IoU >= detection_view_match_iou, its score the mean over the views (a view
-    # that missed it adds 0). N views take about N times as long.
+    # box overlapping it at IoU >= detection_view_match_iou that no better object took, its score the
+    # mean over the views (a view that missed it adds 0). N views take about N times as long.
     # With detection_view_agreement_weight a > 0 the fused score is also multiplied by the views'
     # agreement (their boxes' score-weighted mean IoU with the fused box) ^ a.
     detection_views: str = "none"

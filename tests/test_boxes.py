@@ -253,3 +253,23 @@ def test_fuse_views_agreement_ranks_boxes_the_views_place_alike_first():
     np.testing.assert_allclose(plain, [0.9, 0.9])
     fused, ranked = fuse_views(boxes, scores, views, 4, 0.5, 0.5, agreement_weight=1.0)
     assert fused[0, 0] > 100 and ranked[0] > 0.87 and ranked[1] < 0.85
+
+
+def test_fuse_views_a_box_joins_one_cluster_only():
+    """Two views. View 0 finds the object (0.98) and a weak box beside it (0.15, IoU 0.43 with the
+    strong one, so NMS keeps both); view 1 finds the object once (0.97), overlapping both view-0
+    boxes at IoU >= 0.5. View 1's box belongs to the object's cluster only: the weak box stays weak
+    (0.15 / 2) instead of borrowing it and coming out as a duplicate scoring (0.15 + 0.97) / 2."""
+    strong = [20.0, 20.0, 80.0, 80.0]
+    weak = [44.0, 20.0, 104.0, 80.0]                # IoU with strong 36 / 84 = 0.43
+    other = [32.0, 20.0, 92.0, 80.0]                # IoU 48 / 72 = 0.67 with both
+    boxes = np.array([strong, weak, other])
+    assert iou_matrix(boxes[:1], boxes[1:2])[0, 0] < 0.5 <= min(iou_matrix(boxes[2:], boxes[:2])[0])
+    fused, scores = fuse_views(boxes, np.array([0.98, 0.15, 0.97]), np.array([0, 0, 1]), 2, 0.5, 0.5)
+    assert len(fused) == 2
+    np.testing.assert_allclose(scores, [(0.98 + 0.97) / 2, 0.15 / 2])
+    np.testing.assert_allclose(fused[1], weak)
+    # a kept box that a better cluster took as its member forms no cluster of its own
+    boxes = np.array([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 15.5]])       # IoU 0.645
+    fused, scores = fuse_views(boxes, np.array([0.9, 0.8]), np.array([0, 1]), 2, 0.7, 0.5)
+    assert len(fused) == 1 and scores[0] == pytest.approx(0.85)
