@@ -308,8 +308,9 @@ def predicted_objects3d(path: str, tomograms: Sequence[str]) -> list[dict]:
         if not files:
             raise CryoError(f"no NAME{OBJECTS3D_CSV_SUFFIX} in the folder (test_frcnn.py writes one per tomogram)",
                             path)
-        used = [f for f in files if _objects3d_stem(f) in known]
-        left = [_objects3d_stem(f) for f in files if _objects3d_stem(f) not in known]
+        stems = {f: _objects3d_stem(f) for f in files}
+        used = [f for f in files if stems[f] in known]
+        left = [stems[f] for f in files if stems[f] not in known]
         if not used:
             raise CryoError(f"none of its {len(files)} NAME{OBJECTS3D_CSV_SUFFIX} names a tomogram of the 3D "
                             f"ground truth ({', '.join(known[:3])}, ...)", path)

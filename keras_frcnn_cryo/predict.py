@@ -295,11 +295,12 @@ def predict_volume(detector: Detector, path: str, out_dir: str, threshold: float
         bar = tqdm(total=len(indices), desc=name, unit="slice" if volume.kind == "tomogram" else "tilt")
         for position, (index, image, dets) in enumerate(detect_volume(detector, volume, indices, threshold,
                                                                       options.batch_size)):
+            if cfg.track_clip_to_specimen and volume.kind == "tomogram":     # the slice itself, no slab
+                own = image if image.ndim == 2 else volume.slice(index)
+                levels[index] = preprocessing.structure_level(own, cfg.specimen_profile_size,
+                                                              cfg.specimen_profile_sigma)
             image = image if image.ndim == 2 else image[:, :, 1]                # the slab at the slice
             per_slice[index] = dets
-            if cfg.track_clip_to_specimen and volume.kind == "tomogram":     # the slice itself, no slab
-                levels[index] = preprocessing.structure_level(volume.slice(index), cfg.specimen_profile_size,
-                                                              cfg.specimen_profile_sigma)
             projection = image.astype(np.float64) if projection is None else projection + image
             if position in overlay_at:
                 overlays[index] = image
