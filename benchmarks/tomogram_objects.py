@@ -4,7 +4,8 @@ For each arm (a set of ``--set FIELD=VALUE`` test-time overrides; by default the
 on, ``Config.track_clip_to_specimen``) every tomogram of a synthetic dataset is detected whole with
 ``predict.predict_volume`` (what test_frcnn.py runs) into OUT/ARM, then scored: object-level
 precision, recall and F1 at 3D IoU 0.5 and 0.7 (``evaluation.evaluate_objects_3d``) over the objects
-scoring at least each ``--min-scores`` value, the mean z-extent IoU of each true object's best match,
+scoring at least each ``--min-scores`` value, 3D AP at 0.5, 0.7 and 0.9 over every object (ranked by
+its score), the mean z-extent IoU of each true object's best match,
 and AP on every labelled slice of every tomogram (``evaluation.evaluate`` of the NAME_boxes2d.csv
 files, split "all"). All arms score the same detector's boxes, so they are paired.
 
@@ -100,17 +101,21 @@ def main() -> int:
         ap = result.runs[0].results["mAP"]                       # {IoU threshold: AP}
         coco = result.runs[0].results["mean"]["coco_ap"]
         predicted = evaluation.predicted_objects3d(out, [o["tomogram"] for o in truth])
+        ranked = evaluation.evaluate_objects_3d(predicted, truth)["all"]   # every object, ranked by score
+        ap3d = (ranked[0.5]["ap"], ranked[0.7]["ap"], ranked[0.9]["ap"])
         for min_score in args.min_scores:
             kept = [o for o in predicted if o["score"] >= min_score]
             scores = evaluation.evaluate_objects_3d(kept, truth)["all"]
-            rows.append((arm, min_score, len(kept), scores[0.5], scores[0.7], z_overlap(truth, kept), ap, coco,
+            rows.append((arm, min_score, len(kept), scores[0.5], scores[0.7], z_overlap(truth, kept), ap3d, ap, coco,
                          seconds / max(len(volumes), 1)))
     print("\n| arm | 3D objects scoring >= | objects | P / R / F1 at 3D IoU 0.5 | P / R / F1 at 3D IoU 0.7 | "
-          "mean z IoU of the best match | slice AP@0.5 / 0.7 / 0.9 / COCO | s per tomogram |")
-    print("|---|---|---|---|---|---|---|---|")
-    for arm, min_score, n, at5, at7, z_iou, ap, coco, seconds in rows:
+          "mean z IoU of the best match | 3D AP@0.5 / 0.7 / 0.9 (every object) | slice AP@0.5 / 0.7 / 0.9 / COCO | "
+          "s per tomogram |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arm, min_score, n, at5, at7, z_iou, ap3d, ap, coco, seconds in rows:
         prf = [" / ".join(f"{s[k]:.2f}" for k in ("precision", "recall", "f1")) for s in (at5, at7)]
         print(f"| {arm} | {min_score:g} | {n} | {prf[0]} | {prf[1]} | {z_iou:.3f} | "
+              f"{' / '.join(f'{v:.3f}' for v in ap3d)} | "
               f"{ap[0.5]:.3f} / {ap[0.7]:.3f} / {ap[0.9]:.3f} / {coco:.3f} | {seconds:.0f} |")
     return 0
 

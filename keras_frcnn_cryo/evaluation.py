@@ -9,7 +9,8 @@ What Li et al. (2019) report, and where it appears here:
 * Table 2, F1, AP and mIoU per tomogram (image group, as the split defines it) at ``--table-iou``;
 * the preprocessing ablation: ``--compare B.csv`` evaluates a second run on the same ground truth
   and puts both side by side (table, Markdown, JSON ``"runs"``, one PR plot per IoU with both runs);
-* object level in 3D: ``--objects3d PRED.csv --gt3d GT.csv``, precision/recall/F1 at 3D IoU 0.5, 0.7.
+* object level in 3D: ``--objects3d PRED.csv --gt3d GT.csv``, AP (ranked by object score), best F1, and
+  precision/recall/F1 of every object, at 3D IoU 0.5 ... 0.9.
 
 Detections come either from a CSV written by test_frcnn.py (``--detections``; every row counts,
 whatever its score: write it with ``test_frcnn.py --threshold 0`` for full PR curves) or from the
@@ -29,7 +30,7 @@ skipped). Boxes are voxels, 0-based, with exclusive upper edges (z2 = last slice
 ground truth holds several tomograms, the predictions need a ``tomogram`` column, or the file must
 be named after its tomogram (``tomo_03.csv``, or test_frcnn.py's ``tomo_03_objects3d.csv``); with one
 tomogram neither is needed. ``--objects3d FOLDER`` reads every NAME_objects3d.csv in it. Objects are
-matched per tomogram and class with :func:`keras_frcnn_cryo.tracking.match_objects_3d`.
+matched per tomogram and class with :func:`keras_frcnn_cryo.tracking.match_flags_3d`.
 
 Library: :func:`evaluate` (what measure_map.py computes; prints notes, writes nothing) returns an
 :class:`Evaluation` (its tables as text or Markdown, its JSON payload); :func:`write_evaluation` writes
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
 SPLITS = ("test", "val", "train", "all")
 DEFAULT_CONFIG = "config.pickle"
 # 3D object-level matching thresholds reported by --objects3d.
-OBJECT3D_IOU_THRESHOLDS = (0.5, 0.7)
+OBJECT3D_IOU_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 GT3D_COLUMNS = ("tomogram", "class", "x1", "y1", "z1", "x2", "y2", "z2")
 
 
@@ -342,50 +343,64 @@ def predicted_objects3d(path: str, tomograms: Sequence[str]) -> list[dict]:
 
 def evaluate_objects_3d(predictions: Sequence[Mapping[str, Any]], ground_truth: Sequence[Mapping[str, Any]],
                         iou_thresholds: Sequence[float] = OBJECT3D_IOU_THRESHOLDS) -> dict[str, Any]:
-    """Object-level precision, recall and F1 of 3D boxes, per class and over all classes.
+    """Object-level AP, precision, recall and F1 of 3D boxes, per class and over all classes.
 
     Within each (tomogram, class), predictions are matched one-to-one to ground-truth objects at
-    each 3D IoU threshold with :func:`keras_frcnn_cryo.tracking.match_objects_3d` (greedy, in
+    each 3D IoU threshold with :func:`keras_frcnn_cryo.tracking.match_flags_3d` (greedy, in
     descending score, each taking the free object of highest 3D IoU; TP when >= the threshold);
-    unmatched predictions are FP, unmatched objects FN. All predictions count, whatever their score. Incomplete objects
-    (cut by the field of view) count like the others; ``n_incomplete`` says how many there are.
+    unmatched predictions are FP, unmatched objects FN. The counts, precision, recall and F1 take
+    every prediction, whatever its score; ``ap`` ranks them by object score over all tomograms
+    (:func:`metrics.ranked_ap`, the area under P(R) as for slices) and ``best_f1`` is the F1 at the
+    best score cut (``best_threshold``). Incomplete objects (cut by the field of view) count like the
+    others; ``n_incomplete`` says how many there are.
     Returns ``{"iou_thresholds", "classes": {name: {t: counts}}, "all": {t: counts}}`` with counts
-    ``{"tp", "fp", "fn", "n_pred", "n_gt", "n_incomplete", "precision", "recall", "f1"}``.
+    ``{"tp", "fp", "fn", "n_pred", "n_gt", "n_incomplete", "precision", "recall", "f1", "ap",
+    "best_f1", "best_threshold"}``. In "all", ``ap`` is the mean over classes with ground truth and
+    ``best_f1`` the best common score cut over the predictions of every class.
     """
+    thresholds = [float(t) for t in iou_thresholds]
     keys = sorted({(o["tomogram"], o["class"]) for o in [*predictions, *ground_truth]})
     classes = sorted({cls for _, cls in keys})
-    counts = {cls: {float(t): {"tp": 0, "fp": 0, "fn": 0} for t in iou_thresholds} for cls in classes}
+    flags: dict[str, dict[float, list[np.ndarray]]] = {cls: {t: [] for t in thresholds} for cls in classes}
+    scores: dict[str, list[float]] = {cls: [] for cls in classes}
     n_gt = dict.fromkeys(classes, 0)
-    n_pred = dict.fromkeys(classes, 0)
     n_incomplete = dict.fromkeys(classes, 0)
     for tomogram, cls in keys:
         pred = [o for o in predictions if o["tomogram"] == tomogram and o["class"] == cls]
         gt = [o for o in ground_truth if o["tomogram"] == tomogram and o["class"] == cls]
         n_gt[cls] += len(gt)
-        n_pred[cls] += len(pred)
         n_incomplete[cls] += sum(bool(o["incomplete"]) for o in gt)
         pred_objects = [_as_object3d(o) for o in pred]
         gt_objects = [_as_object3d(o) for o in gt]
-        for t in iou_thresholds:
-            found = tracking.match_objects_3d(pred_objects, gt_objects, float(t), class_aware=True)
-            for key in ("tp", "fp", "fn"):
-                counts[cls][float(t)][key] += getattr(found, key)
+        scores[cls] += [obj.score for obj in pred_objects]
+        for t in thresholds:
+            flags[cls][t].append(tracking.match_flags_3d(pred_objects, gt_objects, t, class_aware=True))
 
-    def finish(tp: int, fp: int, fn: int, gt_total: int, pred_total: int, incomplete: int) -> dict[str, Any]:
+    def finish(score: list[float], tp_flags: np.ndarray, gt_total: int, incomplete: int) -> dict[str, Any]:
+        tp = int(tp_flags.sum())
+        fp, fn = len(score) - tp, gt_total - tp
         precision = tp / (tp + fp) if tp + fp else math.nan
         recall = tp / (tp + fn) if tp + fn else math.nan
         f1 = (2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else math.nan
-        return {"tp": tp, "fp": fp, "fn": fn, "n_pred": pred_total, "n_gt": gt_total, "n_incomplete": incomplete,
-                "precision": precision, "recall": recall, "f1": f1}
+        ranked = metrics.ranked_ap(score, tp_flags, gt_total)
+        return {"tp": tp, "fp": fp, "fn": fn, "n_pred": len(score), "n_gt": gt_total, "n_incomplete": incomplete,
+                "precision": precision, "recall": recall, "f1": f1, "ap": ranked["ap"], "best_f1": ranked["f1"],
+                "best_threshold": ranked["best_threshold"]}
 
-    per_class = {cls: {t: finish(**c, gt_total=n_gt[cls], pred_total=n_pred[cls], incomplete=n_incomplete[cls])
-                       for t, c in counts[cls].items()} for cls in classes}
-    overall = {float(t): finish(sum(counts[c][float(t)]["tp"] for c in classes),
-                                sum(counts[c][float(t)]["fp"] for c in classes),
-                                sum(counts[c][float(t)]["fn"] for c in classes),
-                                sum(n_gt.values()), sum(n_pred.values()), sum(n_incomplete.values()))
-               for t in iou_thresholds}
-    return {"iou_thresholds": [float(t) for t in iou_thresholds], "classes": per_class, "all": overall}
+    def joined(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    per_class = {cls: {t: finish(scores[cls], joined(flags[cls][t]), n_gt[cls], n_incomplete[cls])
+                       for t in thresholds} for cls in classes}
+    all_scores = [s for cls in classes for s in scores[cls]]
+    overall = {}
+    for t in thresholds:
+        row = finish(all_scores, joined([f for cls in classes for f in flags[cls][t]]), sum(n_gt.values()),
+                     sum(n_incomplete.values()))
+        class_aps = [per_class[cls][t]["ap"] for cls in classes if n_gt[cls] > 0]
+        row["ap"] = float(np.mean(class_aps)) if class_aps else math.nan
+        overall[t] = row
+    return {"iou_thresholds": thresholds, "classes": per_class, "all": overall}
 
 
 def _as_object3d(obj: Mapping[str, Any]) -> tracking.Object3D:

@@ -59,6 +59,7 @@ __all__ = [
     "COCO_RECALL_POINTS",
     "match_detections",
     "voc_ap",
+    "ranked_ap",
     "coco_interpolated_ap",
     "coco_evaluate_class",
     "evaluate",
@@ -365,6 +366,27 @@ def _at_score(scores: np.ndarray, ctp: np.ndarray, cfp: np.ndarray, n_gt: int, s
         f1 = 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return {"score_threshold": float(score_threshold), "f1": f1, "precision": precision, "recall": recall,
             "n_tp": int(tp), "n_fp": int(fp)}
+
+
+def ranked_ap(scores: Sequence[float] | np.ndarray, tp: Sequence[bool] | np.ndarray, n_gt: int) -> dict[str, Any]:
+    """AP and best F1 of already-matched predictions (any kind: 2D boxes, 3D objects).
+
+    ``scores`` (N,) and ``tp`` (N,) bool, one entry per prediction in any order (sorted here by
+    descending score, stable); ``n_gt``: the ground-truth objects. Returns ``{"ap", "f1",
+    "best_threshold", "precision", "recall", "n_tp_at_best", "n_fp_at_best"}`` (:func:`voc_ap`; the
+    best F1 over whole score cuts as in :func:`evaluate`); AP and F1 are nan without ground truth.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    flags = np.asarray(tp, dtype=bool).ravel()
+    if scores.shape != flags.shape:
+        raise ValueError(f"scores and tp differ in length: {scores.shape} vs {flags.shape}")
+    order = np.argsort(-scores, kind="stable")
+    scores, flags = scores[order], flags[order]
+    ctp = np.cumsum(flags).astype(np.float64)
+    cfp = np.cumsum(~flags).astype(np.float64)
+    best = _best_f1(scores, ctp, cfp, n_gt)
+    ap = voc_ap(ctp / n_gt, ctp / np.maximum(ctp + cfp, 1.0)) if n_gt > 0 else math.nan
+    return {"ap": ap, **best}
 
 
 def _nanmean(values: Iterable[float]) -> float:

@@ -165,13 +165,18 @@ def format_comparison(runs: Sequence[Any], table_iou: float = PAPER_TABLE_IOU, m
 
 
 def format_objects_3d(result: Mapping[str, Any], markdown: bool = False) -> str:
-    """Table of :func:`evaluate_objects_3d`: one row per class and threshold, then "all"."""
-    header = ["class", "IoU3D", "objects", "incomplete", "found", "TP", "FP", "FN", "precision", "recall", "F1"]
+    """Table of :func:`evaluate_objects_3d`: one row per class and threshold, then "all".
+
+    TP ... F1 count every object in the file; AP ranks them by object score, and best F1 / score@F1
+    give the best score cut."""
+    header = ["class", "IoU3D", "objects", "incomplete", "found", "TP", "FP", "FN", "precision", "recall", "F1",
+              "AP", "best F1", "score@F1"]
     rows = []
     for name, per_t in [*result["classes"].items(), ("all", result["all"])]:
         for t, c in per_t.items():
             rows.append([name, f"{t:g}", str(c["n_gt"]), str(c["n_incomplete"]), str(c["n_pred"]), str(c["tp"]),
-                         str(c["fp"]), str(c["fn"]), _num(c["precision"]), _num(c["recall"]), _num(c["f1"])])
+                         str(c["fp"]), str(c["fn"]), _num(c["precision"]), _num(c["recall"]), _num(c["f1"]),
+                         _num(c["ap"]), _num(c["best_f1"]), _num(c["best_threshold"])])
     return render_table(header, rows, markdown)
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "iou_3d",
     "iou_3d_matrix",
     "ObjectMatch",
+    "match_flags_3d",
     "match_objects_3d",
     "flag_isolated_tilt_detections",
     "as_slice_detections",
@@ -432,19 +433,19 @@ class ObjectMatch(NamedTuple):
     fn: int
 
 
-def match_objects_3d(
+def match_flags_3d(
     pred: Sequence[Object3D],
     gt: Sequence[Any],
     iou_threshold: float = 0.5,
     class_aware: bool = True,
-) -> ObjectMatch:
-    """Greedy object matching at 3D IoU >= ``iou_threshold``.
+) -> np.ndarray:
+    """Greedy object matching at 3D IoU >= ``iou_threshold``: (len(pred),) bool, True where a
+    prediction is a true positive, in the order of ``pred``.
 
     Predictions in descending score (stable) each take the not-yet-matched ground-truth object with
     the highest 3D IoU (same ``class_name`` when ``class_aware``): TP if that IoU >= threshold, else
-    FP; each ground-truth object is matched at most once; unmatched ground truth is FN.
-    gt: Object3D list, or 6-value boxes (class-agnostic). Precision is 0 without predictions;
-    recall and F1 are ``nan`` without ground truth (the convention of metrics.py).
+    FP; each ground-truth object is matched at most once.
+    gt: Object3D list, or 6-value boxes (class-agnostic).
     """
     gt_boxes = np.array([_as_box3d(g) for g in gt], dtype=np.float64).reshape(-1, 6)
     gt_names = [g.class_name if isinstance(g, Object3D) else None for g in gt]
@@ -452,7 +453,7 @@ def match_objects_3d(
     pred_boxes = np.array([pred[i].box3d for i in order], dtype=np.float64).reshape(-1, 6)
     ious = iou_3d_matrix(pred_boxes, gt_boxes)
     taken = np.zeros(len(gt_boxes), dtype=bool)
-    tp = 0
+    flags = np.zeros(len(pred), dtype=bool)
     for row, index in enumerate(order):
         allowed = ~taken
         if class_aware:
@@ -463,14 +464,30 @@ def match_objects_3d(
         best = int(np.argmax(candidates))
         if candidates[best] >= iou_threshold:
             taken[best] = True
-            tp += 1
+            flags[index] = True
+    return flags
+
+
+def match_objects_3d(
+    pred: Sequence[Object3D],
+    gt: Sequence[Any],
+    iou_threshold: float = 0.5,
+    class_aware: bool = True,
+) -> ObjectMatch:
+    """Counts of :func:`match_flags_3d`: unmatched predictions are FP, unmatched ground truth FN.
+
+    Precision is 0 without predictions; recall and F1 are ``nan`` without ground truth (the
+    convention of metrics.py).
+    """
+    tp = int(match_flags_3d(pred, gt, iou_threshold, class_aware).sum())
+    n_gt = len(gt)
     fp = len(pred) - tp
-    fn = len(gt_boxes) - tp
+    fn = n_gt - tp
     precision = tp / len(pred) if len(pred) else 0.0
-    if len(gt_boxes) == 0:
+    if n_gt == 0:
         recall = f1 = math.nan
     else:
-        recall = tp / len(gt_boxes)
+        recall = tp / n_gt
         f1 = 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return ObjectMatch(float(precision), float(recall), float(f1), int(tp), int(fp), int(fn))
 

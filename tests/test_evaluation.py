@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_frcnn_cryo import evaluation
+from keras_frcnn_cryo import evaluation, reports
 from keras_frcnn_cryo.cli import run_cli
 from keras_frcnn_cryo.errors import CryoError
 from keras_frcnn_cryo.splits import assign_splits
@@ -315,6 +315,27 @@ def test_evaluate_objects_3d_against_brute_force():
     m, v = result["classes"]["m"][0.5], result["classes"]["v"][0.5]
     assert (m["tp"], m["fp"], m["fn"]) == (1, 2, 1)
     assert (v["tp"], v["fp"], v["fn"]) == (0, 0, 1) and math.isnan(v["precision"]) and v["recall"] == 0.0
+
+
+def test_objects_3d_ap_ranks_by_object_score():
+    """Counts take every object whatever its score; AP ranks them over all tomograms, so a false
+    object scored above the true ones costs AP, and the best F1 cuts it off when it scores lowest."""
+    gt = [{"tomogram": name, "class": "m", "box": np.array([0, 0, 0, 10, 10, 10.0]), "incomplete": False}
+          for name in ("a", "b")]
+    def pred(false_score):
+        return [{"tomogram": "a", "class": "m", "box": np.array([0, 0, 0, 10, 10, 10.0]), "score": 0.9},
+                {"tomogram": "b", "class": "m", "box": np.array([0, 0, 1, 10, 10, 10.0]), "score": 0.5},
+                {"tomogram": "b", "class": "m", "box": np.array([50, 50, 0, 60, 60, 10.0]), "score": false_score}]
+    high = evaluation.evaluate_objects_3d(pred(0.95), gt)
+    low = evaluation.evaluate_objects_3d(pred(0.1), gt)
+    assert high["iou_thresholds"] == [0.5, 0.6, 0.7, 0.8, 0.9]
+    for t in (0.5, 0.9):                          # IoU 0.9 of the second object: still a TP at 0.9
+        assert (high["all"][t]["tp"], high["all"][t]["fp"]) == (low["all"][t]["tp"], low["all"][t]["fp"]) == (2, 1)
+        assert high["all"][t]["ap"] == pytest.approx(2 / 3) and low["all"][t]["ap"] == pytest.approx(1.0)
+    assert low["classes"]["m"][0.5]["best_f1"] == 1.0 and low["classes"]["m"][0.5]["best_threshold"] == 0.5
+    assert high["classes"]["m"][0.5]["f1"] == pytest.approx(0.8)
+    table = reports.format_objects_3d(high)
+    assert "AP" in table.splitlines()[0] and "0.667" in table
 
 
 def test_library_evaluate_matches_the_command_and_writes_nothing(data):

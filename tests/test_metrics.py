@@ -15,6 +15,7 @@ from keras_frcnn_cryo.metrics import (
     evaluate,
     evaluate_by_group,
     match_detections,
+    ranked_ap,
     voc_ap,
 )
 
@@ -51,6 +52,35 @@ def test_voc_ap_matches_integral_of_envelope():
 # ------------------------------------------------------------------------------------------
 # known answers
 # ------------------------------------------------------------------------------------------
+def test_ranked_ap_agrees_with_the_box_evaluation():
+    """ranked_ap on the TP flags of a box match gives evaluate's AP and best F1 (one AP arithmetic)."""
+    rng = np.random.default_rng(3)
+    corners = rng.uniform(0, 50, (4, 3, 2))
+    gt = {f"im{i}": [obj(x, y, x + 30, y + 30) for x, y in corners[i]] for i in range(4)}
+    dets = []
+    for image, boxes in gt.items():
+        for b in boxes:
+            jitter = rng.uniform(-8, 8, 4)
+            dets.append(det(image, b["x1"] + jitter[0], b["y1"] + jitter[1], b["x2"] + jitter[2], b["y2"] + jitter[3],
+                            float(rng.uniform(0.2, 1.0))))
+        dets.append(det(image, 200, 200, 230, 230, float(rng.uniform(0.2, 1.0))))
+    for t in (0.5, 0.7):
+        match = match_detections(gt, dets, "mito", t)
+        ranked = ranked_ap(match["scores"], match["tp"], match["n_gt"])
+        expected = evaluate(gt, dets, iou_thresholds=(t,))["per_class"]["mito"]["thresholds"][t]
+        assert ranked["ap"] == pytest.approx(expected["ap"])
+        assert ranked["f1"] == pytest.approx(expected["f1"])
+        assert ranked["best_threshold"] == pytest.approx(expected["best_threshold"])
+
+
+def test_ranked_ap_hand_example():
+    # descending: FP 0.95, TP 0.9, TP 0.5 with 2 objects: precision 0, 1/2, 2/3 at recall 0, 1/2, 1
+    assert ranked_ap([0.5, 0.95, 0.9], [True, False, True], 2)["ap"] == pytest.approx(2 / 3)
+    best = ranked_ap([0.5, 0.1, 0.9], [True, False, True], 2)   # the FP ranked last: AP 1
+    assert best["ap"] == pytest.approx(1.0) and best["f1"] == 1.0 and best["best_threshold"] == 0.5
+    assert ranked_ap([], [], 2)["ap"] == 0.0 and math.isnan(ranked_ap([0.4], [False], 0)["ap"])
+
+
 def test_perfect_predictions_ap_one_everywhere():
     gt = {"a": [obj(0, 0, 10, 10), obj(20, 20, 40, 35)], "b": [obj(5, 5, 25, 30)]}
     dets = [det(img, o["x1"], o["y1"], o["x2"], o["y2"], 0.9 - 0.1 * k)

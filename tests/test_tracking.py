@@ -16,6 +16,7 @@ from keras_frcnn_cryo.tracking import (
     iou_3d,
     iou_3d_matrix,
     link_boxes,
+    match_flags_3d,
     match_objects_3d,
 )
 
@@ -325,6 +326,16 @@ def test_match_objects_3d_greedy_by_score_and_empty_cases():
     assert no_gt.fp == 1 and math.isnan(no_gt.recall) and math.isnan(no_gt.f1)
     # gt as plain 6-value boxes
     assert match_objects_3d([weak_exact], [[0, 0, 0, 10, 10, 10]], 0.5).tp == 1
+
+
+def test_match_flags_3d_in_the_order_given():
+    """The flags follow the predictions as given, whatever order the greedy matching took them in."""
+    gt = [_obj([0, 0, 0, 10, 10, 10])]
+    weak_exact = _obj([0, 0, 0, 10, 10, 10], 0.3)
+    strong_shifted = _obj([0, 0, 0, 10, 10, 7], 0.9)
+    assert match_flags_3d([weak_exact, strong_shifted], gt, 0.5).tolist() == [False, True]
+    assert match_flags_3d([weak_exact, strong_shifted], gt, 0.75).tolist() == [True, False]
+    assert match_flags_3d([], gt, 0.5).shape == (0,)
 
 
 # ------------------------------------------------------------------------------------------
