@@ -44,6 +44,10 @@ VARIANTS = {
     "inside-anchors": ["--set", "rpn_ignore_cross_boundary=true"],  # RPN trained on anchors inside the image only (default until 2026-12-07)
     "no-average": ["--set", "weight_ema_decay=0"],                  # the last step's weights saved, not their average (default until 2026-12-07)
     "other-seed": ["--seed", "4242"],                               # the default, another training seed: run-to-run spread
+    # + an IoU head on the refined boxes behind a stop-gradient: the detector as the default's, its
+    # scores weighted by the predicted IoU (test-time "IoU weight 0" scores the same weights without)
+    "iou-detached": ["--set", "classifier_iou_head=true", "--set", "classifier_iou_target=box",
+                     "--set", "classifier_iou_detach=true"],
 }
 # test-time options evaluated on the default model with --test-time: name -> measure_map --set values
 TEST_TIME = {
@@ -60,6 +64,8 @@ TEST_TIME = {
     "views transpose": ["detection_views=transpose"],    # + the diagonal mirror: detections fused (boxes.fuse_views)
     "views dihedral": ["detection_views=dihedral"],      # all 8 flips and quarter turns
     "views dihedral, agreement": ["detection_views=dihedral", "detection_view_agreement_weight=1.0"],
+    "IoU weight 0": ["detection_iou_weight=0"],            # a model with an IoU head scored by its class only
+    "IoU weight 1": ["detection_iou_weight=1"],            # ... by its predicted IoU only
 }
 
 
@@ -70,12 +76,12 @@ RAW_WEIGHTS = "model_frcnn_raw.weights.h5"  # the step's own weights beside them
 def model_runs(args: argparse.Namespace) -> list[tuple[str, str, list[str] | None, str]]:
     """(label, variant, overrides, weights file) of every evaluation: each ``--variants`` model, its
     raw weights where it averaged them (label "VARIANT, raw weights": the same run without the
-    average, a paired comparison), then the first model under the ``--test-time`` options chosen
+    average, a paired comparison; not with --no-raw-weights), then the first model under the ``--test-time`` options chosen
     (None: the flag was not given; []: every option of TEST_TIME)."""
     runs: list[tuple[str, str, list[str] | None, str]] = []
     for variant in args.variants:
         runs.append((variant, variant, None, WEIGHTS))
-        if os.path.isfile(os.path.join(args.out, variant, RAW_WEIGHTS)):
+        if not args.no_raw_weights and os.path.isfile(os.path.join(args.out, variant, RAW_WEIGHTS)):
             runs.append((f"{variant}, raw weights", variant, None, RAW_WEIGHTS))
     if args.test_time is not None:
         runs += [(f"{args.variants[0]}, {name}", args.variants[0], TEST_TIME[name], WEIGHTS)
@@ -95,6 +101,8 @@ def add_run_options(parser: argparse.ArgumentParser, variants: Mapping[str, list
     parser.add_argument("--test-time", nargs="*", default=None, choices=sorted(TEST_TIME), metavar="OPTION",
                         help="also evaluate the first --variants model with these test-time options "
                              "(TEST_TIME; none named: all)")
+    parser.add_argument("--no-raw-weights", action="store_true",
+                        help="skip the evaluation of each model's raw weights beside its averaged ones")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the models an earlier run left in --out (same data arguments) without training")
     parser.add_argument("--train-only", choices=sorted(variants), help=argparse.SUPPRESS)  # run_variants' children
@@ -194,7 +202,8 @@ def score(dets: list[dict], records: list[dict], classes: list[str], label: str,
         err = result["per_class"][name]["errors"][0.7]
         lost[name] = {**err["dap"], "missed": err["missed"]}
         print(f"[{label}]   {name}: AP@0.7 gained by fixing localisation {err['dap']['localisation']:+.3f}, "
-              f"duplicates {err['dap']['duplicate']:+.3f}, background {err['dap']['background']:+.3f}; "
+              f"duplicates {err['dap']['duplicate']:+.3f}, background {err['dap']['background']:+.3f}, "
+              f"ranking by true IoU {err['dap']['ranking']:+.3f}; "
               f"{err['missed']} objects with no box near", flush=True)
     for group in sorted(per_group):
         row = per_group[group]

@@ -56,6 +56,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train_mode": ("alternating", "joint"),
     "distribute": ("none", "mirrored", "multiworker"),
     "detection_views": ("none", "transpose", "dihedral"),
+    "classifier_iou_target": ("roi", "box"),
 }
 
 
@@ -298,6 +299,14 @@ class Config:
     # class probability^(1 - w) * predicted IoU^w, w = detection_iou_weight, so well-placed boxes rank
     # above poorly placed ones (class probabilities alone saturate near 1 for both).
     classifier_iou_head: bool = False
+    # What the IoU head learns: "roi", the IoU of the RoI itself with its object; "box", for positive
+    # RoIs the IoU of the head's own refined box (the box a detection reports) with it, the RoI's IoU
+    # for the others (targets_tf.refined_box_iou).
+    classifier_iou_target: str = "roi"
+    # True: the IoU head reads the head's features through a stop-gradient, with one hidden layer of
+    # its own, so its loss changes nothing else: the detector learns what it would without it, and
+    # the same weights scored with detection_iou_weight 0 are that detector (a paired comparison).
+    classifier_iou_detach: bool = False
 
     # --- backbone ------------------------------------------------------------------------
     # "auto": "frozen_bn" when base_net_weights is given (ImageNet statistics kept), else "group"

@@ -39,12 +39,15 @@ Definitions (the ancestors' code got two of them wrong, fixes 7 and 12 in docs/f
   *duplicate* (IoU >= t with a box already taken) or *background* (IoU < 0.1 with every box); each
   kind's ``dap`` is the AP gained when those errors are fixed (localisation: boxes that reach IoU 0.1
   count as placed right; duplicates and background: those detections are dropped), counted at the
-  best-F1 score cut too, with the objects no detection comes near (``missed``).
+  best-F1 score cut too, with the objects no detection comes near (``missed``). ``dap["ranking"]`` is
+  the AP gained when the same detections are ranked by their true IoU instead of their score: the
+  most that a score following box quality could give (the rest of the loss is in the boxes).
 * **Means over classes** (the ``"mAP"``/``"mean"`` rows): the unweighted mean of the class values
   over the classes that have ground truth (a class's ``nan`` values are skipped).
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
@@ -259,6 +262,19 @@ def _ap_without(match: dict[str, Any], drop: np.ndarray | None = None) -> float:
     return voc_ap(recall, precision)
 
 
+def _ranked_by_truth_ap(prepared: _VocPrepared, iou_threshold: float) -> float:
+    """VOC AP at ``iou_threshold`` of the same detections ranked by their true IoU (their best IoU with
+    a box of their class, 0 without one) instead of their score: what a score that followed box
+    quality exactly would give, with no box moved or dropped."""
+    order = np.argsort(-prepared.best_iou, kind="stable")
+    ranked = copy.copy(prepared)
+    ranked.images = [prepared.images[i] for i in order]
+    for name in ("boxes", "best_gt", "best_iou", "best_difficult"):
+        setattr(ranked, name, getattr(prepared, name)[order])
+    ranked.scores = prepared.best_iou[order]
+    return _ap_without(ranked.match(iou_threshold))
+
+
 def error_breakdown(prepared: _VocPrepared, match: dict[str, Any], entry: Mapping[str, Any],
                     loose_ap: float, floor: float = ERROR_IOU_FLOOR) -> dict[str, Any]:
     """What keeps one class's AP at ``match``'s IoU threshold below 1 (see the module docstring).
@@ -267,7 +283,7 @@ def error_breakdown(prepared: _VocPrepared, match: dict[str, Any], entry: Mappin
     best-F1 score cut ``best_threshold``, nan without one) and ``loose_ap`` the AP of
     ``prepared.match(floor)`` (every box reaching IoU ``floor`` placed right).
     Returns ``{"ap": AP, "dap": {"localisation", "duplicate", "background": AP gained by fixing that
-    kind}, "missed": objects that no detection (any score) has as its nearest box at IoU >= floor,
+    kind, "ranking": AP gained by ranking the same detections by their true IoU}, "missed": objects that no detection (any score) has as its nearest box at IoU >= floor,
     "at_best_f1": {"score_threshold", "tp", "localisation", "duplicate", "background": detection
     counts at the best-F1 score cut, "missed": objects left without a TP there}}`` (nan AP and
     dAPs without ground truth).
@@ -283,9 +299,10 @@ def error_breakdown(prepared: _VocPrepared, match: dict[str, Any], entry: Mappin
     reached[prepared.best_gt[near & ~prepared.best_difficult]] = True
     if n_gt > 0:
         dap = {"localisation": loose_ap - ap, "duplicate": _ap_without(match, duplicate) - ap,
-               "background": _ap_without(match, background) - ap}
+               "background": _ap_without(match, background) - ap,
+               "ranking": _ranked_by_truth_ap(prepared, match["iou_threshold"]) - ap}
     else:
-        dap = {key: math.nan for key in ("localisation", "duplicate", "background")}
+        dap = {key: math.nan for key in ("localisation", "duplicate", "background", "ranking")}
     return {
         "ap": ap,
         "dap": dap,

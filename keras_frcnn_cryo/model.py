@@ -118,6 +118,7 @@ def _build(cfg: Config, num_classes: int, norm: str, precision: str) -> FrcnnMod
     cls_out = resnet.classifier(feat_input, roi_input, num_classes, cfg.pool_size, norm=norm,
                                 groups=cfg.group_norm_groups, pool_mode=cfg.roi_pool_mode,
                                 pool_samples=cfg.roi_samples_per_bin, iou_head=cfg.classifier_iou_head,
+                                iou_detach=cfg.classifier_iou_detach,
                                 zero_init_residual=cfg.residual_zero_init, blocks=blocks[3],
                                 pool_context=cfg.roi_context)
     classifier_head = keras.Model([feat_input, roi_input], cls_out, name="classifier")

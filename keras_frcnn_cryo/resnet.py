@@ -52,6 +52,9 @@ REGR_INIT_STDDEV = 0.001
 # and bfloat16's 8-bit mantissa would round scores near 1 to steps of 2**-8, tying detections that
 # the ranking behind AP and the score threshold must tell apart. Same variables either way.
 OUTPUT_DTYPE = "float32"
+# Hidden units of the detached IoU head (Config.classifier_iou_detach): its own features, since the
+# head's are not trained for it
+IOU_HIDDEN_UNITS = 256
 # norm "ws": the preprocessed input (histogram-equalised grey values, roughly uniform on 0..255,
 # minus the channel means) has a standard deviation near 255 / sqrt(12) = 73.6; the network divides by
 # it so that activations start near unit scale, as they would after a normalisation layer.
@@ -281,6 +284,17 @@ def rpn_layer(base: Any, num_anchors: int) -> list[Any]:
 
 
 @keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
+class StopGradient(keras.layers.Layer):
+    """Identity forward, no gradient backward: what reads through it cannot train what is below."""
+
+    def call(self, inputs: Any) -> Any:  # noqa: D102
+        return keras.ops.stop_gradient(inputs)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:  # noqa: D102
+        return tuple(input_shape)
+
+
+@keras.saving.register_keras_serializable(package="keras_frcnn_cryo")
 class FoldRois(keras.layers.Layer):
     """(1, R, ...) -> (R, ...): the RoIs of the single image become the batch (batch size 1 only)."""
 
@@ -304,8 +318,9 @@ class UnfoldRois(keras.layers.Layer):
 
 def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, norm: str = "group",
                groups: int = 32, trainable: bool = True, pool_mode: str = "bilinear",
-               pool_samples: int = 2, iou_head: bool = False, zero_init_residual: bool = False,
-               blocks: int = RESNET50_BLOCKS[3], pool_context: float = 1.0) -> list[Any]:
+               pool_samples: int = 2, iou_head: bool = False, iou_detach: bool = False,
+               zero_init_residual: bool = False, blocks: int = RESNET50_BLOCKS[3],
+               pool_context: float = 1.0) -> list[Any]:
     """Detection head: RoI max pooling, conv5_x on all RoIs as one batch, two dense outputs.
 
     base: (1, h, w, 1024) feature map; input_rois: (1, R, 4) float ``[x1, y1, x2, y2]`` in
@@ -315,7 +330,9 @@ def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, 
     layers "dense_class_{nb_classes}" and "dense_regress_{nb_classes}", both computing in float32
     whatever the dtype policy (see OUTPUT_DTYPE); with ``iou_head`` a third output out_iou (1, R, 1),
     sigmoid, layer "dense_iou": the predicted IoU of each RoI with the object it lies on (0 on
-    background), which ranks detections by how well they are placed (Config.classifier_iou_head).
+    background), which ranks detections by how well they are placed (Config.classifier_iou_head);
+    with ``iou_detach`` it reads the features through StopGradient and a hidden layer of
+    IOU_HIDDEN_UNITS ("dense_iou_hidden"), so its loss trains nothing else (Config.classifier_iou_detach).
     """
     pooled = RoiPoolingConv(pool_size, mode=pool_mode, samples=pool_samples, context=pool_context,
                             name="roi_pooling_conv")([base, input_rois])                # (1, R, P, P, C)
@@ -334,9 +351,13 @@ def classifier(base: Any, input_rois: Any, nb_classes: int, pool_size: int = 7, 
     out_regr = UnfoldRois(name="unfold_regress", dtype=OUTPUT_DTYPE)(out_regr)
     if not iou_head:
         return [out_class, out_regr]
+    iou_features = features
+    if iou_detach:
+        iou_features = keras.layers.Dense(
+            IOU_HIDDEN_UNITS, activation="relu", name="dense_iou_hidden")(StopGradient(name="iou_detach")(features))
     out_iou = keras.layers.Dense(
         1, activation="sigmoid", kernel_initializer=keras.initializers.RandomNormal(stddev=CLASS_INIT_STDDEV),
-        name="dense_iou", dtype=OUTPUT_DTYPE)(features)
+        name="dense_iou", dtype=OUTPUT_DTYPE)(iou_features)
     return [out_class, out_regr, UnfoldRois(name="unfold_iou", dtype=OUTPUT_DTYPE)(out_iou)]
 
 

@@ -59,6 +59,29 @@ def encode(reference: tf.Tensor, target: tf.Tensor, coder: BoxCoder) -> tf.Tenso
     return deltas * tf.constant(coder.weights, tf.float32)
 
 
+def refined_box_iou(y_regr: tf.Tensor, pred_regr: tf.Tensor, roi_iou: tf.Tensor, coder: BoxCoder) -> tf.Tensor:
+    """The IoU head's "box" target (Config.classifier_iou_target): (R,) for R RoIs.
+
+    y_regr (R, 8(C - 1)): calc_iou's regression mask and targets; pred_regr (R, 4(C - 1)): the head's
+    deltas; roi_iou (R,): each RoI's IoU with its matched box. A positive RoI gets the IoU of the box
+    its own class's predicted deltas give with the box its targets give; the others keep roi_iou.
+    Both boxes are decoded from one unit box: IoU does not change when x and y are scaled and shifted,
+    so the RoI's own place and size drop out.
+    """
+    width = tf.shape(pred_regr)[1]
+    mask, values = y_regr[:, :width], y_regr[:, width:]
+    own_pred = tf.reduce_sum(tf.reshape(mask * pred_regr, (-1, width // 4, 4)), axis=1)   # (R, 4)
+    own_true = tf.reduce_sum(tf.reshape(values, (-1, width // 4, 4)), axis=1)
+    unit = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), tf.stack([tf.shape(own_pred)[0], 1]))
+    a, b = decode(unit, own_pred, coder), decode(unit, own_true, coder)
+    inter_w = tf.maximum(tf.minimum(a[:, 2], b[:, 2]) - tf.maximum(a[:, 0], b[:, 0]), 0.0)
+    inter_h = tf.maximum(tf.minimum(a[:, 3], b[:, 3]) - tf.maximum(a[:, 1], b[:, 1]), 0.0)
+    inter = inter_w * inter_h
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    box_iou = tf.math.divide_no_nan(inter, union)
+    return tf.where(tf.reduce_max(mask, axis=1) > 0, box_iou, tf.cast(roi_iou, tf.float32))
+
+
 def clip_boxes(boxes: tf.Tensor, width: tf.Tensor, height: tf.Tensor) -> tf.Tensor:
     """boxes.clip_boxes: (N, 4) clipped to [0, width] x [0, height]."""
     width = tf.cast(width, tf.float32)

@@ -30,6 +30,7 @@ import numpy as np
 from . import losses, roi_helpers, targets_tf
 from .anchors import to_feature_units
 from .atomic import atomic_path
+from .boxes import BoxCoder
 from .config import Config, check_choice
 from .errors import CryoError
 from .model import build_models, load_imagenet_weights
@@ -97,6 +98,8 @@ class Trainer:
                                                      cfg.classifier_smooth_l1_beta)
         self.loss_cls_iou = losses.class_loss_iou(cfg.lambda_cls_iou)
         self.iou_head = cfg.classifier_iou_head
+        self.iou_target = check_choice("classifier_iou_target", cfg.classifier_iou_target)
+        self.head_coder = BoxCoder.head(cfg)
         m = self.models
         self.joint = check_choice("train_mode", cfg.train_mode) == "joint"
         self.rpn_vars = m.base.trainable_variables + m.rpn_head.trainable_variables
@@ -179,8 +182,15 @@ class Trainer:
         return FusedAdam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta_1, beta_2=cfg.adam_beta_2)
 
     def _head_losses(self, outputs, y_cls, y_regr, y_iou):
-        """(class loss, box loss, IoU loss (0 without the IoU head)) of the head's outputs."""
-        l_iou = self.loss_cls_iou(y_iou, outputs[2]) if self.iou_head else tf.constant(0.0)
+        """(class loss, box loss, IoU loss (0 without the IoU head)) of the head's outputs. y_iou
+        (1, R, 1) holds the RoIs' IoUs; with classifier_iou_target "box" the positives' become their
+        refined boxes' (targets_tf.refined_box_iou, no gradient into the deltas)."""
+        l_iou = tf.constant(0.0)
+        if self.iou_head:
+            if self.iou_target == "box":
+                y_iou = targets_tf.refined_box_iou(tf.cast(y_regr[0], tf.float32), tf.stop_gradient(outputs[1][0]),
+                                                   tf.cast(y_iou[0, :, 0], tf.float32), self.head_coder)[None, :, None]
+            l_iou = self.loss_cls_iou(y_iou, outputs[2])
         return self.loss_cls_cls(y_cls, outputs[0]), self.loss_cls_regr(y_regr, outputs[1]), l_iou
 
     def _rpn_forward(self, x, y_cls, y_regr, training):

@@ -241,6 +241,8 @@ def test_error_breakdown_hand_example():
     # duplicate dropped: TP FP TP FP FP -> 1/4 + 1/4 * 2/3
     assert err["dap"]["duplicate"] == pytest.approx(0.25 + 0.25 * 2 / 3 - 0.375)
     assert err["dap"]["background"] == pytest.approx(0.0)   # both come after the last TP
+    # ranked by true IoU (1, 1, 0.9, 0.5, 0, 0): TP TP FP FP FP FP -> 1/4 + 1/4
+    assert err["dap"]["ranking"] == pytest.approx(0.5 - 0.375)
     assert err["missed"] == 1                               # image c: nothing near its object
     # best F1 at the cut 0.65 (P 2/4, R 2/4): the duplicate and the loose box are kept, the background not
     assert err["at_best_f1"] == {"score_threshold": pytest.approx(0.65), "tp": 2, "localisation": 1,

@@ -71,10 +71,11 @@ def test_box_error_table_one_row_per_class():
 def test_error_breakdown_table_one_row_per_class_with_objects():
     res = _small_results()
     lines = format_error_breakdown(res, table_iou=0.5).splitlines()
-    assert lines[0].split() == ["class", "AP@0.5", "+loc", "+dup", "+bg", "missed", "score", "cut", "TP", "loc",
-                                "dup", "bg", "not", "found"]
-    # mito: TP, background FP, TP; dropping the FP gives AP 1
-    assert lines[2].split() == ["mito", "0.833", "+0.000", "+0.000", "+0.167", "0", "0.700", "2", "0", "0", "1", "0"]
+    assert lines[0].split() == ["class", "AP@0.5", "+loc", "+dup", "+bg", "+rank", "missed", "score", "cut", "TP",
+                                "loc", "dup", "bg", "not", "found"]
+    # mito: TP, background FP, TP; dropping the FP gives AP 1, and so does ranking it last (its IoU is 0)
+    assert lines[2].split() == ["mito", "0.833", "+0.000", "+0.000", "+0.167", "+0.167", "0", "0.700", "2", "0", "0",
+                                "1", "0"]
     assert not any(line.startswith("membrane") for line in lines)      # no objects: no row
     errors = json.loads(json.dumps(results_to_json(res)))["classes"]["mito"]["errors"]["0.5"]
     assert errors["dap"]["background"] == pytest.approx(1.0 / 6.0)

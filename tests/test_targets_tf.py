@@ -90,6 +90,32 @@ def test_calc_iou_matches_numpy(n_gt):
         np.testing.assert_allclose(g.numpy(), w, rtol=1e-4, atol=1e-4)
 
 
+def test_refined_box_iou_is_the_iou_of_the_decoded_boxes():
+    """The "box" IoU target: each positive RoI's box decoded from the head's deltas of its own class,
+    against its matched object, in pixels (the unit-box shortcut must agree); others keep the RoI's IoU."""
+    cfg = _cfg()
+    rng = np.random.default_rng(5)
+    gts = _random_boxes(rng, 3, min_side=20)
+    labels = np.array([0, 1, 0])
+    rois = np.concatenate([np.concatenate([g + rng.normal(0, 5, (8, 4)) for g in gts]), _random_boxes(rng, 10)])
+    rois[:, 2:] = np.maximum(rois[:, 2:], rois[:, :2] + 1)
+    kept, y_class, y_regr, roi_iou = roi_helpers.calc_iou(rois, gts, labels, cfg, cfg.num_classes)
+    pred = rng.normal(0, 0.5, (kept.shape[0], 4 * (cfg.num_classes - 1)))
+    got = targets_tf.refined_box_iou(tf.constant(y_regr, tf.float32), tf.constant(pred, tf.float32),
+                                     tf.constant(roi_iou, tf.float32), BoxCoder.head(cfg)).numpy()
+    coder = BoxCoder.head(cfg)
+    positive = y_class[:, -1] == 0
+    assert 0 < positive.sum() < len(positive)
+    for r in range(kept.shape[0]):
+        if not positive[r]:
+            assert got[r] == pytest.approx(roi_iou[r], abs=1e-6)
+            continue
+        c = int(np.argmax(y_class[r]))
+        box = coder.decode(kept[r:r + 1], pred[r:r + 1, 4 * c:4 * c + 4])
+        truth = gts[np.argmax(iou_matrix(kept[r:r + 1], gts)[0])][None]
+        assert got[r] == pytest.approx(iou_matrix(box, truth)[0, 0], abs=1e-4)
+
+
 @pytest.mark.parametrize("n_pos, n_neg", [(3, 40), (30, 5), (0, 7), (9, 0)])
 def test_sample_rois_contract(n_pos, n_neg):
     y_class = np.zeros((n_pos + n_neg, 3), np.float32)

@@ -189,6 +189,37 @@ def test_joint_step_updates_what_it_should(joint_trainer, monkeypatch, case):
         assert out["pos_fraction"] == 0.0
 
 
+def test_detached_iou_head_trains_only_itself(toy_dataset):
+    """classifier_iou_detach: one joint step with the IoU loss moves every other weight exactly as the
+    same step without it (lambda_cls_iou 0) does, and moves the IoU head's own layers."""
+    records, _, mapping = get_data(toy_dataset)
+    record = next(r for r in records if r["bboxes"])
+    trainers, moved = [], []
+    for weight in (1.0, 0.0):
+        cfg = toy_config(class_mapping=mapping, train_mode="joint", classifier_iou_head=True,
+                         classifier_iou_detach=True, classifier_iou_target="box", lambda_cls_iou=weight)
+        trainer = Trainer(cfg)
+        if trainers:
+            trainer.models.model_all.set_weights(trainers[0][1])
+        start = trainer.models.model_all.get_weights()
+        rng = np.random.default_rng(0)
+        sample = next(data_generators.iter_training_samples([record], cfg, rng, tomo_io.read_image,
+                                                            preprocessing.prepare_image, augment_images=False))
+        out = trainer.train_on_sample(sample, rng)
+        assert math.isfinite(out["cls_iou"]) and (out["cls_iou"] > 0.0) == (weight > 0.0)
+        trainers.append((trainer, start))
+        moved.append(trainer.models.model_all.weights)
+    iou_layers = 0
+    for with_loss, without, first in zip(moved[0], moved[1], trainers[0][1]):
+        if "iou" in with_loss.path:
+            iou_layers += 1
+            assert not np.array_equal(np.asarray(with_loss), first), with_loss.path
+        else:
+            np.testing.assert_allclose(np.asarray(with_loss), np.asarray(without), rtol=0, atol=1e-7,
+                                       err_msg=with_loss.path)
+    assert iou_layers == 4        # dense_iou_hidden and dense_iou, kernel and bias each
+
+
 def test_alternating_targets_end_with_the_hard_negatives():
     """Trainer.classifier_targets (numpy, alternating mode): num_rois RoIs, the last
     hard_negative_count() of them the best-ranked proposals away from every object, as bg."""
