@@ -283,7 +283,8 @@ def error_breakdown(prepared: _VocPrepared, match: dict[str, Any], entry: Mappin
     best-F1 score cut ``best_threshold``, nan without one) and ``loose_ap`` the AP of
     ``prepared.match(floor)`` (every box reaching IoU ``floor`` placed right).
     Returns ``{"ap": AP, "dap": {"localisation", "duplicate", "background": AP gained by fixing that
-    kind, "ranking": AP gained by ranking the same detections by their true IoU}, "missed": objects that no detection (any score) has as its nearest box at IoU >= floor,
+    kind, "ranking": AP gained by ranking the same detections by their true IoU}, "missed": objects
+    that no detection (any score) has as its nearest box at IoU >= floor,
     "at_best_f1": {"score_threshold", "tp", "localisation", "duplicate", "background": detection
     counts at the best-F1 score cut, "missed": objects left without a TP there}}`` (nan AP and
     dAPs without ground truth).

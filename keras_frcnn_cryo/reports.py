@@ -97,8 +97,8 @@ def format_box_errors(results: Mapping[str, Any], markdown: bool = False) -> str
 def format_error_breakdown(results: Mapping[str, Any], table_iou: float = PAPER_TABLE_IOU,
                            markdown: bool = False) -> str:
     """Where each class loses AP at ``table_iou`` (:func:`metrics.error_breakdown`): AP, the AP gained
-    by fixing localisation, duplicate and background errors and by ranking by true IoU, the objects no detection came near, and
-    the same kinds counted among the detections kept at the best-F1 score cut."""
+    by fixing localisation, duplicate and background errors and by ranking by true IoU, the objects no
+    detection came near, and the same kinds counted among the detections kept at the best-F1 score cut."""
     t = threshold_key(results, table_iou)
     header = ["class", f"AP@{t:g}", "+loc", "+dup", "+bg", "+rank", "missed", "score cut", "TP", "loc", "dup",
               "bg", "not found"]
@@ -120,7 +120,8 @@ def error_breakdown_title(results: Mapping[str, Any], table_iou: float = PAPER_T
     t = threshold_key(results, table_iou)
     return (f"Where AP@{t:g} is lost: AP gained by fixing each kind of false positive (loc: nearest object at IoU "
             f"0.1-{t:g}; dup: a second box on an object; bg: IoU < 0.1 with every object), and by ranking the same "
-            "boxes by their true IoU instead of their score (rank); objects no detection came near; the kinds counted at the best-F1 score cut (not found: objects without a TP there)")
+            "boxes by their true IoU instead of their score (rank); objects no detection came near; the kinds counted "
+            "at the best-F1 score cut (not found: objects without a TP there)")
 
 
 def box_errors_title(results: Mapping[str, Any]) -> str:

@@ -73,12 +73,7 @@ def refined_box_iou(y_regr: tf.Tensor, pred_regr: tf.Tensor, roi_iou: tf.Tensor,
     own_pred = tf.reduce_sum(tf.reshape(mask * pred_regr, (-1, width // 4, 4)), axis=1)   # (R, 4)
     own_true = tf.reduce_sum(tf.reshape(values, (-1, width // 4, 4)), axis=1)
     unit = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), tf.stack([tf.shape(own_pred)[0], 1]))
-    a, b = decode(unit, own_pred, coder), decode(unit, own_true, coder)
-    inter_w = tf.maximum(tf.minimum(a[:, 2], b[:, 2]) - tf.maximum(a[:, 0], b[:, 0]), 0.0)
-    inter_h = tf.maximum(tf.minimum(a[:, 3], b[:, 3]) - tf.maximum(a[:, 1], b[:, 1]), 0.0)
-    inter = inter_w * inter_h
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    box_iou = tf.math.divide_no_nan(inter, union)
+    box_iou = tf.linalg.diag_part(iou_matrix(decode(unit, own_pred, coder), decode(unit, own_true, coder)))
     return tf.where(tf.reduce_max(mask, axis=1) > 0, box_iou, tf.cast(roi_iou, tf.float32))
 
 
