@@ -76,8 +76,8 @@ RAW_WEIGHTS = "model_frcnn_raw.weights.h5"  # the step's own weights beside them
 def model_runs(args: argparse.Namespace) -> list[tuple[str, str, list[str] | None, str]]:
     """(label, variant, overrides, weights file) of every evaluation: each ``--variants`` model, its
     raw weights where it averaged them (label "VARIANT, raw weights": the same run without the
-    average, a paired comparison; not with --no-raw-weights), then the first model under the ``--test-time`` options chosen
-    (None: the flag was not given; []: every option of TEST_TIME)."""
+    average, a paired comparison; not with --no-raw-weights), then the first model under the
+    ``--test-time`` options chosen (None: the flag was not given; []: every option of TEST_TIME)."""
     runs: list[tuple[str, str, list[str] | None, str]] = []
     for variant in args.variants:
         runs.append((variant, variant, None, WEIGHTS))

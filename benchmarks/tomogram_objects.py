@@ -1,13 +1,13 @@
 """Whole tomograms through test_frcnn.py's path, scored as 3D objects and on every labelled slice.
 
 For each arm (a set of ``--set FIELD=VALUE`` test-time overrides; by default the specimen clip off and
-on, ``Config.track_clip_to_specimen``; ``--arm NAME FIELD=VALUE ...`` adds others) every tomogram of a synthetic dataset is detected whole with
-``predict.predict_volume`` (what test_frcnn.py runs) into OUT/ARM, then scored: object-level
-precision, recall and F1 at 3D IoU 0.5 and 0.7 (``evaluation.evaluate_objects_3d``) over the objects
-scoring at least each ``--min-scores`` value, 3D AP at 0.5, 0.7, 0.8 and 0.9 over every object (ranked by
-its score), the mean z-extent IoU of each true object's best match,
-and AP on every labelled slice of every tomogram (``evaluation.evaluate`` of the NAME_boxes2d.csv
-files, split "all"). All arms score the same detector's boxes, so they are paired.
+on, ``Config.track_clip_to_specimen``; ``--arm NAME FIELD=VALUE ...`` adds others) every tomogram of
+a synthetic dataset is detected whole with ``predict.predict_volume`` (what test_frcnn.py runs) into
+OUT/ARM, then scored: object-level precision, recall and F1 at 3D IoU 0.5 and 0.7
+(``evaluation.evaluate_objects_3d``) over the objects scoring at least each ``--min-scores`` value,
+3D AP at 0.5, 0.7, 0.8 and 0.9 over every object (ranked by its score), the mean z-extent IoU of each
+true object's best match, and AP on every labelled slice of every tomogram (``evaluation.evaluate``
+of the NAME_boxes2d.csv files, split "all"). All arms score the same detector's boxes, so they are paired.
 
 The dataset: ``--data DIR`` (``python -m keras_frcnn_cryo.synthetic``'s layout: tomograms/,
 annotations.txt, annotations_3d.csv), else one is written to OUT/data with the options below; the
@@ -117,8 +117,8 @@ def main() -> int:
             rows.append((arm, min_score, len(kept), scores[0.5], scores[0.7], z_overlap(truth, kept), ap3d, ap, coco,
                          seconds / max(len(volumes), 1)))
     print("\n| arm | 3D objects scoring >= | objects | P / R / F1 at 3D IoU 0.5 | P / R / F1 at 3D IoU 0.7 | "
-          "mean z IoU of the best match | 3D AP@0.5 / 0.7 / 0.8 / 0.9 (every object) | slice AP@0.5 / 0.7 / 0.9 / COCO | "
-          "s per tomogram |")
+          "mean z IoU of the best match | 3D AP@0.5 / 0.7 / 0.8 / 0.9 (every object) | "
+          "slice AP@0.5 / 0.7 / 0.9 / COCO | s per tomogram |")
     print("|---|---|---|---|---|---|---|---|---|")
     for arm, min_score, n, at5, at7, z_iou, ap3d, ap, coco, seconds in rows:
         prf = [" / ".join(f"{s[k]:.2f}" for k in ("precision", "recall", "f1")) for s in (at5, at7)]

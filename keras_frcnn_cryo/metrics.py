@@ -185,6 +185,17 @@ class _VocPrepared:
             self.best_difficult[d] = difficult[j]
         self.n_gt_boxes = total
 
+    def rescored(self, scores: np.ndarray) -> _VocPrepared:
+        """The same detections with new ``scores`` (one per detection, in this order), re-sorted by
+        them (descending, stable) as :meth:`match` expects."""
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+        other = copy.copy(self)
+        other.images = [self.images[i] for i in order]
+        for name in ("boxes", "best_gt", "best_iou", "best_difficult"):
+            setattr(other, name, getattr(self, name)[order])
+        other.scores = np.asarray(scores, dtype=np.float64)[order]
+        return other
+
     def match(self, iou_threshold: float) -> dict[str, Any]:
         n_det = len(self.images)
         tp = np.zeros(n_det, dtype=bool)
@@ -266,13 +277,7 @@ def _ranked_by_truth_ap(prepared: _VocPrepared, iou_threshold: float) -> float:
     """VOC AP at ``iou_threshold`` of the same detections ranked by their true IoU (their best IoU with
     a box of their class, 0 without one) instead of their score: what a score that followed box
     quality exactly would give, with no box moved or dropped."""
-    order = np.argsort(-prepared.best_iou, kind="stable")
-    ranked = copy.copy(prepared)
-    ranked.images = [prepared.images[i] for i in order]
-    for name in ("boxes", "best_gt", "best_iou", "best_difficult"):
-        setattr(ranked, name, getattr(prepared, name)[order])
-    ranked.scores = prepared.best_iou[order]
-    return _ap_without(ranked.match(iou_threshold))
+    return _ap_without(prepared.rescored(prepared.best_iou).match(iou_threshold))
 
 
 def error_breakdown(prepared: _VocPrepared, match: dict[str, Any], entry: Mapping[str, Any],
